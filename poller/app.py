@@ -1,0 +1,278 @@
+"""Assemble the daemon from settings: store, plugins, broker connections, notifiers, scheduler.
+
+:func:`validate` turns the ``[brokers.*]`` / ``[notifiers.*]`` tables into typed configs
+(used by ``check-config`` and at every start or reload); :class:`App` owns the running pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from pydantic import ValidationError
+
+from poller.brokers.base import BrokerAdapter, BrokerConfig, secret_values
+from poller.dispatch import DeliveryPolicy, Dispatcher
+from poller.errors import ConfigError, ConfigProblem
+from poller.httpclient import build_client
+from poller.logsetup import Redactor
+from poller.models import OrderEvent
+from poller.notifiers import Notifier, NotifierConfig
+from poller.plugins import Plugins, Registry
+from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
+from poller.settings import Settings, problems_from
+from poller.store import Batch, Store
+from poller.tracker import Tracker
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Validated:
+    """Typed configs of every connection and notifier, checked against their plugins."""
+
+    brokers: dict[str, tuple[type[BrokerAdapter], BrokerConfig]]
+    notifiers: dict[str, tuple[type[Notifier], NotifierConfig]]
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the configuration, for redaction."""
+        found: list[str] = []
+        for cls, cfg in self.brokers.values():
+            found.extend(cls.secrets(cfg))
+        for _, ncfg in self.notifiers.values():
+            found.extend(secret_values(ncfg))
+        return found
+
+
+def validate(settings: Settings, registry: Registry, source: str) -> Validated:
+    """Check every connection and notifier table against its kind's ``Config`` model.
+
+    :raises ConfigError: with one problem per offending key, across all tables at once.
+    """
+    problems: list[ConfigProblem] = []
+    brokers: dict[str, tuple[type[BrokerAdapter], BrokerConfig]] = {}
+    notifiers: dict[str, tuple[type[Notifier], NotifierConfig]] = {}
+    for section, tables, kinds in (
+        ("brokers", settings.brokers, registry.brokers),
+        ("notifiers", settings.notifiers, registry.notifiers),
+    ):
+        for name, table in tables.items():
+            kind = table.get("kind")
+            if not kind:
+                problems.append(ConfigProblem(source, f"{section}.{name}.kind",
+                                              "required key is missing"))
+                continue
+            cls = kinds.get(str(kind))
+            if cls is None:
+                known = ", ".join(sorted(kinds)) or "none"
+                problems.append(ConfigProblem(source, f"{section}.{name}.kind",
+                                              f"unknown kind {kind!r} (known: {known})"))
+                continue
+            try:
+                config = cls.Config.model_validate(table)
+            except ValidationError as err:
+                problems.extend(problems_from(err, source, (section, name)))
+                continue
+            if section == "brokers":
+                assert isinstance(config, BrokerConfig)
+                broker_cls: Any = cls
+                for key, message in broker_cls.check(config):
+                    problems.append(ConfigProblem(source, f"{section}.{name}.{key}", message))
+                problems.extend(_limit_problems(broker_cls, config, source, name))
+                brokers[name] = (broker_cls, config)
+            else:
+                assert isinstance(config, NotifierConfig)
+                notifier_cls: Any = cls
+                notifiers[name] = (notifier_cls, config)
+    if problems:
+        raise ConfigError(problems)
+    return Validated(brokers, notifiers)
+
+
+def _limit_problems(cls: type[BrokerAdapter], config: BrokerConfig, source: str,
+                    name: str) -> list[ConfigProblem]:
+    problems = []
+    for group, text in config.limits.items():
+        key = f"brokers.{name}.limits.{group}"
+        if group not in cls.limits:
+            known = ", ".join(sorted(cls.limits)) or "none"
+            problems.append(ConfigProblem(source, key, f"unknown limit group (known: {known})"))
+            continue
+        try:
+            spec = LimitSpec.parse(text)
+        except ValueError as err:
+            problems.append(ConfigProblem(source, key, str(err)))
+            continue
+        documented = cls.limits[group]
+        if spec.count / spec.window > documented.count / documented.window:
+            problems.append(ConfigProblem(
+                source, key, f"{text} is above the documented limit {documented}; "
+                "poller never exceeds a broker's documented limit"))
+    return problems
+
+
+def build_budget(cls: type[BrokerAdapter], config: BrokerConfig) -> RateBudget:
+    """The rate budget of one connection: documented limits, lowered by the config."""
+    groups = []
+    for group, documented in cls.limits.items():
+        spec = documented
+        if group in config.limits:
+            lowered = LimitSpec.parse(config.limits[group])
+            spec = LimitSpec(lowered.count, lowered.window, documented.spacing)
+        groups.append(LimitGroup(group, spec, share=config.share))
+    return RateBudget(groups)
+
+
+class App:
+    """The running daemon: store, trackers, notifiers, dispatcher and scheduler.
+
+    Build with :meth:`create`; then ``await start()``, and ``await stop()`` when done.
+    """
+
+    def __init__(self, settings: Settings, plugins: Plugins, validated: Validated,
+                 store: Store, redactor: Redactor) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.validated = validated
+        self.store = store
+        self.redactor = redactor
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self.adapters: dict[str, BrokerAdapter] = {}
+        self.trackers: dict[str, Tracker] = {}
+        self.notifiers: list[Notifier] = []
+        self.scheduler: AsyncIOScheduler | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self.event_listeners: list[Callable[[list[OrderEvent]], None]] = []
+
+    @classmethod
+    def create(cls, settings: Settings, plugins: Plugins, validated: Validated, *,
+               redactor: Redactor, store: Store) -> App:
+        """Build the adapters and notifiers (one httpx client each); nothing runs yet."""
+        app = cls(settings, plugins, validated, store, redactor)
+        for name, (ncls, ncfg) in validated.notifiers.items():
+            client = build_client("", timeout=ncfg.timeout) if ncls.uses_http else None
+            app.notifiers.append(ncls(name, ncfg, client))
+        for name, (bcls, bcfg) in validated.brokers.items():
+            if not bcfg.enabled:
+                continue
+            client = build_client(bcfg.base_url, timeout=bcfg.timeout)
+            app.adapters[name] = bcls(name, bcfg, client, build_budget(bcls, bcfg))
+        return app
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store call on the store's own thread (sqlite work stays off the loop)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+
+    def route(self, event: OrderEvent) -> list[str]:
+        """Names of the notifiers that should receive ``event``.
+
+        An operator event about a failing notifier goes to every *other* notifier.
+        """
+        skip = event.payload.get("notifier") if event.event_type == "SYSTEM" else None
+        return [n.name for n in self.notifiers if n.name != skip and n.accepts(event)]
+
+    async def commit(self, batch: Batch) -> list[OrderEvent]:
+        """Commit a batch atomically, then wake delivery and tell observers."""
+        fresh: list[OrderEvent] = await self.db(self.store.commit, batch, self.route)
+        if fresh:
+            if self.dispatcher:
+                self.dispatcher.wake()
+            for listener in self.event_listeners:
+                listener(fresh)
+            for event in fresh:
+                await self.plugins.call_observers("order_event", event=event)
+        return fresh
+
+    async def start(self) -> None:
+        """Load state, start delivery and the polling jobs."""
+        daemon = self.settings.daemon
+        for name, adapter in self.adapters.items():
+            known = await self.db(self.store.load_orders, name)
+            accounts = await self.db(self.store.known_accounts, name)
+            missing = await self.db(self.store.missing_counts, name)
+            self.trackers[name] = Tracker(
+                adapter, commit=self.commit, known=known, known_accounts=accounts,
+                missing=missing, announce_existing=daemon.announce_existing,
+                stale_after=daemon.stale_after,
+            )
+        self.dispatcher = Dispatcher(self.store, self.notifiers, db=self.db, commit=self.commit,
+                                     redactor=self.redactor,
+                                     policy=DeliveryPolicy())
+        self.dispatcher.start()
+        await self.plugins.call_observers("startup", app=self)
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        rng = random.Random()
+        now = datetime.now(UTC)
+        for name, tracker in self.trackers.items():
+            interval = self.adapters[name].config.interval
+            self.scheduler.add_job(
+                self._run_poll, "interval", args=[tracker], seconds=interval, id=name,
+                name=f"poll {name}", max_instances=1, coalesce=True,
+                misfire_grace_time=max(1, int(interval)),
+                # Jitter so several connections do not poll in lockstep.
+                next_run_time=now + timedelta(seconds=rng.uniform(0, min(interval, 1.0))),
+                jitter=interval * 0.05,
+            )
+        self.scheduler.start()
+
+    async def _run_poll(self, tracker: Tracker) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            await tracker.poll()
+        except Exception:  # the daemon never dies from one bad poll
+            logger.exception("%s: poll failed unexpectedly", tracker.name)
+        finally:
+            self._running.discard(task)
+
+    def abort(self) -> None:
+        """Stop waiting for deliveries during :meth:`stop` (a second Ctrl-C)."""
+        if self.dispatcher is not None:
+            self.dispatcher.abort()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop polling after the poll in progress, flush deliveries briefly, close all.
+
+        :param grace: seconds to keep delivering (default ``daemon.shutdown_grace``).
+        """
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.pause()
+        if self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self.dispatcher is not None:
+            await self.dispatcher.stop(
+                self.settings.daemon.shutdown_grace if grace is None else grace)
+        await self.plugins.call_observers("shutdown", app=self)
+        for adapter in self.adapters.values():
+            await adapter.aclose()
+        for notifier in self.notifiers:
+            await notifier.aclose()
+        self._executor.shutdown(wait=True)
+
+    def status_line(self) -> str:
+        """A one-line summary: connections, open orders, outbox backlog."""
+        open_orders = sum(t.open_orders for t in self.trackers.values())
+        stopped = [n for n, t in self.trackers.items() if t.stopped_reason]
+        text = f"{len(self.trackers)} connection(s), {open_orders} open order(s)"
+        if stopped:
+            text += f", stopped: {', '.join(stopped)}"
+        return text
+
+
+def all_secrets(validated: Validated, extra: Sequence[str] = ()) -> list[str]:
+    """Secrets to redact: every configured one plus ``extra``."""
+    return [*validated.secrets(), *extra]

@@ -1,0 +1,1 @@
+"""Broker adapters: one module per broker API, each registered through ``register_brokers``."""

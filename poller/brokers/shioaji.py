@@ -1,0 +1,280 @@
+"""Shioaji (SinoPac, Taiwan) through its local HTTP API (brokers.md §4, seed 000).
+
+One ``POST /api/v1/order/update_status`` per configured account refreshes and returns every
+trade of that account (the flat ``/api/v1/order/trades`` shape is accepted too). The API has
+no per-order call. Bound to localhost the server needs no auth; elsewhere it wants
+``Authorization: Bearer <api_key>:<secret_key>``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from poller.brokers.base import BrokerAdapter, BrokerConfig, ListResult, ListScope
+from poller.errors import (
+    BrokerAuthError,
+    BrokerMalformed,
+    BrokerRejected,
+    BrokerUnavailable,
+)
+from poller.hookspecs import hookimpl
+from poller.httpclient import Answer
+from poller.models import Fill, OrderSnapshot, OrderStatus, to_decimal
+from poller.ratelimit import LimitSpec
+
+TAIPEI = timezone(timedelta(hours=8))
+
+#: Every documented Shioaji status (brokers.md 4.4) → canonical status.
+STATUS_TABLE: dict[str, OrderStatus] = {
+    "PendingSubmit": OrderStatus.PENDING,
+    "PreSubmitted": OrderStatus.PENDING,  # reservation order, not yet at the exchange
+    "Submitted": OrderStatus.SUBMITTED,
+    "PartFilled": OrderStatus.PARTIAL_FILLED,
+    "Filling": OrderStatus.PARTIAL_FILLED,  # the pre-1.0 name of PartFilled (Shioaji#27)
+    "Filled": OrderStatus.FILLED,
+    "Cancelled": OrderStatus.CANCELLED,
+    "Failed": OrderStatus.FAILED,
+    # Shioaji mirrors Interactive Brokers' names, where Inactive is an order the system
+    # accepted but will not work (usually a rejection); it never comes back to life.
+    "Inactive": OrderStatus.FAILED,
+}
+
+_PRICE_TYPES = {"LMT": "LIMIT", "MKT": "MARKET", "MKP": "MARKET_RANGE"}
+_PENALTY = 65.0  # the documented suspension is one minute; leave it with a margin
+
+
+class ShioajiAccount(BaseModel):
+    """One account to poll (the ``account`` object of update_status)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    broker_id: str = Field(min_length=1, description="Branch code, e.g. 9A95.")
+    account_id: str = Field(min_length=1, description="Account number.")
+    account_type: Literal["S", "F"] = Field(default="S", description="S stock, F futures.")
+
+
+class ShioajiConfig(BrokerConfig):
+    """``[brokers.NAME]`` with ``kind = "shioaji"``."""
+
+    kind: Literal["shioaji"] = "shioaji"
+    base_url: str = Field(default="http://127.0.0.1:8080",
+                          description="The `shioaji server` address.")
+    api_key: SecretStr | None = Field(default=None, description="SJ_API_KEY (non-local only).")
+    secret_key: SecretStr | None = Field(default=None, description="SJ_SEC_KEY (non-local only).")
+    accounts: list[ShioajiAccount] = Field(min_length=1, description="Accounts to poll.")
+    endpoint: Literal["update_status", "trades"] = Field(
+        default="update_status",
+        description="update_status (nested account, as in the docs) or trades (flat).",
+    )
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ShioajiConfig:
+        has_key = self.api_key is not None and bool(self.api_key.get_secret_value())
+        has_secret = self.secret_key is not None and bool(self.secret_key.get_secret_value())
+        if has_key != has_secret:
+            missing = "secret_key" if has_key else "api_key"
+            raise ValueError(f"{missing} is required when the other key is set")
+        if not has_key and not _is_loopback(self.base_url):
+            raise ValueError(
+                "api_key and secret_key are required when base_url is not on localhost"
+            )
+        return self
+
+
+def _is_loopback(url: str) -> bool:
+    host = httpx.URL(url).host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ShioajiAdapter(BrokerAdapter):
+    """Polls Shioaji accounts with ``update_status``."""
+
+    kind: ClassVar[str] = "shioaji"
+    Config: ClassVar[type[BrokerConfig]] = ShioajiConfig
+    limits: ClassVar[dict[str, LimitSpec]] = {"orders": LimitSpec(250, 10.0)}
+    request_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "list": ("orders",),
+        "cancel": ("orders",),
+        "update_price": ("orders",),
+        "update_qty": ("orders",),
+    }
+    supports_fetch: ClassVar[bool] = False
+
+    @property
+    def cfg(self) -> ShioajiConfig:
+        """The config, typed."""
+        assert isinstance(self.config, ShioajiConfig)
+        return self.config
+
+    def headers(self) -> dict[str, str]:
+        """Auth header when credentials are configured."""
+        cfg = self.cfg
+        if cfg.api_key is None or cfg.secret_key is None:
+            return {}
+        key, secret = cfg.api_key.get_secret_value(), cfg.secret_key.get_secret_value()
+        if not key:
+            return {}
+        return {"Authorization": f"Bearer {key}:{secret}"}
+
+    def scopes(self) -> list[ListScope]:
+        return [ListScope(a.account_id) for a in self.cfg.accounts]
+
+    async def list_orders(self, scope: ListScope) -> ListResult:
+        account = next(a for a in self.cfg.accounts if a.account_id == scope.account_id)
+        if self.cfg.endpoint == "update_status":
+            path = "/api/v1/order/update_status"
+            body: dict[str, Any] = {
+                "account": {"broker_id": account.broker_id, "account_id": account.account_id}
+            }
+        else:
+            path = "/api/v1/order/trades"
+            body = {"account_type": account.account_type, "broker_id": account.broker_id,
+                    "account_id": account.account_id}
+        request = self.client.build_request("POST", path, json=body, headers=self.headers())
+        answer = await self.request("list", request)
+        trades = self._check(answer, "list")
+        if not isinstance(trades, list):
+            raise BrokerMalformed(
+                f"{path} answered {type(trades).__name__}, expected a list of trades",
+                connection=self.name)
+        orders, problems = [], []
+        for index, item in enumerate(trades):
+            try:
+                orders.append(parse_trade(item, broker=self.name, account_id=account.account_id))
+            except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+                problems.append(f"trade #{index}: {type(err).__name__}: {err}")
+        return ListResult(scope, orders, problems)
+
+    def _check(self, answer: Answer, kind: str) -> Any:
+        """Translate an error answer; return the body of a success."""
+        if 200 <= answer.status < 300:
+            if answer.body is None:
+                raise BrokerMalformed("empty answer", connection=self.name)
+            return answer.body
+        message = _error_message(answer)
+        if answer.status == 401 or answer.status == 403:
+            raise BrokerAuthError(f"credentials refused (HTTP {answer.status}): {message}",
+                                  connection=self.name, code=str(answer.status))
+        if answer.status == 429:
+            raise self.rate_limited(kind, f"rate limited: {message}", code="429",
+                                    penalty=_PENALTY)
+        if answer.status >= 500:
+            raise BrokerUnavailable(f"HTTP {answer.status}: {message}", connection=self.name,
+                                    code=str(answer.status))
+        raise BrokerRejected(f"HTTP {answer.status}: {message}", connection=self.name,
+                             code=str(answer.status))
+
+
+def _error_message(answer: Answer) -> str:
+    """The ``message`` of a ``{code, message, details}`` body, else a short text."""
+    body = answer.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        details = body.get("details")
+        return body["message"] + (f" ({details})" if details else "")
+    text = answer.text.strip()
+    if text.startswith("<"):
+        return "an HTML error page"
+    return text[:120] or "no body"
+
+
+def _moment(state: dict[str, Any], iso_key: str, ts_key: str) -> datetime | None:
+    """Either documented timestamp spelling: ISO (``+08:00``) or epoch seconds."""
+    value = state.get(iso_key)
+    if isinstance(value, str) and value:
+        moment = datetime.fromisoformat(value)
+        return moment if moment.tzinfo else moment.replace(tzinfo=TAIPEI)
+    ts = state.get(ts_key)
+    if ts is not None and ts != "":
+        seconds = to_decimal(ts) or Decimal(0)
+        # Some payloads carry nanoseconds; anything past year 2286 in seconds is not seconds.
+        while seconds > Decimal(10) ** 10:
+            seconds /= 1000
+        return datetime.fromtimestamp(float(seconds), UTC)
+    return None
+
+
+def parse_trade(trade: Any, *, broker: str, account_id: str) -> OrderSnapshot:
+    """Read one Shioaji Trade into an :class:`OrderSnapshot`.
+
+    :raises KeyError, TypeError, ValueError: when the item is not a readable Trade.
+    """
+    if not isinstance(trade, dict):
+        raise TypeError(f"expected an object, got {type(trade).__name__}")
+    order, state = trade["order"], trade["status"]
+    contract = trade.get("contract") or {}
+    if not isinstance(order, dict) or not isinstance(state, dict):
+        raise TypeError("order and status must be objects")
+    order_id = str(order.get("id") or state["id"])
+    raw_status = str(state["status"])
+    status = STATUS_TABLE.get(raw_status)
+    ordered = to_decimal(state.get("order_quantity"), default=None)
+    if ordered is None:
+        ordered = to_decimal(order["quantity"], default=Decimal(0)) or Decimal(0)
+    cancelled = to_decimal(state.get("cancel_quantity"), default=Decimal(0)) or Decimal(0)
+    deals = state.get("deals") or []
+    fills: list[Fill] = []
+    for deal in deals:
+        ts = deal.get("ts")
+        fills.append(Fill(
+            fill_id=str(deal["seq"]),
+            qty=to_decimal(deal["quantity"], default=Decimal(0)) or Decimal(0),
+            price=to_decimal(deal.get("price")),
+            time=_moment({"ts": ts}, "-", "ts") if ts is not None else None,
+        ))
+    deal_sum = sum((f.qty for f in fills), Decimal(0))
+    filled = max(to_decimal(state.get("deal_quantity"), default=Decimal(0)) or Decimal(0),
+                 deal_sum)
+    spent = sum((f.qty * f.price for f in fills if f.price is not None), Decimal(0))
+    avg = (spent / deal_sum).quantize(Decimal("0.0001")).normalize() if deal_sum else None
+    # Shioaji reports a reduced quantity (update_qty) as cancel_quantity; once the order is
+    # finished, cancel_quantity is what was left unfilled, not a modification.
+    finished = status in (OrderStatus.CANCELLED, OrderStatus.FAILED)
+    qty = ordered if finished else ordered - cancelled
+    modified_price = to_decimal(state.get("modified_price"), default=Decimal(0)) or Decimal(0)
+    price = modified_price if modified_price else to_decimal(order.get("price"))
+    price_type = str(order.get("price_type", ""))
+    action = str(order.get("action", ""))
+    return OrderSnapshot(
+        broker=broker,
+        broker_kind="shioaji",
+        account_id=str((order.get("account") or {}).get("account_id") or account_id),
+        order_id=order_id,
+        status=status or OrderStatus.SUBMITTED,
+        unknown_status=status is None,
+        broker_status=raw_status,
+        symbol=str(contract.get("code", "")),
+        side={"Buy": "BUY", "Sell": "SELL"}.get(action, action.upper()),
+        order_type=_PRICE_TYPES.get(price_type, price_type),
+        qty=qty,
+        price=price,
+        filled_qty=filled,
+        avg_fill_price=avg,
+        client_order_id=str(order.get("custom_field") or order.get("seqno") or ""),
+        fills=tuple(fills),
+        placed_at=_moment(state, "order_datetime", "order_ts"),
+        updated_at=_moment(state, "modified_time", "modified_ts"),
+        message=str(state.get("msg") or ""),
+        time_in_force=str(order.get("order_type", "")),
+        extra={"ordno": str(order.get("ordno", "")), "seqno": str(order.get("seqno", ""))},
+    )
+
+
+@hookimpl
+def register_brokers(register: Callable[[type[BrokerAdapter]], None]) -> None:
+    """Register the Shioaji adapter."""
+    register(ShioajiAdapter)
+
+
+__all__ = ["STATUS_TABLE", "ShioajiAdapter", "ShioajiConfig", "parse_trade"]

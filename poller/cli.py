@@ -1,0 +1,328 @@
+"""The ``poller`` command line.
+
+Exit codes: 0 success, 2 bad arguments, 78 bad configuration (EX_CONFIG; systemd is told not
+to restart on it), 74 the database cannot be used (EX_IOERR), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from poller.__about__ import __version__
+from poller.app import App, Validated, validate
+from poller.errors import ConfigError, PollerError, StoreError
+from poller.logsetup import Redactor, setup_logging
+from poller.plugins import Plugins, get_plugin_manager
+from poller.settings import Settings, config_path, load_settings
+from poller.store import Store
+
+logger = logging.getLogger("poller")
+
+EX_OK, EX_FAIL, EX_USAGE, EX_IOERR, EX_CONFIG = 0, 1, 2, 74, 78
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poller", description="Watch orders at several brokers and notify once per change."
+    )
+    parser.add_argument("--version", action="version", version=f"poller {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str, *, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if config:
+            p.add_argument("-c", "--config", metavar="PATH",
+                           help="config file (default: $POLLER_CONFIG, else "
+                                "/etc/poller/config.toml)")
+        return p
+
+    run = command("run", "run the daemon in the foreground")
+    run.add_argument("--log-format", choices=("text", "json"), help="override daemon.log_format")
+    run.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    demo = command("demo", "run against built-in broker simulators (no setup)", config=False)
+    demo.add_argument("--duration", type=float, metavar="SECONDS",
+                      help="stop after this many seconds (default: until Ctrl-C)")
+    demo.add_argument("--seed", type=int, help="seed the simulators' random lifecycles")
+    demo.add_argument("--brokers", metavar="KINDS",
+                      help="comma-separated simulator kinds (default: all)")
+    demo.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                      default="WARNING")
+    command("check-config", "validate the config and summarise brokers and notifiers")
+    orders = command("orders", "list tracked orders")
+    orders.add_argument("--broker", help="only this connection")
+    orders.add_argument("--open", action="store_true", help="only orders that can still change")
+    orders.add_argument("--json", action="store_true", help="JSON lines")
+    events = command("events", "recent events and their delivery state")
+    events.add_argument("--limit", type=int, default=30, help="how many (default 30)")
+    events.add_argument("--broker", help="only this connection")
+    events.add_argument("--json", action="store_true", help="event JSON, one per line")
+    events.add_argument("--requeue", metavar="NOTIFIER", nargs="?", const="*",
+                        help="re-queue dead-lettered deliveries (of one notifier, or all)")
+    command("plugins", "list loaded plugins and registered broker/notifier kinds")
+    watch = command("watch", "track an order id that no list call discovers")
+    watch.add_argument("broker", help="connection name ([brokers.NAME])")
+    watch.add_argument("order_id")
+    watch.add_argument("--account", default="", help="account id (default: the only one)")
+    unwatch = command("unwatch", "stop tracking a watched order id")
+    unwatch.add_argument("broker")
+    unwatch.add_argument("order_id")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = _COMMANDS[args.command]
+    try:
+        return handler(args)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"poller: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    except StoreError as err:
+        print(f"poller: {err}", file=sys.stderr)
+        return EX_IOERR
+    except PollerError as err:
+        print(f"poller: {err}", file=sys.stderr)
+        return EX_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def _settings(args: argparse.Namespace) -> tuple[str, Settings]:
+    path = config_path(getattr(args, "config", None))
+    return str(path), load_settings(path)
+
+
+def _load(args: argparse.Namespace) -> tuple[Settings, Plugins, Validated]:
+    source, settings = _settings(args)
+    plugins = get_plugin_manager(entry_point_names=settings.daemon.plugins,
+                                 plugin_dirs=settings.daemon.plugins_dirs)
+    return settings, plugins, validate(settings, plugins.registry(), source)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``poller run``."""
+    settings, plugins, validated = _load(args)
+    redactor = setup_logging(level=args.log_level or settings.daemon.log_level,
+                             fmt=args.log_format or settings.daemon.log_format,
+                             redactor=Redactor(validated.secrets()))
+    store = Store.open(settings.daemon.database, lock=True)
+    try:
+        app = App.create(settings, plugins, validated, redactor=redactor, store=store)
+        from poller.daemon import serve
+
+        asyncio.run(serve(app))
+    finally:
+        store.close()
+    return EX_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``poller demo``."""
+    from poller.demo import run_demo
+    from poller.simulator.catalog import SIMULATORS
+
+    kinds = list(SIMULATORS) if not args.brokers else [
+        k.strip() for k in args.brokers.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in SIMULATORS]
+    if unknown:
+        print(f"poller: demo --brokers: unknown kind(s) {', '.join(unknown)} "
+              f"(known: {', '.join(SIMULATORS)})", file=sys.stderr)
+        return EX_USAGE
+    if args.duration is not None and args.duration <= 0:
+        print("poller: demo --duration: must be positive", file=sys.stderr)
+        return EX_USAGE
+    redactor = setup_logging(level=args.log_level)
+    asyncio.run(run_demo(duration=args.duration, seed=args.seed, kinds=kinds,
+                         redactor=redactor))
+    return EX_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """``poller check-config``."""
+    settings, plugins, validated = _load(args)
+    print(f"configuration OK: {len(validated.brokers)} broker connection(s), "
+          f"{len(validated.notifiers)} notifier(s)")
+    print(f"database: {settings.daemon.database}")
+    for name, (cls, cfg) in validated.brokers.items():
+        state = "" if cfg.enabled else " (disabled)"
+        print(f"broker {name}: {cls.kind} at {cfg.base_url}, list every {cfg.interval:g} s"
+              f"{state}")
+        from poller.app import build_budget
+
+        budget = build_budget(cls, cfg)
+        for group in budget.groups.values():
+            print(f"  limit {group.name}: documented {cls.limits[group.name]}, using "
+                  f"{group.allowed} per {group.spec.window:g} s (share {group.share:g})")
+    for name, (ncls, ncfg) in validated.notifiers.items():
+        routes = []
+        if ncfg.scenes:
+            routes.append("scenes " + ",".join(ncfg.scenes))
+        if ncfg.brokers:
+            routes.append("brokers " + ",".join(ncfg.brokers))
+        if ncfg.event_types:
+            routes.append("types " + ",".join(ncfg.event_types))
+        print(f"notifier {name}: {ncls.kind}" + (f" ({'; '.join(routes)})" if routes else ""))
+    return EX_OK
+
+
+def cmd_orders(args: argparse.Namespace) -> int:
+    """``poller orders``."""
+    _, settings = _settings(args)
+    store = Store.open(settings.daemon.database)
+    try:
+        rows = store.list_orders(args.broker, include_final=not args.open)
+    finally:
+        store.close()
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.snapshot.to_json()))
+        return EX_OK
+    table = [("BROKER", "ACCOUNT", "ORDER", "SYMBOL", "SIDE", "QTY", "PRICE", "FILLED",
+              "STATUS", "CHANGED")]
+    for row in rows:
+        s = row.snapshot
+        status = s.status.value + (" (stale)" if row.stale else "")
+        table.append((s.broker, s.account_id, s.order_id, s.symbol, s.side, _d(s.qty),
+                      _d(s.price), _d(s.filled_qty), status, row.last_changed[:19]))
+    _print_table(table)
+    if not rows:
+        print("no tracked orders")
+    return EX_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """``poller events``."""
+    _, settings = _settings(args)
+    store = Store.open(settings.daemon.database)
+    try:
+        if args.requeue:
+            count = store.requeue_dead(None if args.requeue == "*" else args.requeue)
+            print(f"re-queued {count} dead-lettered deliveries")
+            return EX_OK
+        rows = store.recent_events(args.limit, broker=args.broker)
+    finally:
+        store.close()
+    if args.json:
+        for event, deliveries in rows:
+            data = event.to_json()
+            data["deliveries"] = [d.__dict__ for d in deliveries]
+            print(json.dumps(data, ensure_ascii=False))
+        return EX_OK
+    table = [("TIME", "ID", "BROKER", "ORDER", "SCENE", "STATUS", "DELIVERY")]
+    for event, deliveries in rows:
+        p = event.payload
+        delivery = ", ".join(
+            f"{d.notifier}:{d.state}" + (f"({d.attempts})" if d.attempts > 1 else "")
+            + (f" [{d.last_error[:60]}]" if d.last_error and d.state != "sent" else "")
+            for d in deliveries) or "-"
+        table.append(((p.get("detected_at") or "")[:19], event.short_id, event.broker or "-",
+                      event.order_id or "-", event.scene, p.get("order_status") or "-",
+                      delivery))
+    _print_table(table)
+    if not rows:
+        print("no events yet")
+    return EX_OK
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """``poller plugins``."""
+    try:
+        _, settings = _settings(args)
+        names, dirs = settings.daemon.plugins, settings.daemon.plugins_dirs
+    except ConfigError:
+        if getattr(args, "config", None):
+            raise
+        names, dirs = [], []
+    plugins = get_plugin_manager(entry_point_names=names, plugin_dirs=dirs)
+    registry = plugins.registry()
+    for info in plugins.infos:
+        print(f"{info.name}  [{info.source}, {info.version}]  hooks: {', '.join(info.hooks)}")
+    print("broker kinds: " + ", ".join(sorted(registry.brokers)))
+    print("notifier kinds: " + ", ".join(sorted(registry.notifiers)))
+    return EX_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """``poller watch``."""
+    settings, _, validated = _load(args)
+    if args.broker not in validated.brokers:
+        raise ConfigError([_problem(args.broker, validated)])
+    account = args.account or _only_account(settings, args.broker)
+    store = Store.open(settings.daemon.database)
+    try:
+        added = store.watch(args.broker, account, args.order_id)
+    finally:
+        store.close()
+    print(("watching " if added else "already watching ") + f"{args.broker} {args.order_id}")
+    return EX_OK
+
+
+def cmd_unwatch(args: argparse.Namespace) -> int:
+    """``poller unwatch``."""
+    _, settings = _settings(args)
+    store = Store.open(settings.daemon.database)
+    try:
+        removed = store.unwatch(args.broker, args.order_id)
+    finally:
+        store.close()
+    print(("stopped watching " if removed else "was not watching ")
+          + f"{args.broker} {args.order_id}")
+    return EX_OK if removed else EX_FAIL
+
+
+def _problem(broker: str, validated: Validated) -> Any:
+    from poller.errors import ConfigProblem
+
+    known = ", ".join(validated.brokers) or "none"
+    return ConfigProblem("arguments", "broker", f"no connection {broker!r} (known: {known})")
+
+
+def _only_account(settings: Settings, broker: str) -> str:
+    accounts = settings.brokers[broker].get("accounts") or []
+    ids = [a.get("account_id", "") for a in accounts if isinstance(a, dict)]
+    if len(ids) == 1:
+        return str(ids[0])
+    account = settings.brokers[broker].get("account_id")
+    if account:
+        return str(account)
+    if not ids:
+        return ""
+    from poller.errors import ConfigProblem
+
+    raise ConfigError([ConfigProblem("arguments", "--account",
+                                     f"{broker} has several accounts; name one with --account")])
+
+
+def _d(value: Any) -> str:
+    from poller.models import decimal_text
+
+    return decimal_text(value) or "-" if value is not None else "-"
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "check-config": cmd_check_config,
+    "orders": cmd_orders,
+    "events": cmd_events,
+    "plugins": cmd_plugins,
+    "watch": cmd_watch,
+    "unwatch": cmd_unwatch,
+}
+
+

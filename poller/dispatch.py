@@ -1,0 +1,207 @@
+"""Deliver the outbox: one worker per notifier, at-least-once, in order.
+
+A row is marked sent only after the notifier returned (the service accepted). A retryable
+failure keeps the row and every later row of that notifier waiting until its next attempt
+time (capped exponential backoff with full jitter, persisted in the row), so one notifier's
+messages arrive in the order the events happened. A permanent refusal, or a row older than
+the give-up age, is dead-lettered and announced to the *other* notifiers. Each notifier has
+its own worker, so a slow or failing one never delays another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from poller.errors import DeliveryFailed, DeliveryRetryable, StoreError
+from poller.logsetup import Redactor
+from poller.models import OrderEvent, SystemScene, system_event, utcnow
+from poller.notifiers import Notifier
+from poller.store import Batch, OutboxRow, Store
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DbCall = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class DeliveryPolicy:
+    """Backoff and give-up settings of the dispatcher."""
+
+    base: float = 2.0
+    cap: float = 300.0
+    give_up_after: float = 24 * 3600.0
+    idle_wait: float = 30.0
+
+
+@dataclass
+class NotifierStats:
+    """Counters of one notifier for status lines and metrics."""
+
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    last_error: str = ""
+    latencies: list[float] = field(default_factory=list)
+
+
+class Dispatcher:
+    """Runs one delivery worker per notifier over the store's outbox."""
+
+    def __init__(
+        self,
+        store: Store,
+        notifiers: list[Notifier],
+        *,
+        db: DbCall,
+        commit: Callable[[Batch], Awaitable[list[OrderEvent]]],
+        redactor: Redactor,
+        policy: DeliveryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.notifiers = {n.name: n for n in notifiers}
+        self.policy = policy or DeliveryPolicy()
+        self.stats = {n.name: NotifierStats() for n in notifiers}
+        self._db = db
+        self._commit = commit
+        self._redact = redactor
+        self._rng = rng or random.Random()
+        self._wake = {n.name: asyncio.Event() for n in notifiers}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._abort = asyncio.Event()
+
+    def start(self) -> None:
+        """Start one worker task per notifier."""
+        for name in self.notifiers:
+            self._tasks.append(asyncio.create_task(self._worker(name), name=f"deliver-{name}"))
+
+    def wake(self) -> None:
+        """New rows were committed: let idle workers look again."""
+        for event in self._wake.values():
+            event.set()
+
+    async def stop(self, grace: float) -> None:
+        """Deliver what is due for up to ``grace`` seconds, then stop the workers.
+
+        Whatever is left stays in the outbox and is delivered after the next start.
+        """
+        self._stopping = True
+        self.wake()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        pending: set[asyncio.Task[None]] = set(self._tasks)
+        aborted = asyncio.create_task(self._abort.wait())
+        while pending and not self._abort.is_set() and loop.time() < deadline:
+            _, pending = await asyncio.wait(
+                pending | {aborted}, timeout=deadline - loop.time(),
+                return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(aborted)
+        aborted.cancel()
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self._tasks, aborted, return_exceptions=True)
+        self._tasks.clear()
+
+    def abort(self) -> None:
+        """Make a running :meth:`stop` give up waiting at once."""
+        self._abort.set()
+
+    async def _worker(self, name: str) -> None:
+        notifier = self.notifiers[name]
+        wake = self._wake[name]
+        while True:
+            wake.clear()
+            try:
+                rows: list[OutboxRow] = await self._db(self.store.due, name)
+            except StoreError:
+                logger.exception("notifier %s: cannot read the outbox", name)
+                rows = []
+            if not rows:
+                if self._stopping:
+                    return
+                await self._sleep_until_due(name, wake)
+                continue
+            for row in rows:
+                if not await self._deliver(notifier, row):
+                    break  # keep order: later rows wait for this one
+            if self._stopping and not await self._db(self.store.due, name):
+                return
+
+    async def _sleep_until_due(self, name: str, wake: asyncio.Event) -> None:
+        due = await self._db(self.store.next_attempt, name)
+        timeout = self.policy.idle_wait if due is None else max(0.0, due - time.time())
+        timeout = min(timeout, self.policy.idle_wait)
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=timeout)
+        except TimeoutError:
+            pass
+
+    async def _deliver(self, notifier: Notifier, row: OutboxRow) -> bool:
+        """Try one row; True when the worker may go on to the next."""
+        stats = self.stats[notifier.name]
+        try:
+            async with asyncio.timeout(notifier.config.timeout + 5):
+                await notifier.send(row.event)
+        except DeliveryFailed as err:
+            await self._dead(notifier, row, self._redact(str(err)))
+            return True
+        except (DeliveryRetryable, TimeoutError) as err:
+            message = self._redact(str(err) or f"no answer within {notifier.config.timeout:g} s")
+            retry_after = getattr(err, "retry_after", None)
+            return await self._retry(notifier, row, message, retry_after)
+        except Exception as err:  # a notifier bug must not kill its worker
+            logger.exception("notifier %s raised unexpectedly", notifier.name)
+            message = self._redact(f"{type(err).__name__}: {err}")
+            return await self._retry(notifier, row, message, None)
+        await self._db(self.store.mark_sent, row.id)
+        stats.delivered += 1
+        stats.latencies.append((utcnow() - row.event.timestamp).total_seconds())
+        del stats.latencies[:-1000]
+        return True
+
+    async def _retry(self, notifier: Notifier, row: OutboxRow, message: str,
+                     retry_after: float | None) -> bool:
+        stats = self.stats[notifier.name]
+        stats.last_error = message
+        age = (utcnow() - row.created_at).total_seconds()
+        if age >= self.policy.give_up_after:
+            await self._dead(notifier, row, f"gave up after {age / 3600:.1f} h: {message}")
+            return True
+        delay = self._rng.uniform(0, min(self.policy.cap, self.policy.base * 2 ** row.attempts))
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        stats.retried += 1
+        level = logging.WARNING if row.attempts == 0 else logging.INFO
+        logger.log(level, "notifier %s: delivery of %s failed (attempt %d), retrying in %.1f s: %s",
+                   notifier.name, row.event.short_id, row.attempts + 1, delay, message)
+        await self._db(self.store.mark_retry, row.id, next_attempt_at=time.time() + delay,
+                       error=message)
+        return False
+
+    async def _dead(self, notifier: Notifier, row: OutboxRow, message: str) -> None:
+        stats = self.stats[notifier.name]
+        stats.dead += 1
+        stats.last_error = message
+        logger.error("notifier %s: gave up on %s (%s %s): %s", notifier.name,
+                     row.event.short_id, row.event.scene, row.event.order_id, message)
+        await self._db(self.store.mark_dead, row.id, error=message)
+        if row.event.event_type == "SYSTEM" and row.event.payload.get("notifier"):
+            return  # never announce the failure of an announcement (no loops)
+        now: datetime = utcnow()
+        await self._commit(Batch(events=[system_event(
+            SystemScene.NOTIFIER_DEAD_LETTER, notifier=notifier.name, detected_at=now,
+            broker=row.event.broker, order_id=row.event.order_id,
+            discriminator=row.event.id,
+            message=(f"notifier {notifier.name} could not deliver {row.event.short_id} "
+                     f"({row.event.scene} {row.event.order_id}): {message}. "
+                     f"Fix the cause, then run: poller events --requeue {notifier.name}"),
+        )]))

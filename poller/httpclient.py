@@ -1,0 +1,132 @@
+"""HTTP plumbing shared by broker adapters: one client per connection, typed errors, deadlines.
+
+httpx's timeouts are per operation (an inactivity timeout), so a server trickling one byte a
+second could hold a call for ever; :func:`send` wraps each call in an overall deadline too.
+Everything httpx can raise is translated here into :mod:`poller.errors` types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from poller.__about__ import __version__
+from poller.errors import BrokerMalformed, BrokerUnavailable
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def build_client(base_url: str, *, timeout: float, headers: dict[str, str] | None = None
+                 ) -> httpx.AsyncClient:
+    """The one ``httpx.AsyncClient`` of a broker connection or notifier."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        headers={"User-Agent": f"poller/{__version__}", **(headers or {})},
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+    )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A broker's HTTP answer: status, headers and the body parsed as JSON (or ``None``)."""
+
+    status: int
+    headers: httpx.Headers
+    body: Any
+    text: str
+
+    def header(self, name: str) -> str | None:
+        """One response header, or ``None``."""
+        return self.headers.get(name)
+
+
+async def send(
+    client: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    connection: str,
+    deadline: float,
+    expect_json: bool = True,
+) -> Answer:
+    """Send ``request`` and read its whole answer within ``deadline`` seconds.
+
+    JSON numbers with a fraction are parsed as ``Decimal`` and big integers stay exact
+    ``int``: a quantity or an order id never passes through float.
+
+    :raises BrokerUnavailable: connection errors, timeouts, deadline exceeded.
+    :raises BrokerMalformed: a body that is too big, or not JSON when JSON was expected
+        and the status is 2xx (non-JSON error pages come back with ``body=None``).
+    """
+    try:
+        async with asyncio.timeout(deadline):
+            response = await client.send(request, stream=True)
+            try:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_raw():
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        raise BrokerMalformed(
+                            f"answer larger than {MAX_BODY_BYTES // 1024 // 1024} MiB",
+                            connection=connection,
+                        )
+                    chunks.append(chunk)
+            finally:
+                await response.aclose()
+    except TimeoutError as err:
+        raise BrokerUnavailable(
+            f"no complete answer within {deadline:g} s", connection=connection
+        ) from err
+    except httpx.TimeoutException as err:
+        raise BrokerUnavailable(f"timed out ({type(err).__name__})",
+                                connection=connection) from err
+    except httpx.HTTPError as err:
+        raise BrokerUnavailable(f"request failed ({type(err).__name__})",
+                                connection=connection) from err
+    raw = b"".join(chunks)
+    encoding = response.headers.get("content-encoding", "")
+    if encoding:
+        # aiter_raw skipped decoding; decode now through httpx's own decoders.
+        raw = httpx.Response(200, headers={"content-encoding": encoding}, content=raw).read()
+    text = raw.decode("utf-8", errors="replace")
+    body: Any = None
+    if text.strip():
+        try:
+            body = json.loads(text, parse_float=Decimal)
+        except ValueError as err:
+            if expect_json and 200 <= response.status_code < 300:
+                raise BrokerMalformed(
+                    f"answer is not JSON (HTTP {response.status_code}, "
+                    f"{response.headers.get('content-type', 'no content-type')})",
+                    connection=connection,
+                ) from err
+    return Answer(response.status_code, response.headers, body, text)
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """Read a ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, moment.timestamp() - current)

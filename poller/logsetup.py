@@ -1,0 +1,103 @@
+"""Logging: readable text or JSON lines on stderr, with every known secret redacted.
+
+The redaction is a filter on the handler, so it covers every logger, third-party ones
+included (httpx logs full URLs at INFO, and a Telegram bot token is part of the URL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+from urllib.parse import quote
+
+REDACTED = "**********"
+
+
+class Redactor:
+    """Replaces every known secret (and its URL-encoded form) in a text."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Learn more secrets (e.g. after a reload)."""
+        found = set(self._secrets)
+        for secret in secrets:
+            if len(secret) < 4:
+                continue  # too short to redact without mangling ordinary text
+            found.update({secret, quote(secret, safe=""), quote(secret)})
+        # Longest first, so a secret containing another is replaced whole.
+        self._secrets = sorted(found, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+
+class RedactingFilter(logging.Filter):
+    """Formats each record's message and traceback, then redacts secrets from both."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg = self.redactor(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redactor(record.exc_text)
+        record.exc_info = None if record.exc_text else record.exc_info
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (+ connection, traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        connection = getattr(record, "connection", None)
+        if connection:
+            data["connection"] = connection
+        if record.exc_text:
+            data["traceback"] = record.exc_text
+        return json.dumps(data, ensure_ascii=False)
+
+
+def setup_logging(
+    *, level: str = "INFO", fmt: str = "text", redactor: Redactor | None = None,
+    stream: TextIO | None = None,
+) -> Redactor:
+    """Configure the root logger once; returns the redactor to feed secrets to."""
+    redactor = redactor or Redactor()
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(RedactingFilter(redactor))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                                               "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_poller", False):
+            root.removeHandler(old)
+    handler._poller = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    # httpx logs every request URL at INFO; URLs can carry tokens and are noise anyway.
+    for noisy in ("httpx", "httpcore", "apscheduler"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    return redactor

@@ -1,0 +1,64 @@
+"""The database schema, one numbered step per version. Append steps; never edit old ones."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: orders, events and the outbox (issue 2).
+    """
+    CREATE TABLE orders (
+        broker       TEXT NOT NULL,
+        account_id   TEXT NOT NULL,
+        order_id     TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        final        INTEGER NOT NULL,
+        snapshot     TEXT NOT NULL,
+        first_seen   TEXT NOT NULL,
+        last_seen    TEXT NOT NULL,
+        last_changed TEXT NOT NULL,
+        missing      INTEGER NOT NULL DEFAULT 0,
+        stale        INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (broker, account_id, order_id)
+    );
+    CREATE TABLE accounts (
+        broker      TEXT NOT NULL,
+        account_id  TEXT NOT NULL,
+        baseline_at TEXT NOT NULL,
+        PRIMARY KEY (broker, account_id)
+    );
+    CREATE TABLE events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT NOT NULL UNIQUE,
+        event_type TEXT NOT NULL,
+        scene      TEXT NOT NULL,
+        broker     TEXT NOT NULL,
+        account_id TEXT NOT NULL,
+        order_id   TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        body       TEXT NOT NULL
+    );
+    CREATE INDEX events_order ON events (broker, account_id, order_id, seq);
+    CREATE TABLE outbox (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_seq       INTEGER NOT NULL REFERENCES events (seq),
+        notifier        TEXT NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dead')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error      TEXT NOT NULL DEFAULT '',
+        created_at      TEXT NOT NULL,
+        sent_at         TEXT,
+        UNIQUE (event_seq, notifier)
+    );
+    CREATE INDEX outbox_due ON outbox (notifier, state, next_attempt_at, id);
+    """,
+    # 2: order ids added by hand (`poller watch`) that no list call discovers (issue 3).
+    """
+    CREATE TABLE watched (
+        broker     TEXT NOT NULL,
+        account_id TEXT NOT NULL,
+        order_id   TEXT NOT NULL,
+        added_at   TEXT NOT NULL,
+        PRIMARY KEY (broker, order_id)
+    );
+    """,
+]

@@ -1,0 +1,148 @@
+"""Rate budgets: named limit groups with an exact sliding-window guarantee (design.md §4).
+
+A bare ``aiolimiter.AsyncLimiter(N, W)`` is a leaky bucket that admits up to 2N-1 requests in
+one window, so it cannot honour "N per W seconds" as a hard contract. Each :class:`LimitGroup`
+here keeps the start times of its recent requests (a sliding-window log) and admits a request
+only when fewer than ``floor(share * N)`` started in the trailing window ``W`` (padded a
+little for network jitter) and the minimum spacing has passed. A request that consumes several
+groups (endpoint + account-wide) waits until all have room and is then recorded in all of them
+at the same instant, without awaiting in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+_SPEC = re.compile(
+    r"^\s*(?P<count>\d+)\s*/\s*(?P<window>\d+(?:\.\d+)?)?\s*(?P<unit>ms|s|m|min)?\s*$"
+)
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """A documented limit: ``count`` requests per ``window`` seconds, ``spacing`` apart."""
+
+    count: int
+    window: float
+    spacing: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str, *, spacing: float = 0.0) -> LimitSpec:
+        """Read ``"30/2s"``, ``"1/s"``, ``"250/10s"``, ``"600/min"``."""
+        match = _SPEC.match(text)
+        if not match:
+            raise ValueError(f"not a limit like '30/2s': {text!r}")
+        count = int(match["count"])
+        window = float(match["window"] or 1)
+        unit = match["unit"] or "s"
+        window *= {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0}[unit]
+        if count < 1 or window <= 0:
+            raise ValueError(f"a limit needs at least 1 request per positive window: {text!r}")
+        return cls(count, window, spacing)
+
+    def __str__(self) -> str:
+        window = f"{self.window:g}s"
+        spacing = f", >= {self.spacing * 1000:g} ms apart" if self.spacing else ""
+        return f"{self.count}/{window}{spacing}"
+
+
+class LimitGroup:
+    """One limit group's sliding-window log.
+
+    :param share: the part of the documented limit we may use (the rest is left for network
+        jitter and the user's own programs on the same key).
+    :param pad: seconds added to the window, so requests spaced exactly by us cannot arrive
+        compressed into one server-side window.
+    """
+
+    def __init__(
+        self, name: str, spec: LimitSpec, *, share: float = 0.8, pad: float | None = None
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.share = share
+        self.allowed = max(1, math.floor(share * spec.count))
+        self.window = spec.window + (pad if pad is not None else min(0.05 * spec.window, 0.25))
+        self.spacing = spec.spacing
+        self._starts: deque[float] = deque()
+        self.paused_until = 0.0
+        self.admitted = 0
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until one more request may start here (0 when it may start now)."""
+        starts = self._starts
+        while starts and starts[0] <= now - self.window:
+            starts.popleft()
+        wait = max(0.0, self.paused_until - now)
+        if len(starts) >= self.allowed:
+            wait = max(wait, starts[len(starts) - self.allowed] + self.window - now)
+        if self.spacing and starts:
+            wait = max(wait, starts[-1] + self.spacing - now)
+        return wait
+
+    def record(self, now: float) -> None:
+        """Note that a request started at ``now``."""
+        self._starts.append(now)
+        self.admitted += 1
+
+    def pause(self, until: float) -> None:
+        """Admit nothing before ``until`` (after the broker said we went too fast)."""
+        self.paused_until = max(self.paused_until, until)
+
+    @property
+    def rate(self) -> float:
+        """Requests per second this group allows us."""
+        return self.allowed / self.window
+
+
+class RateBudget:
+    """The limit groups of one broker connection; every request passes through :meth:`slot`.
+
+    ``clock`` and ``sleep`` are injectable so property tests can run on a fake clock.
+    """
+
+    def __init__(
+        self,
+        groups: Iterable[LimitGroup],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.groups = {g.name: g for g in groups}
+        self._clock = clock
+        self._sleep = sleep
+
+    def group(self, name: str) -> LimitGroup:
+        """The group called ``name`` (KeyError names the group when it does not exist)."""
+        return self.groups[name]
+
+    async def acquire(self, *names: str) -> float:
+        """Wait until every named group has room, then record the request in all of them.
+
+        :returns: the (budget clock) time the request was admitted.
+        """
+        groups = [self.groups[n] for n in names]
+        while True:
+            now = self._clock()
+            wait = max((g.wait_time(now) for g in groups), default=0.0)
+            if wait <= 0:
+                for g in groups:
+                    g.record(now)
+                return now
+            await self._sleep(wait)
+
+    def pause(self, names: Iterable[str], seconds: float) -> None:
+        """Pause the named groups for ``seconds`` from now."""
+        until = self._clock() + seconds
+        for name in names:
+            self.groups[name].pause(until)
+
+    def now(self) -> float:
+        """The budget's clock."""
+        return self._clock()

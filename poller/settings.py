@@ -1,0 +1,227 @@
+"""Configuration: one TOML file read through pydantic-settings (design.md §8).
+
+Priority, highest first: ``POLLER_*`` environment variables > secret files in
+``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``) > the TOML file. The file is ``-c
+PATH``, else ``$POLLER_CONFIG``, else ``/etc/poller/config.toml``.
+
+``[brokers.NAME]`` and ``[notifiers.NAME]`` tables are validated against the ``Config`` model
+of the adapter or notifier their ``kind`` names, once the plugins are loaded
+(:func:`poller.app.build_app` does that); unknown keys are errors everywhere.
+
+Secrets of a connection can come from outside the file:
+``POLLER_BROKERS__<NAME>__<KEY>`` (NAME upper-cased, ``-`` written ``_``) or a file
+``$CREDENTIALS_DIRECTORY/brokers.<name>.<key>``; the same for notifiers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from poller.errors import ConfigError, ConfigProblem
+
+DEFAULT_CONFIG = Path("/etc/poller/config.toml")
+SECTIONS = ("brokers", "notifiers")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class DaemonSettings(BaseModel):
+    """The ``[daemon]`` table."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, frozen=True)
+
+    database: Path = Field(
+        default=Path("/var/lib/poller/poller.db"),
+        description="The SQLite state file (orders, events, outbox).",
+    )
+    announce_existing: bool = Field(
+        default=False,
+        description="Announce orders that already exist when an account is first polled.",
+    )
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Installed plugins (entry points in group 'poller') to load, by name.",
+    )
+    plugins_dirs: list[Path] = Field(
+        default_factory=list, description="Folders of drop-in *.py plugins."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level of log lines printed."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text for people, json for journald/ingest."
+    )
+    stale_after: int = Field(
+        default=3, ge=1, description="Polls an open order may be missing before it is stale."
+    )
+    shutdown_grace: float = Field(
+        default=10.0, gt=0, description="Seconds to flush deliveries when stopping."
+    )
+
+
+class Settings(BaseSettings):
+    """The whole configuration, built once at start (and again on reload) and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POLLER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        hide_input_in_errors=True,
+        frozen=True,
+    )
+
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    brokers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    notifiers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Priority, first is highest: init (the parsed TOML, see :func:`load_settings`
+        merges the overlays in) > ``POLLER_DAEMON__*`` environment variables."""
+        return (_DaemonEnvSource(settings_cls), init_settings)
+
+
+class _DaemonEnvSource(EnvSettingsSource):
+    """``POLLER_DAEMON__KEY`` variables; connection secrets are read by :func:`_overlay`."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        return {k: v for k, v in data.items() if k not in SECTIONS}
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        if field_name in SECTIONS:
+            return None
+        return super().prepare_field_value(field_name, field, value, value_is_complex)
+
+
+def config_path(cli_path: str | Path | None) -> Path:
+    """``-c PATH``, else ``$POLLER_CONFIG``, else ``/etc/poller/config.toml``."""
+    if cli_path:
+        return Path(cli_path)
+    env = os.environ.get("POLLER_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse the config file, turning every failure into a one-line :class:`ConfigError`."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(str(path), "", "no such file")]) from None
+    except OSError as err:
+        raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {err.strerror}")]) from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigProblem(str(path), "", "not UTF-8 text")]) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([ConfigProblem(str(path), "", f"invalid TOML: {err}")]) from None
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    data: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from a TOML file (or already-parsed ``data``).
+
+    :raises ConfigError: with one :class:`ConfigProblem` per offending key; secret values
+        never appear in its text.
+    """
+    source = str(path) if path is not None else "<config>"
+    if data is None:
+        if path is None:
+            raise ValueError("load_settings needs a path or data")
+        data = read_toml(path)
+    environ = dict(os.environ if environ is None else environ)
+    problems: list[ConfigProblem] = []
+    for section in SECTIONS:
+        tables = data.get(section, {})
+        if not isinstance(tables, dict):
+            problems.append(ConfigProblem(source, section, "must be a table of named tables"))
+            continue
+        for name, table in tables.items():
+            if not _NAME.match(name):
+                problems.append(ConfigProblem(
+                    source, f"{section}.{name}",
+                    "names use letters, digits, '-', '_' and '.' (at most 64)",
+                ))
+            if not isinstance(table, dict):
+                problems.append(ConfigProblem(source, f"{section}.{name}", "must be a table"))
+    if problems:
+        raise ConfigError(problems)
+    merged = _overlay(data, environ)
+    try:
+        return Settings(**merged)
+    except ValidationError as err:
+        raise ConfigError(problems_from(err, source)) from None
+
+
+def _overlay(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """Merge connection keys from the environment and the credentials directory."""
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    creds = environ.get("CREDENTIALS_DIRECTORY")
+    for section in SECTIONS:
+        tables = {name: dict(table) for name, table in merged.get(section, {}).items()}
+        for name, table in tables.items():
+            if creds:
+                prefix = f"{section}.{name}."
+                folder = Path(creds)
+                if folder.is_dir():
+                    for entry in sorted(folder.iterdir()):
+                        if entry.name.startswith(prefix) and entry.is_file():
+                            key = entry.name[len(prefix):]
+                            table[key] = entry.read_text(encoding="utf-8").rstrip("\r\n")
+            env_prefix = f"POLLER_{section.upper()}__{_env_name(name)}__"
+            for var, value in environ.items():
+                if var.upper().startswith(env_prefix):
+                    table[var[len(env_prefix):].lower()] = value
+        if tables:
+            merged[section] = tables
+    return merged
+
+
+def _env_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def problems_from(
+    error: ValidationError, source: str, prefix: tuple[str | int, ...] = ()
+) -> list[ConfigProblem]:
+    """One :class:`ConfigProblem` per pydantic error, worded for people, without values."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        key = ".".join(str(part) for part in (*prefix, *item["loc"]))
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        else:
+            message = item["msg"]
+            if message.startswith("Value error, "):
+                message = message.removeprefix("Value error, ")
+        problems.append(ConfigProblem(source, key, message))
+    return problems

@@ -1,0 +1,10 @@
+"""The simulators ``poller demo`` can start, by broker kind."""
+
+from __future__ import annotations
+
+from poller.simulator.base import BrokerSim
+from poller.simulator.shioaji import ShioajiSim
+
+SIMULATORS: dict[str, type[BrokerSim]] = {
+    "shioaji": ShioajiSim,
+}

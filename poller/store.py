@@ -1,0 +1,454 @@
+"""The durable state: last snapshot per order, events and the outbox, in one SQLite file.
+
+Everything the daemon must not forget goes through :meth:`Store.commit`, which writes the
+new snapshots, the new events and one outbox row per (event, notifier) in ONE transaction,
+so a crash can never leave a transition recorded without its deliveries (or the reverse).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from poller.errors import StoreError
+from poller.migrations import MIGRATIONS
+from poller.models import OrderEvent, OrderSnapshot, iso, utcnow
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_PRAGMAS = {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1}
+BUSY_TIMEOUT_MS = 5000
+
+
+@dataclass
+class Batch:
+    """What one poll wants remembered, committed atomically by :meth:`Store.commit`.
+
+    ``snapshots`` replace the stored snapshot of their order; ``seen`` only refreshes the
+    last-seen time of unchanged orders; ``missing`` sets the count of consecutive polls an
+    order was absent; ``baselined`` records accounts whose first poll has been stored.
+    """
+
+    snapshots: list[OrderSnapshot] = field(default_factory=list)
+    events: list[OrderEvent] = field(default_factory=list)
+    seen: list[tuple[str, str, str]] = field(default_factory=list)
+    missing: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    stale: list[tuple[str, str, str]] = field(default_factory=list)
+    baselined: list[tuple[str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.snapshots or self.events or self.seen or self.missing or self.stale
+            or self.baselined
+        )
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One pending delivery of one event to one notifier."""
+
+    id: int
+    notifier: str
+    event: OrderEvent
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The delivery state of one event at one notifier, for ``poller events``."""
+
+    notifier: str
+    state: str
+    attempts: int
+    last_error: str
+    sent_at: str | None
+
+
+@dataclass(frozen=True)
+class StoredOrder:
+    """A tracked order as ``poller orders`` shows it."""
+
+    snapshot: OrderSnapshot
+    first_seen: str
+    last_seen: str
+    last_changed: str
+    missing: int
+    stale: bool
+
+
+class Store:
+    """The SQLite state database. Open with :meth:`open`; one instance per process."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, lock: IO[bytes] | None) -> None:
+        self._conn = conn
+        self.path = path
+        self._lock = lock
+        self.recovered_from: Path | None = None
+
+    @classmethod
+    def open(cls, path: Path | str, *, lock: bool = False) -> Store:
+        """Open (creating and migrating if needed) the database at ``path``.
+
+        With ``lock=True`` the caller becomes the one daemon allowed on this database; a
+        second one gets a :class:`StoreError`. A file that is not a sound SQLite database is
+        moved aside (``recovered_from`` says where) and a fresh one is created, so the
+        daemon starts from a silent baseline instead of re-announcing everything.
+        """
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create {path.parent}: {err.strerror}") from err
+        lock_file = _take_lock(path) if lock else None
+        recovered: Path | None = None
+        try:
+            conn = _connect(path)
+            try:
+                _check(conn)
+            except sqlite3.DatabaseError as err:
+                conn.close()
+                recovered = _move_aside(path, str(err))
+                conn = _connect(path)
+            _migrate(conn)
+        except sqlite3.Error as err:
+            if lock_file:
+                lock_file.close()
+            raise StoreError(f"cannot use database {path}: {err}") from err
+        store = cls(conn, path, lock_file)
+        store.recovered_from = recovered
+        return store
+
+    def close(self) -> None:
+        """Close the database and release the daemon lock."""
+        self._conn.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def pragmas(self) -> dict[str, Any]:
+        """The durability settings in force on this connection (asserted on open)."""
+        return {name: self._conn.execute(f"PRAGMA {name}").fetchone()[0] for name in
+                (*REQUIRED_PRAGMAS, "busy_timeout")}
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- orders -------------------------------------------------------------------------
+
+    def load_orders(self, broker: str) -> dict[tuple[str, str, str], OrderSnapshot]:
+        """Every stored snapshot of one connection, keyed by (broker, account, order id)."""
+        rows = self._conn.execute(
+            "SELECT snapshot FROM orders WHERE broker = ?", (broker,)
+        ).fetchall()
+        result: dict[tuple[str, str, str], OrderSnapshot] = {}
+        for (text,) in rows:
+            snap = OrderSnapshot.from_json(json.loads(text))
+            result[snap.key] = snap
+        return result
+
+    def missing_counts(self, broker: str) -> dict[tuple[str, str, str], int]:
+        """How many polls in a row each non-final order of a connection was absent."""
+        rows = self._conn.execute(
+            "SELECT account_id, order_id, missing FROM orders "
+            "WHERE broker = ? AND missing > 0", (broker,)
+        ).fetchall()
+        return {(broker, a, o): n for a, o, n in rows}
+
+    def known_accounts(self, broker: str) -> set[str]:
+        """Accounts of a connection whose baseline has been recorded."""
+        rows = self._conn.execute(
+            "SELECT account_id FROM accounts WHERE broker = ?", (broker,)
+        ).fetchall()
+        return {a for (a,) in rows}
+
+    def list_orders(self, broker: str | None = None, *, include_final: bool = True) -> list[
+        StoredOrder
+    ]:
+        """Tracked orders, newest change first, for ``poller orders``."""
+        sql = "SELECT snapshot, first_seen, last_seen, last_changed, missing, stale FROM orders"
+        clauses, args = [], []
+        if broker:
+            clauses.append("broker = ?")
+            args.append(broker)
+        if not include_final:
+            clauses.append("final = 0")
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY last_changed DESC, order_id"
+        return [
+            StoredOrder(OrderSnapshot.from_json(json.loads(s)), fs, ls, lc, m, bool(st))
+            for s, fs, ls, lc, m, st in self._conn.execute(sql, args).fetchall()
+        ]
+
+    # -- the one write path --------------------------------------------------------------
+
+    def commit(
+        self, batch: Batch, route: Callable[[OrderEvent], Sequence[str]]
+    ) -> list[OrderEvent]:
+        """Write a poll's snapshots, events and outbox rows in one transaction.
+
+        :param route: names of the notifiers that should receive an event.
+        :returns: the events that were new (an event id already stored is a replay of a
+            known fact and is neither stored nor routed again).
+        """
+        now = iso(utcnow())
+        epoch = time.time()
+        fresh: list[OrderEvent] = []
+        try:
+            with self._transaction() as db:
+                for broker, account in batch.baselined:
+                    db.execute(
+                        "INSERT OR IGNORE INTO accounts (broker, account_id, baseline_at) "
+                        "VALUES (?, ?, ?)", (broker, account, now),
+                    )
+                for snap in batch.snapshots:
+                    db.execute(
+                        "INSERT INTO orders (broker, account_id, order_id, status, final, "
+                        "snapshot, first_seen, last_seen, last_changed, missing, stale) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0) "
+                        "ON CONFLICT (broker, account_id, order_id) DO UPDATE SET "
+                        "status = excluded.status, final = excluded.final, "
+                        "snapshot = excluded.snapshot, last_seen = excluded.last_seen, "
+                        "last_changed = excluded.last_changed, missing = 0, stale = 0",
+                        (*snap.key, snap.status.value, int(snap.final),
+                         json.dumps(snap.to_json(), separators=(",", ":")), now, now, now),
+                    )
+                for key in batch.seen:
+                    db.execute(
+                        "UPDATE orders SET last_seen = ?, missing = 0 WHERE broker = ? "
+                        "AND account_id = ? AND order_id = ?", (now, *key),
+                    )
+                for key, count in batch.missing.items():
+                    db.execute(
+                        "UPDATE orders SET missing = ? WHERE broker = ? AND account_id = ? "
+                        "AND order_id = ?", (count, *key),
+                    )
+                for key in batch.stale:
+                    db.execute(
+                        "UPDATE orders SET stale = 1 WHERE broker = ? AND account_id = ? "
+                        "AND order_id = ?", key,
+                    )
+                for event in batch.events:
+                    cursor = db.execute(
+                        "INSERT OR IGNORE INTO events (id, event_type, scene, broker, "
+                        "account_id, order_id, created_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (event.id, event.event_type, event.scene, event.broker,
+                         event.account_id, event.order_id, now,
+                         json.dumps(event.to_json(), separators=(",", ":"))),
+                    )
+                    if cursor.rowcount != 1:
+                        continue
+                    fresh.append(event)
+                    for notifier in route(event):
+                        db.execute(
+                            "INSERT INTO outbox (event_seq, notifier, state, next_attempt_at, "
+                            "created_at) VALUES (?, ?, 'pending', ?, ?)",
+                            (cursor.lastrowid, notifier, epoch, now),
+                        )
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot write to {self.path}: {err}") from err
+        return fresh
+
+    # -- outbox ---------------------------------------------------------------------------
+
+    def due(self, notifier: str, *, now: float | None = None, limit: int = 50) -> list[OutboxRow]:
+        """Pending deliveries of one notifier whose time has come, oldest event first."""
+        now = time.time() if now is None else now
+        rows = self._conn.execute(
+            "SELECT o.id, o.attempts, o.created_at, e.body FROM outbox o "
+            "JOIN events e ON e.seq = o.event_seq "
+            "WHERE o.notifier = ? AND o.state = 'pending' AND o.next_attempt_at <= ? "
+            "ORDER BY e.seq LIMIT ?", (notifier, now, limit),
+        ).fetchall()
+        return [
+            OutboxRow(row_id, notifier, OrderEvent.from_json(json.loads(body)), attempts,
+                      datetime.fromisoformat(created.replace("Z", "+00:00")))
+            for row_id, attempts, created, body in rows
+        ]
+
+    def next_attempt(self, notifier: str) -> float | None:
+        """When the earliest pending delivery of a notifier becomes due (epoch seconds)."""
+        row = self._conn.execute(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE notifier = ? AND state = 'pending'",
+            (notifier,),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def mark_sent(self, row_id: int) -> None:
+        """Record that the service accepted a delivery (only ever after it did)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
+                "last_error = '' WHERE id = ?", (iso(utcnow()), row_id),
+            )
+
+    def mark_retry(self, row_id: int, *, next_attempt_at: float, error: str) -> None:
+        """Record a failed attempt and when to try again."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+                "WHERE id = ?", (next_attempt_at, error, row_id),
+            )
+
+    def mark_dead(self, row_id: int, *, error: str) -> None:
+        """Give up on a delivery (dead letter); ``requeue_dead`` brings it back."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ? "
+                "WHERE id = ?", (error, row_id),
+            )
+
+    def requeue_dead(self, notifier: str | None = None) -> int:
+        """Put dead-lettered deliveries back in the queue; returns how many."""
+        sql = "UPDATE outbox SET state = 'pending', next_attempt_at = ? WHERE state = 'dead'"
+        args: list[Any] = [time.time()]
+        if notifier:
+            sql += " AND notifier = ?"
+            args.append(notifier)
+        with self._transaction() as db:
+            return db.execute(sql, args).rowcount
+
+    def backlog(self) -> dict[str, int]:
+        """Pending deliveries per notifier."""
+        rows = self._conn.execute(
+            "SELECT notifier, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY notifier"
+        ).fetchall()
+        return {n: c for n, c in rows}
+
+    def recent_events(
+        self, limit: int = 50, *, broker: str | None = None
+    ) -> list[tuple[OrderEvent, list[Delivery]]]:
+        """The newest events (oldest first) with their delivery state at each notifier."""
+        sql = "SELECT seq, body FROM events"
+        args: list[Any] = []
+        if broker:
+            sql += " WHERE broker = ?"
+            args.append(broker)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        rows = list(reversed(self._conn.execute(sql, args).fetchall()))
+        result = []
+        for seq, body in rows:
+            deliveries = [
+                Delivery(n, st, a, err, sent)
+                for n, st, a, err, sent in self._conn.execute(
+                    "SELECT notifier, state, attempts, last_error, sent_at FROM outbox "
+                    "WHERE event_seq = ? ORDER BY notifier", (seq,),
+                ).fetchall()
+            ]
+            result.append((OrderEvent.from_json(json.loads(body)), deliveries))
+        return result
+
+    # -- watched orders ---------------------------------------------------------------------
+
+    def watch(self, broker: str, account_id: str, order_id: str) -> bool:
+        """Add an order id no list call discovers; False if it was already watched."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO watched (broker, account_id, order_id, added_at) "
+                "VALUES (?, ?, ?, ?)", (broker, account_id, order_id, iso(utcnow())),
+            )
+            return cur.rowcount == 1
+
+    def unwatch(self, broker: str, order_id: str) -> bool:
+        """Stop watching an order id; False if it was not watched."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "DELETE FROM watched WHERE broker = ? AND order_id = ?", (broker, order_id)
+            )
+            return cur.rowcount == 1
+
+    def watched(self, broker: str) -> list[tuple[str, str]]:
+        """(account id, order id) pairs watched on one connection."""
+        return [
+            (a, o) for a, o in self._conn.execute(
+                "SELECT account_id, order_id FROM watched WHERE broker = ? ORDER BY added_at",
+                (broker,),
+            ).fetchall()
+        ]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so Python's
+    # implicit transactions never split what must be one transaction.
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                           check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    for name, wanted in REQUIRED_PRAGMAS.items():
+        actual = conn.execute(f"PRAGMA {name}").fetchone()[0]
+        if actual != wanted:
+            conn.close()
+            raise StoreError(f"database {path}: PRAGMA {name} is {actual!r}, need {wanted!r}")
+    return conn
+
+
+def _check(conn: sqlite3.Connection) -> None:
+    result = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if result != "ok":
+        raise sqlite3.DatabaseError(f"quick_check: {result}")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"database schema version {version} is newer than this poller ({len(MIGRATIONS)})"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        logger.debug("database migrated to schema version %d", number)
+
+
+def _move_aside(path: Path, reason: str) -> Path:
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(str(path) + suffix)
+        if source.exists():
+            os.replace(source, Path(str(target) + suffix))
+    logger.error("database %s is damaged (%s); moved it to %s and starting a fresh baseline",
+                 path, reason, target)
+    return target
+
+
+def _take_lock(path: Path) -> IO[bytes]:
+    lock_path = Path(str(path) + ".lock")
+    handle = open(lock_path, "ab")  # noqa: SIM115 - held for the life of the store
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        handle.close()
+        raise StoreError(
+            f"another poller is already running on {path} (lock {lock_path} is held)"
+        ) from err
+    return handle
