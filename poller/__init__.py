@@ -46,6 +46,7 @@ __all__ = [
     "ListScope",
     "Notifier",
     "NotifierConfig",
+    "NotifierConfigError",
     "NotifierError",
     "OrderEvent",
     "OrderSnapshot",

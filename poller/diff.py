@@ -115,7 +115,9 @@ def _events(
 ) -> list[OrderEvent]:
     builder = _Builder(current, detected_at, previous.status if previous else None)
     if previous is None and not current.status.terminal:
-        placed_as = current.status if current.status is OrderStatus.PENDING else OrderStatus.SUBMITTED
+        placed_as = (
+            OrderStatus.PENDING if current.status is OrderStatus.PENDING else OrderStatus.SUBMITTED
+        )
         builder.add(SceneType.PLACED, "", placed_as)
 
     if previous is not None:
@@ -152,8 +154,11 @@ def _events(
 
     if current.status.terminal and not current.provisional:
         scene = _TERMINAL_SCENE[current.status]
-        fill, cumulative = builder.final_fill or (None, current.filled_qty)
-        builder.add(scene, "", current.status, fill=fill, filled_qty=cumulative)
+        if builder.final_fill is not None:
+            final, cumulative = builder.final_fill
+            builder.add(scene, "", current.status, fill=final, filled_qty=cumulative)
+        else:
+            builder.add(scene, "", current.status)
     return builder.events
 
 

@@ -98,8 +98,8 @@ class Dispatcher:
         self.wake()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        pending: set[asyncio.Task[None]] = set(self._tasks)
-        aborted = asyncio.create_task(self._abort.wait())
+        pending: set[asyncio.Task[Any]] = set(self._tasks)
+        aborted: asyncio.Task[Any] = asyncio.create_task(self._abort.wait())
         while pending and not self._abort.is_set() and loop.time() < deadline:
             _, pending = await asyncio.wait(
                 pending | {aborted}, timeout=deadline - loop.time(),

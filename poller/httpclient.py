@@ -49,7 +49,8 @@ class Answer:
 
     def header(self, name: str) -> str | None:
         """One response header, or ``None``."""
-        return self.headers.get(name)
+        value: str | None = self.headers.get(name)
+        return value
 
 
 async def send(

@@ -30,7 +30,7 @@ class OrderStatus(StrEnum):
 
     @property
     def stage(self) -> int:
-        """0 = not yet acknowledged, 1 = working, 2 = finished; statuses never move to a lower stage."""
+        """0 = not acknowledged, 1 = working, 2 = finished; never moves to a lower stage."""
         if self is OrderStatus.PENDING:
             return 0
         return 2 if self in _TERMINAL else 1

@@ -83,7 +83,9 @@ class Notifier(ABC):
             await self.client.aclose()
 
 
-async def post(client: httpx.AsyncClient, request: httpx.Request, *, service: str) -> httpx.Response:
+async def post(
+    client: httpx.AsyncClient, request: httpx.Request, *, service: str
+) -> httpx.Response:
     """Send a delivery request and classify the outcome (never leaks the URL in errors).
 
     Service URLs often are secrets (Slack webhooks, Telegram bot tokens), so error texts

@@ -177,31 +177,30 @@ def get_plugin_manager(
                     f"no installed plugin of that name (entry point group '{ENTRY_POINT_GROUP}')"))
                 continue
             try:
-                module = ep.load()
+                loaded: ModuleType = ep.load()
             except Exception as err:
                 problems.append(ConfigProblem("daemon.plugins", name,
                                               f"failed to import: {type(err).__name__}: {err}"))
                 continue
-            pm.register(module, f"entrypoint:{name}")
+            pm.register(loaded, f"entrypoint:{name}")
             dist = ep.dist
             registered.append((PluginInfo(
                 name, f"entry point {ep.value}",
-                f"{dist.name} {dist.version}" if dist else "?", []), module))
+                f"{dist.name} {dist.version}" if dist else "?", []), loaded))
 
     for folder in plugin_dirs:
-        for path, module, problem in _load_dropins(Path(folder)):
+        for path, dropin, problem in _load_dropins(Path(folder)):
             if problem:
                 problems.append(ConfigProblem("daemon.plugins_dirs", str(path), problem))
-            elif module is not None:
-                pm.register(module, f"dropin:{path}")
-                registered.append((PluginInfo(path.stem, f"drop-in {path}", "-", []), module))
+            elif dropin is not None:
+                pm.register(dropin, f"dropin:{path}")
+                registered.append((PluginInfo(path.stem, f"drop-in {path}", "-", []), dropin))
     if problems:
         raise ConfigError(problems)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as err:
-        raise ConfigError([ConfigProblem("plugins", str(err.plugin_name),
-                                         f"unknown hook: {err}")]) from None
+        raise ConfigError([ConfigProblem("plugins", "hooks", f"unknown hook: {err}")]) from None
     for info, plugin in registered:
         info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
     return Plugins(pm, [info for info, _ in registered])

@@ -443,7 +443,7 @@ def _move_aside(path: Path, reason: str) -> Path:
 
 def _take_lock(path: Path) -> IO[bytes]:
     lock_path = Path(str(path) + ".lock")
-    handle = open(lock_path, "ab")  # noqa: SIM115 - held for the life of the store
+    handle = open(lock_path, "ab")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:

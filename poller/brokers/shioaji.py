@@ -182,7 +182,7 @@ def _error_message(answer: Answer) -> str:
     body = answer.body
     if isinstance(body, dict) and isinstance(body.get("message"), str):
         details = body.get("details")
-        return body["message"] + (f" ({details})" if details else "")
+        return str(body["message"]) + (f" ({details})" if details else "")
     text = answer.text.strip()
     if text.startswith("<"):
         return "an HTML error page"

@@ -81,7 +81,7 @@ class ShioajiSim(BrokerSim):
         return f"{0xa647f23d + number * 7919:08x}"[-8:]
 
     def accounts(self) -> list[str]:
-        return [a["account_id"] for a in self.account_list if a["account_type"] == "S"]
+        return [str(a["account_id"]) for a in self.account_list if a["account_type"] == "S"]
 
     def broker_config(self, name: str) -> dict[str, Any]:
         table: dict[str, Any] = {
