@@ -76,7 +76,7 @@ async def send(
             try:
                 chunks: list[bytes] = []
                 size = 0
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > MAX_BODY_BYTES:
                         raise BrokerMalformed(
@@ -97,10 +97,6 @@ async def send(
         raise BrokerUnavailable(f"request failed ({type(err).__name__})",
                                 connection=connection) from err
     raw = b"".join(chunks)
-    encoding = response.headers.get("content-encoding", "")
-    if encoding:
-        # aiter_raw skipped decoding; decode now through httpx's own decoders.
-        raw = httpx.Response(200, headers={"content-encoding": encoding}, content=raw).read()
     text = raw.decode("utf-8", errors="replace")
     body: Any = None
     if text.strip():
