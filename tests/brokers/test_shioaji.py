@@ -224,7 +224,7 @@ def test_lifecycle_against_simulator(tmp_path: Path, receiver: Receiver) -> None
         table = sim.broker_config("tw") | {"interval": 0.2, "base_url": sim.url}
         config = daemon_config(tmp_path, {"tw": table}, receiver.url, announce_existing=True)
 
-        async def scenario() -> None:
+        async def scenario() -> tuple[str, str, str]:
             async with running_app(config):
                 book = sim.book
                 a = book.place(account, "2890", "BUY", 10, "27.1")
@@ -242,12 +242,13 @@ def test_lifecycle_against_simulator(tmp_path: Path, receiver: Receiver) -> None
                 c = book.place(account, "0050", "BUY", 1, "195")
                 book.reject(c.order_id, "insufficient buying power")
                 await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 7)
+                return a.order_id, b.order_id, c.order_id
 
-        asyncio.run(scenario())
-        assert receiver.scenes(a.order_id) == ["PLACED", "FILLED", "MODIFY_SUCCESS", "FILLED",
+        a_id, b_id, c_id = asyncio.run(scenario())
+        assert receiver.scenes(a_id) == ["PLACED", "FILLED", "MODIFY_SUCCESS", "FILLED",
                                                "FINAL_FILLED"]
-        assert receiver.scenes(b.order_id) == ["CANCEL_SUCCESS"]
-        assert receiver.scenes(c.order_id) == ["PLACE_FAILED"]
+        assert receiver.scenes(b_id) == ["CANCEL_SUCCESS"]
+        assert receiver.scenes(c_id) == ["PLACE_FAILED"]
         final = [e for e in receiver.events if e["payload"]["scene_type"] == "FINAL_FILLED"][0]
         assert final["payload"]["filled_qty"] == "10" and final["payload"]["last_fill_qty"] == "3"
         ids = [e["id"] for e in receiver.events]
