@@ -205,7 +205,9 @@ def _new_fills(
         cumulative = Decimal(0)
         for fill in current.fills:
             cumulative += fill.qty
-            if fill.fill_id not in known:
+            # Without deal ids from before (the previous snapshot came from a call that lists
+            # no deals), a deal is new only if it lies beyond the quantity already announced.
+            if fill.fill_id not in known and (known or cumulative > previous_filled):
                 result.append((fill, cumulative))
         if result and cumulative < current.filled_qty:
             # The deal list lags the order's own filled quantity: the last new deal carries

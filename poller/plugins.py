@@ -161,7 +161,7 @@ def get_plugin_manager(
     registered: list[tuple[PluginInfo, object]] = []
     problems: list[ConfigProblem] = []
 
-    for dotted in builtins:
+    for dotted in dict.fromkeys(builtins):
         module = importlib.import_module(dotted)
         pm.register(module, dotted)
         registered.append((PluginInfo(dotted, "built-in", _own_version(), []), module))

@@ -108,7 +108,7 @@ class Tracker:
         present: set[tuple[str, str, str]] = set()
         for snapshot in result.orders:
             present.add(snapshot.key)
-            self._apply(snapshot, batch, now, announce=announce)
+            await self._apply(snapshot, batch, now, announce=announce)
         await self._probe_missing(scope, present, batch, now)
         if first:
             batch.baselined.append((self.name, scope.account_id))
@@ -123,9 +123,17 @@ class Tracker:
                               len(result.orders))
         self.last_success = now
 
-    def _apply(self, snapshot: OrderSnapshot, batch: Batch, now: datetime, *,
-               announce: bool = True) -> None:
+    async def _apply(self, snapshot: OrderSnapshot, batch: Batch, now: datetime, *,
+                     announce: bool = True) -> None:
         previous = self.known.get(snapshot.key)
+        if announce and previous is not None and not previous.final and (
+            snapshot.status != previous.status or snapshot.filled_qty != previous.filled_qty
+        ):
+            try:
+                snapshot = await self.adapter.refine(previous, snapshot)
+            except BrokerError as err:
+                self.log.info("could not read details of order %s (%s); using the list answer",
+                              snapshot.order_id, err)
         result = diff(previous, snapshot, detected_at=now, announce=announce)
         for warning in result.warnings:
             self.log.warning("%s", warning)
@@ -144,6 +152,20 @@ class Tracker:
                   if key not in present and not s.final and scope.covers(s)
                   and self.missing.get(key, 0) < self.stale_after]
         for snapshot in absent:
+            if self._too_old(snapshot, now):
+                self.missing[snapshot.key] = self.stale_after
+                batch.missing[snapshot.key] = self.stale_after
+                batch.stale.append(snapshot.key)
+                self.log.warning("order %s is older than the broker answers for; retiring it",
+                                 snapshot.order_id)
+                batch.events.append(system_event(
+                    SystemScene.ORDER_RETIRED, broker=self.name, account_id=snapshot.account_id,
+                    order_id=snapshot.order_id, detected_at=now, discriminator="retired",
+                    message=(f"order {snapshot.order_id} ({snapshot.symbol}, last seen "
+                             f"{snapshot.status.value}) is older than the broker reports on; "
+                             "poller stopped tracking it"),
+                ))
+                continue
             found: OrderSnapshot | None = None
             if self.adapter.supports_fetch:
                 try:
@@ -153,7 +175,7 @@ class Tracker:
                                   snapshot.order_id, err)
                     continue
             if found is not None:
-                self._apply(found, batch, now)
+                await self._apply(found, batch, now)
                 continue
             count = self.missing.get(snapshot.key, 0) + 1
             self.missing[snapshot.key] = count
@@ -170,6 +192,12 @@ class Tracker:
                              f"{snapshot.status.value} and is no longer reported by the "
                              f"broker; it is not assumed filled or cancelled"),
                 ))
+
+    def _too_old(self, snapshot: OrderSnapshot, now: datetime) -> bool:
+        limit = self.adapter.retire_after
+        placed = snapshot.placed_at
+        return limit is not None and placed is not None and (
+            (now - placed).total_seconds() > limit)
 
     async def _failed(self, err: BrokerError, now: datetime) -> None:
         category = err.category

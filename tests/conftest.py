@@ -14,7 +14,7 @@ import pytest
 
 from poller.app import App, validate
 from poller.logsetup import Redactor
-from poller.plugins import get_plugin_manager
+from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
 from poller.settings import load_settings
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer
 from poller.store import Store
@@ -88,10 +88,14 @@ def daemon_config(tmp_path: Path, brokers: dict[str, Any], receiver_url: str | N
 
 
 @asynccontextmanager
-async def running_app(config: dict[str, Any]) -> AsyncIterator[App]:
-    """Start an App from a config dict in this event loop; stop it on exit."""
+async def running_app(config: dict[str, Any], extra_plugins: tuple[str, ...] = ()
+                      ) -> AsyncIterator[App]:
+    """Start an App from a config dict in this event loop; stop it on exit.
+
+    ``extra_plugins`` are dotted module names registered besides the built-ins.
+    """
     settings = load_settings(data=config)
-    plugins = get_plugin_manager()
+    plugins = get_plugin_manager(builtins=DEFAULT_PLUGINS + extra_plugins)
     validated = validate(settings, plugins.registry(), "<test>")
     store = Store.open(settings.daemon.database, lock=True)
     app = App.create(settings, plugins, validated, redactor=Redactor(validated.secrets()),

@@ -105,6 +105,9 @@ class BrokerAdapter(ABC):
     limits: ClassVar[dict[str, LimitSpec]] = {}
     request_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
     supports_fetch: ClassVar[bool] = False
+    #: Seconds after placement when the broker stops answering for an order (CoinW: 7 days);
+    #: older open orders are retired with an operator event instead of polled for ever.
+    retire_after: ClassVar[float | None] = None
 
     def __init__(
         self, name: str, config: BrokerConfig, client: httpx.AsyncClient, budget: RateBudget
@@ -141,6 +144,17 @@ class BrokerAdapter(ABC):
         Only called when ``supports_fetch`` is true.
         """
         raise NotImplementedError(f"{self.kind} has no per-order call")
+
+    async def refine(
+        self, previous: OrderSnapshot | None, current: OrderSnapshot
+    ) -> OrderSnapshot:
+        """Add detail to a snapshot from a list call before it is diffed.
+
+        Called only when the order changed since ``previous``. LongPort uses it to read the
+        order detail's ``history[]`` and recover fills that happened between two polls.
+        The default returns ``current`` unchanged.
+        """
+        return current
 
     async def request(self, kind: str, request: httpx.Request) -> Answer:
         """Send one request through the rate budget of the groups ``kind`` consumes."""
