@@ -96,7 +96,8 @@ def test_modifications(state: dict[str, Any], expected_qty: Decimal,
 
 def test_cancelled_with_fills_keeps_original_quantity() -> None:
     t = trade("Cancelled", order_quantity=5, cancel_quantity=3, deal_quantity=2,
-              deals=[{"seq": "1", "price": Decimal("27"), "quantity": 2, "ts": Decimal("1747714234.5")}])
+              deals=[{"seq": "1", "price": Decimal("27"), "quantity": 2,
+                      "ts": Decimal("1747714234.5")}])
     snap = parse_trade(t, broker="tw", account_id="A")
     assert snap.status is OrderStatus.CANCELLED and snap.qty == 5 and snap.filled_qty == 2
 
