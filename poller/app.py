@@ -24,7 +24,7 @@ from poller.dispatch import DeliveryPolicy, Dispatcher
 from poller.errors import ConfigError, ConfigProblem
 from poller.httpclient import build_client
 from poller.logsetup import Redactor
-from poller.models import OrderEvent
+from poller.models import OrderEvent, SystemScene, system_event
 from poller.notifiers import Notifier, NotifierConfig
 from poller.plugins import Plugins, Registry
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
@@ -197,6 +197,14 @@ class App:
     async def start(self) -> None:
         """Load state, start delivery and the polling jobs."""
         daemon = self.settings.daemon
+        if self.store.recovered_from is not None:
+            now = datetime.now(UTC)
+            await self.commit(Batch(events=[system_event(
+                SystemScene.DATABASE_RECOVERED, detected_at=now,
+                discriminator=str(self.store.recovered_from),
+                message=(f"the state database was damaged and moved to "
+                         f"{self.store.recovered_from}; poller started from a fresh, silent "
+                         "baseline (orders are not re-announced)"))]))
         for name, adapter in self.adapters.items():
             known = await self.db(self.store.load_orders, name)
             accounts = await self.db(self.store.known_accounts, name)

@@ -15,6 +15,7 @@ Secrets of a connection can come from outside the file:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -22,13 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from poller.errors import ConfigError, ConfigProblem
 
@@ -95,24 +90,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Priority, first is highest: init (the parsed TOML, see :func:`load_settings`
-        merges the overlays in) > ``POLLER_DAEMON__*`` environment variables."""
-        return (_DaemonEnvSource(settings_cls), init_settings)
-
-
-class _DaemonEnvSource(EnvSettingsSource):
-    """``POLLER_DAEMON__KEY`` variables; connection secrets are read by :func:`_overlay`."""
-
-    def __call__(self) -> dict[str, Any]:
-        data = super().__call__()
-        return {k: v for k, v in data.items() if k not in SECTIONS}
-
-    def prepare_field_value(
-        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
-    ) -> Any:
-        if field_name in SECTIONS:
-            return None
-        return super().prepare_field_value(field_name, field, value, value_is_complex)
+        """One source: :func:`load_settings` has already merged, in priority order, the
+        ``POLLER_*`` environment, the credentials directory and the TOML file (it needs the
+        connection names from the file to map ``POLLER_BROKERS__<NAME>__*`` onto them)."""
+        return (init_settings,)
 
 
 def config_path(cli_path: str | Path | None) -> Path:
@@ -180,8 +161,15 @@ def load_settings(
 
 
 def _overlay(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    """Merge connection keys from the environment and the credentials directory."""
+    """Merge daemon and connection keys from the environment and the credentials directory."""
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    daemon = merged.get("daemon")
+    daemon = dict(daemon) if isinstance(daemon, dict) else {}
+    for var, value in environ.items():
+        if var.upper().startswith("POLLER_DAEMON__"):
+            daemon[var[len("POLLER_DAEMON__"):].lower()] = _env_value(value)
+    if daemon:
+        merged["daemon"] = daemon
     creds = environ.get("CREDENTIALS_DIRECTORY")
     for section in SECTIONS:
         tables = {name: dict(table) for name, table in merged.get(section, {}).items()}
@@ -201,6 +189,16 @@ def _overlay(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
         if tables:
             merged[section] = tables
     return merged
+
+
+def _env_value(value: str) -> Any:
+    """Environment values are strings; lists and tables may be given as JSON."""
+    if value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _env_name(name: str) -> str:

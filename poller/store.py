@@ -113,11 +113,14 @@ class Store:
         lock_file = _take_lock(path) if lock else None
         recovered: Path | None = None
         try:
-            conn = _connect(path)
             try:
-                _check(conn)
+                conn = _connect(path)
+                try:
+                    _check(conn)
+                except sqlite3.DatabaseError:
+                    conn.close()
+                    raise
             except sqlite3.DatabaseError as err:
-                conn.close()
                 recovered = _move_aside(path, str(err))
                 conn = _connect(path)
             _migrate(conn)

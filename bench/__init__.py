@@ -1,0 +1,1 @@
+"""Benchmarks: run the daemon against the simulators and print figures (never asserted)."""
