@@ -213,6 +213,7 @@ class App:
                 adapter, commit=self.commit, known=known, known_accounts=accounts,
                 missing=missing, announce_existing=daemon.announce_existing,
                 stale_after=daemon.stale_after,
+                watched=partial(self.db, self.store.watched, name),
             )
         self.dispatcher = Dispatcher(self.store, self.notifiers, db=self.db, commit=self.commit,
                                      redactor=self.redactor,

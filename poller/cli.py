@@ -255,6 +255,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     settings, _, validated = _load(args)
     if args.broker not in validated.brokers:
         raise ConfigError([_problem(args.broker, validated)])
+    cls = validated.brokers[args.broker][0]
+    if not cls.supports_fetch:
+        print(f"poller: watch: {cls.kind} has no per-order call; every order of a configured "
+              "account is already listed", file=sys.stderr)
+        return EX_USAGE
     account = args.account or _only_account(settings, args.broker)
     store = Store.open(settings.daemon.database)
     try:

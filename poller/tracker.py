@@ -27,6 +27,7 @@ from poller.store import Batch
 logger = logging.getLogger(__name__)
 
 Commit = Callable[[Batch], Awaitable[list[OrderEvent]]]
+Watched = Callable[[], Awaitable[list[tuple[str, str]]]]
 
 #: Consecutive failed polls, and seconds of failure, before "unreachable" is announced.
 UNREACHABLE_AFTER_FAILURES = 5
@@ -56,6 +57,7 @@ class Tracker:
         missing: dict[tuple[str, str, str], int],
         announce_existing: bool,
         stale_after: int,
+        watched: Watched | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.adapter = adapter
@@ -66,6 +68,7 @@ class Tracker:
         self.announce_existing = announce_existing
         self.stale_after = stale_after
         self._commit = commit
+        self._watched = watched
         self._clock = clock
         self.log = ConnectionLog(logger, {"connection": self.name})
         self.stopped_reason: str | None = None
@@ -89,6 +92,37 @@ class Tracker:
             if self.stopped_reason:
                 return
             await self.poll_scope(scope)
+        if self._watched is not None and self.adapter.supports_fetch and not self.stopped_reason:
+            await self.poll_watched(await self._watched())
+
+    async def poll_watched(self, watched: list[tuple[str, str]]) -> None:
+        """Fetch orders added with ``poller watch`` that no list call reported."""
+        now = self._clock()
+        batch = Batch()
+        for account_id, order_id in watched:
+            key = (self.name, account_id, order_id)
+            known = self.known.get(key)
+            if (known is not None and known.final) or self.missing.get(key, 0) >= \
+                    self.stale_after:
+                continue
+            try:
+                found = await self.adapter.fetch_order(account_id, order_id)
+            except BrokerError as err:
+                if isinstance(err, BrokerAuthError | BrokerRateLimited):
+                    await self._failed(err, now)
+                    return
+                self.log.info("watched order %s: %s", order_id, err)
+                continue
+            if found is None:
+                count = self.missing.get(key, 0) + 1
+                self.missing[key] = count
+                if count == self.stale_after:
+                    self.log.warning("watched order %s is unknown to the broker", order_id)
+                continue
+            # A watched order is announced from its first sighting: the user asked for it.
+            await self._apply(found, batch, now)
+        if batch:
+            await self._commit(batch)
 
     async def poll_scope(self, scope: ListScope) -> None:
         """One list call, the probes it implies, and one atomic commit."""

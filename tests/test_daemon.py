@@ -1,0 +1,172 @@
+"""The daemon end to end: a real `poller run` process, signals, restart, and bad answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from poller.simulator.httpserver import SimRequest, SimResponse
+from poller.simulator.shioaji import ShioajiSim
+from tests.conftest import Receiver, daemon_config, running_app
+
+
+def _toml(config: dict[str, Any]) -> str:
+    """Tiny TOML writer for the test configs (strings, numbers, bools, lists of tables)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(i) for i in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(i)}" for k, i in v.items()) + "}"
+        raise TypeError(v)
+
+    lines = ["[daemon]"] + [f"{k} = {value(v)}" for k, v in config["daemon"].items()]
+    for section in ("brokers", "notifiers"):
+        for name, table in config[section].items():
+            lines.append(f"\n[{section}.{name}]")
+            lines += [f"{k} = {value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _start(path: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "poller", "run", "-c", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    return proc.returncode, err
+
+
+def test_run_restart_delivers_every_transition_exactly_once(tmp_path: Path,
+                                                            receiver: Receiver) -> None:
+    sim = ShioajiSim(seed=7)
+    sim.start()
+    try:
+        account = sim.accounts()[0]
+        table = sim.broker_config("tw") | {"interval": 0.2}
+        config = daemon_config(tmp_path, {"tw": table}, receiver.url, announce_existing=True)
+        path = tmp_path / "config.toml"
+        path.write_text(_toml(config))
+        book = sim.book
+
+        proc = _start(path)
+        a = book.place(account, "2890", "BUY", 10, "27.1")
+        book.accept(a.order_id)
+        book.fill(a.order_id, 4)
+        receiver.wait_for(lambda e: len(e) >= 2)
+        code, err = _stop(proc)
+        assert code == 0, err
+        assert "Traceback" not in err
+
+        # While the daemon is down: the first order fills, a second one is placed and cancelled.
+        book.fill(a.order_id)
+        b = book.place(account, "2330", "SELL", 2, "1085")
+        book.accept(b.order_id)
+        book.cancel(b.order_id)
+
+        proc = _start(path)
+        receiver.wait_for(lambda e: len(e) >= 4)
+        c = book.place(account, "0050", "BUY", 1, "195")
+        book.reject(c.order_id)
+        receiver.wait_for(lambda e: len(e) >= 5)
+        code, err = _stop(proc)
+        assert code == 0, err
+
+        assert receiver.scenes(a.order_id) == ["PLACED", "FILLED", "FINAL_FILLED"]
+        assert receiver.scenes(b.order_id) == ["CANCEL_SUCCESS"]
+        assert receiver.scenes(c.order_id) == ["PLACE_FAILED"]
+        ids = [e["id"] for e in receiver.events]
+        assert len(ids) == len(set(ids)) == 5
+
+        # A third start has nothing new to say.
+        proc = _start(path)
+        d = book.place(account, "2890", "SELL", 1, "27.2")
+        receiver.wait_for(lambda e: len(e) >= 6)
+        code, _ = _stop(proc)
+        assert code == 0 and receiver.scenes(d.order_id) == ["PLACED"]
+        assert len(receiver.events) == 6
+    finally:
+        sim.stop()
+
+
+def test_a_second_daemon_on_the_same_database_is_refused(tmp_path: Path) -> None:
+    sim = ShioajiSim()
+    sim.start()
+    try:
+        path = tmp_path / "config.toml"
+        path.write_text(_toml(daemon_config(tmp_path, {"tw": sim.broker_config("tw")})))
+        first = _start(path)
+        # Wait for the first daemon to hold the lock: its first poll reaches the simulator.
+        deadline = 100
+        while not sim.server.requests() and deadline:
+            deadline -= 1
+            try:
+                first.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                continue
+        second = subprocess.run([sys.executable, "-m", "poller", "run", "-c", str(path)],
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 74
+        assert "another poller is already running" in second.stderr
+        code, err = _stop(first)
+        assert code == 0, err
+    finally:
+        sim.stop()
+
+
+@pytest.mark.parametrize(("answer", "category"), [
+    (SimResponse(200, raw=b"<html>maintenance</html>", headers={"Content-Type": "text/html"}),
+     "malformed"),
+    (SimResponse(200, {"unexpected": "shape"}), "malformed"),
+    (SimResponse(503, raw=b"<html>down</html>"), "unavailable"),
+])
+def test_bad_answers_are_logged_once_and_polling_goes_on(
+        tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture,
+        answer: SimResponse, category: str) -> None:
+    sim = ShioajiSim()
+    sim.start()
+    try:
+        account = sim.accounts()[0]
+        table = sim.broker_config("tw") | {"interval": 0.1}
+        config = daemon_config(tmp_path, {"tw": table}, receiver.url, announce_existing=True)
+        bad: list[SimRequest] = []
+
+        def fault(request: SimRequest) -> SimResponse | None:
+            if len(bad) < 5:
+                bad.append(request)
+                return answer
+            return None
+
+        async def scenario() -> None:
+            async with running_app(config) as app:
+                sim.server.fault = fault
+                order = sim.book.place(account, "2890", "BUY", 1, "27.1")
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 1)
+                assert sim.book.get(order.order_id)
+                assert app.trackers["tw"].errors == {category: 5}
+
+        caplog.set_level(logging.INFO)
+        asyncio.run(scenario())
+        failures = [r for r in caplog.records if "poll failed" in r.getMessage()]
+        assert len(failures) == 1, [r.getMessage() for r in failures]
+        assert failures[0].getMessage().startswith("tw: poll failed (" + category)
+        assert not any(r.exc_info or r.exc_text for r in caplog.records)
+    finally:
+        sim.stop()
