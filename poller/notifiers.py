@@ -7,11 +7,13 @@ says whether to retry. The outbox dispatcher owns retries, ordering and give-up.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
+from datetime import datetime, time, timedelta
 from typing import ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from poller.errors import (
     DeliveryFailed,
@@ -20,10 +22,47 @@ from poller.errors import (
     DeliveryUncertain,
 )
 from poller.httpclient import retry_after_seconds
-from poller.models import OrderEvent
+from poller.models import OrderEvent, utcnow
+from poller.templates import Message, Templates, digest
 
 #: HTTP statuses worth retrying besides 5xx (RFC 9110: request timeout, too early, too many).
 RETRY_STATUSES = frozenset({408, 425, 429})
+
+
+class QuietHours(BaseModel):
+    """A daily window in which matching messages are held and sent as one digest at its end."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: time = Field(description='Local start, e.g. "22:00".')
+    end: time = Field(description='Local end, e.g. "07:00" (may be after midnight).')
+    timezone: str = Field(default="UTC", description='IANA zone, e.g. "Asia/Taipei".')
+    break_through: list[str] = Field(
+        default_factory=lambda: ["FINAL_FILLED", "PLACE_FAILED"],
+        description="Scenes delivered at once even during quiet hours.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    def end_of_quiet(self, now: datetime) -> datetime | None:
+        """When the quiet window containing ``now`` ends, or ``None`` outside it."""
+        local = now.astimezone(ZoneInfo(self.timezone))
+        today_start = local.replace(hour=self.start.hour, minute=self.start.minute, second=0,
+                                    microsecond=0)
+        today_end = local.replace(hour=self.end.hour, minute=self.end.minute, second=0,
+                                  microsecond=0)
+        if self.start <= self.end:
+            return today_end if today_start <= local < today_end else None
+        if local >= today_start:  # e.g. 23:30 in a 22:00–07:00 window
+            return today_end + timedelta(days=1)
+        return today_end if local < today_end else None
 
 
 class NotifierConfig(BaseModel):
@@ -42,11 +81,38 @@ class NotifierConfig(BaseModel):
     event_types: list[Literal["TRADE", "SYSTEM"]] = Field(
         default_factory=list, description="TRADE (order events), SYSTEM (operator events)."
     )
+    accounts: list[str] = Field(
+        default_factory=list, description="Only events of these accounts."
+    )
+    symbols: list[str] = Field(default_factory=list, description="Only events of these symbols.")
     timeout: float = Field(default=10.0, gt=0, le=120, description="Seconds per delivery.")
+    templates: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-scene title templates (Jinja2), and 'body' for the message body.",
+    )
+    late_after: float = Field(
+        default=300.0, ge=0, description="Mark messages delivered this many seconds late."
+    )
+    quiet_hours: QuietHours | None = Field(
+        default=None, description="Hold messages in this window; one digest at its end."
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = Templates.check(value)
+        if problems:
+            raise ValueError("; ".join(f"{key}: {message}" for key, message in problems))
+        return value
 
 
 class Notifier(ABC):
-    """Base class of notifiers; subclasses set ``kind`` and ``Config`` and implement send."""
+    """Base class of notifiers.
+
+    Subclasses set ``kind`` and ``Config`` and implement :meth:`send_message` (deliver a
+    rendered :class:`~poller.templates.Message`), or override :meth:`send` to deliver the
+    raw event (the webhook does).
+    """
 
     kind: ClassVar[str]
     Config: ClassVar[type[NotifierConfig]] = NotifierConfig
@@ -59,6 +125,7 @@ class Notifier(ABC):
         self.name = name
         self.config = config
         self.client = client
+        self.templates = Templates(config.templates)
 
     def accepts(self, event: OrderEvent) -> bool:
         """Whether this notifier's routing rules want ``event``."""
@@ -67,15 +134,36 @@ class Notifier(ABC):
             return False
         if cfg.scenes and event.scene not in cfg.scenes:
             return False
-        return not (cfg.brokers and event.broker and event.broker not in cfg.brokers)
+        if event.event_type == "SYSTEM":
+            return True  # operator events are not about one account or symbol
+        if cfg.brokers and event.broker not in cfg.brokers:
+            return False
+        if cfg.accounts and event.account_id not in cfg.accounts:
+            return False
+        return not (cfg.symbols and event.payload.get("symbol") not in cfg.symbols)
 
-    @abstractmethod
+    def render(self, event: OrderEvent, now: datetime | None = None) -> Message:
+        """The message for ``event`` from this notifier's templates."""
+        return self.templates.render(event, now=now or utcnow(),
+                                     late_after=self.config.late_after)
+
     async def send(self, event: OrderEvent) -> None:
         """Deliver one event; return only once the service accepted it.
 
         :raises DeliveryRetryable: try again later (5xx, 408, 429, timeouts).
         :raises DeliveryFailed: the service refused for good.
         """
+        await self.send_message(self.render(event))
+
+    async def send_message(self, message: Message) -> None:
+        """Deliver one rendered message (same contract as :meth:`send`)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither send nor "
+                                  "send_message")
+
+    async def send_digest(self, events: list[OrderEvent], *, title: str) -> None:
+        """Deliver several held events as one message (end of quiet hours)."""
+        now = utcnow()
+        await self.send_message(digest([self.render(e, now) for e in events], title=title))
 
     async def aclose(self) -> None:
         """Release the notifier's resources."""
