@@ -67,8 +67,14 @@ class LimitGroup:
         self.name = name
         self.spec = spec
         self.share = share
-        self.allowed = max(1, math.floor(share * spec.count))
-        self.window = spec.window + (pad if pad is not None else min(0.05 * spec.window, 0.25))
+        self.allowed = math.floor(share * spec.count)
+        base = spec.window
+        if self.allowed < 1:
+            # A share of "1 per second" cannot be a fraction of a request: stretch the window
+            # instead (share 0.8 of 1/s is 1 per 1.25 s).
+            self.allowed = 1
+            base = spec.window / share
+        self.window = base + (pad if pad is not None else min(0.05 * base, 0.25))
         self.spacing = spec.spacing
         self._starts: deque[float] = deque()
         self.paused_until = 0.0

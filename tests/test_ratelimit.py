@@ -1,0 +1,184 @@
+"""Rate budgets: the sliding-window guarantee, proved on a fake clock for random schedules."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+from aiolimiter import AsyncLimiter
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
+
+
+class FakeTime:
+    """A discrete-event clock: ``sleep`` parks the caller until the driver advances time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.now + max(0.0, delay), next(self._seq), future))
+        await future
+
+    async def run(self, tasks: list[asyncio.Task[Any]],
+                  cancels: list[tuple[float, asyncio.Task[Any]]]) -> None:
+        """Advance time from timer to timer until every task is done."""
+        cancels = sorted(cancels, key=lambda c: c[0])
+        while not all(t.done() for t in tasks):
+            for _ in range(5):  # let ready tasks run up to their next sleep
+                await asyncio.sleep(0)
+            if not self._timers:
+                await asyncio.sleep(0)
+                continue
+            due, _, future = heapq.heappop(self._timers)
+            while cancels and cancels[0][0] <= due:
+                at, task = cancels.pop(0)
+                self.now = max(self.now, at)
+                task.cancel()
+                await asyncio.sleep(0)
+            self.now = max(self.now, due)
+            if not future.done():
+                future.set_result(None)
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while times[start] <= t - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+SPECS = [LimitSpec(30, 2.0), LimitSpec(1, 1.0), LimitSpec(30, 30.0, spacing=0.02),
+         LimitSpec(250, 10.0), LimitSpec(2, 2.0), LimitSpec(300, 1.0)]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spec_a=st.sampled_from(SPECS),
+    spec_b=st.sampled_from(SPECS),
+    share=st.sampled_from([0.5, 0.8, 1.0]),
+    arrivals=st.lists(st.tuples(st.floats(0, 20), st.sampled_from(["a", "b", "ab"]),
+                                st.one_of(st.none(), st.floats(0, 25))),
+                      min_size=1, max_size=120),
+    pause=st.one_of(st.none(), st.tuples(st.floats(0, 20), st.floats(0.1, 10))),
+)
+def test_no_window_ever_holds_more_than_the_share(
+        spec_a: LimitSpec, spec_b: LimitSpec, share: float,
+        arrivals: list[tuple[float, str, float | None]],
+        pause: tuple[float, float] | None) -> None:
+    fake = FakeTime()
+    groups = [LimitGroup("a", spec_a, share=share), LimitGroup("b", spec_b, share=share)]
+    budget = RateBudget(groups, clock=fake.clock, sleep=fake.sleep)
+    admitted: dict[str, list[float]] = {"a": [], "b": []}
+    paused: list[tuple[float, float]] = []
+
+    async def request(at: float, names: str) -> None:
+        await fake.sleep(at)
+        when = await budget.acquire(*names)
+        for name in names:
+            admitted[name].append(when)
+
+    async def pauser(at: float, seconds: float) -> None:
+        await fake.sleep(at)
+        budget.pause(["a"], seconds)
+        paused.append((fake.now, fake.now + seconds))
+
+    async def main() -> None:
+        coros: list[Coroutine[Any, Any, None]] = [request(at, names) for at, names, _ in arrivals]
+        if pause:
+            coros.append(pauser(*pause))
+        tasks = [asyncio.ensure_future(c) for c in coros]
+        cancels = [(at, tasks[i]) for i, (_, _, at) in enumerate(arrivals) if at is not None]
+        await fake.run(tasks, cancels)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+    for group in groups:
+        times = admitted[group.name]
+        allowed = math.floor(share * group.spec.count)
+        if allowed >= 1:
+            assert max_in_window(times, group.spec.window) <= allowed
+        else:  # fewer than one request per window: the window is stretched instead
+            assert max_in_window(times, group.spec.window / share) <= 1
+        if group.spec.spacing:
+            ordered = sorted(times)
+            assert all(b - a >= group.spec.spacing - 1e-9 for a, b in zip(ordered, ordered[1:],
+                                                                          strict=False))
+    for start, end in paused:
+        assert not [t for t in admitted["a"] if start < t < end - 1e-9]
+
+
+def test_saturated_demand_uses_the_allowed_rate() -> None:
+    """With more work than budget, admissions run at the allowed rate (utilisation)."""
+    fake = FakeTime()
+    group = LimitGroup("g", LimitSpec(30, 2.0), share=0.8)
+    budget = RateBudget([group], clock=fake.clock, sleep=fake.sleep)
+    times: list[float] = []
+
+    async def worker() -> None:
+        for _ in range(600):
+            times.append(await budget.acquire("g"))
+
+    async def main() -> None:
+        task = asyncio.ensure_future(worker())
+        await fake.run([task], [])
+
+    asyncio.run(main())
+    achieved = (len(times) - 1) / (times[-1] - times[0])
+    allowed = 24 / 2.0
+    assert achieved / allowed >= 0.95
+    assert max_in_window(times, 2.0) == 24
+
+
+def test_a_bare_leaky_bucket_is_not_a_window_limit() -> None:
+    """Why we do not use ``AsyncLimiter(N, W)`` alone: it admits about 2N in one window."""
+    loop_time = [0.0]
+
+    limiter = AsyncLimiter(30, 2)
+    admitted: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        original = loop.time
+        loop.time = lambda: loop_time[0]  # type: ignore[method-assign]
+        try:
+            for step in range(400):
+                loop_time[0] = step * 0.01
+                while limiter.has_capacity():
+                    await limiter.acquire()
+                    admitted.append(loop_time[0])
+        finally:
+            loop.time = original  # type: ignore[method-assign]
+
+    asyncio.run(main())
+    assert max_in_window(admitted, 2.0) > 30
+
+
+@pytest.mark.parametrize(("text", "spec"), [
+    ("30/2s", LimitSpec(30, 2.0)), ("1/s", LimitSpec(1, 1.0)), ("250 / 10s", LimitSpec(250, 10)),
+    ("600/min", LimitSpec(600, 60.0)), ("5/500ms", LimitSpec(5, 0.5)),
+])
+def test_limit_spec_parsing(text: str, spec: LimitSpec) -> None:
+    assert LimitSpec.parse(text) == spec
+
+
+@pytest.mark.parametrize("text", ["", "thirty/2s", "0/2s", "30/0s", "30 per 2 s"])
+def test_limit_spec_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        LimitSpec.parse(text)
