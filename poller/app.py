@@ -215,6 +215,8 @@ class App:
                 stale_after=daemon.stale_after,
                 watched=partial(self.db, self.store.watched, name),
             )
+        for tracker in self.trackers.values():
+            tracker.start()
         self.dispatcher = Dispatcher(self.store, self.notifiers, db=self.db, commit=self.commit,
                                      redactor=self.redactor,
                                      policy=DeliveryPolicy())
@@ -262,6 +264,7 @@ class App:
             await asyncio.gather(*list(self._running), return_exceptions=True)
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        await asyncio.gather(*(t.stop() for t in self.trackers.values()))
         if self.dispatcher is not None:
             await self.dispatcher.stop(
                 self.settings.daemon.shutdown_grace if grace is None else grace)

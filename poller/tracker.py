@@ -9,7 +9,9 @@ episode, and nothing a broker answers can kill the daemon.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime
 from typing import Any
@@ -21,7 +23,16 @@ from poller.errors import (
     BrokerError,
     BrokerRateLimited,
 )
-from poller.models import OrderEvent, OrderSnapshot, SystemScene, iso, system_event, utcnow
+from poller.models import (
+    OrderEvent,
+    OrderSnapshot,
+    OrderStatus,
+    SystemScene,
+    iso,
+    system_event,
+    utcnow,
+)
+from poller.pollqueue import OrderQueue
 from poller.store import Batch
 
 logger = logging.getLogger(__name__)
@@ -29,6 +40,12 @@ logger = logging.getLogger(__name__)
 Commit = Callable[[Batch], Awaitable[list[OrderEvent]]]
 Watched = Callable[[], Awaitable[list[tuple[str, str]]]]
 
+#: Statuses in which an order is about to change: polled again soon.
+_IN_FLIGHT = frozenset({OrderStatus.PENDING, OrderStatus.PENDING_CANCEL,
+                        OrderStatus.PENDING_REPLACE})
+#: Consecutive failed polls before the circuit opens, and how long it stays open.
+BREAKER_FAILURES = 5
+BREAKER_OPEN_SECONDS = 60.0
 #: Consecutive failed polls, and seconds of failure, before "unreachable" is announced.
 UNREACHABLE_AFTER_FAILURES = 5
 UNREACHABLE_AFTER_SECONDS = 60.0
@@ -59,6 +76,7 @@ class Tracker:
         stale_after: int,
         watched: Watched | None = None,
         clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.adapter = adapter
         self.name = adapter.name
@@ -78,6 +96,14 @@ class Tracker:
         self._episode: dict[str, datetime] = {}
         self._failures = 0
         self._unreachable_announced = False
+        self._mono = monotonic
+        self.queue: OrderQueue[tuple[str, str, str]] = OrderQueue()
+        self._wake = asyncio.Event()
+        self._drainer: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._breaker_until = 0.0
+        self.order_polls = 0
+        self.rate_limit_answers = 0
 
     @property
     def open_orders(self) -> int:
@@ -86,40 +112,103 @@ class Tracker:
 
     async def poll(self) -> None:
         """Run every list call of the connection once (an APScheduler job)."""
-        if self.stopped_reason:
+        if self.stopped_reason or self._breaker_open():
             return
         for scope in self.adapter.scopes():
             if self.stopped_reason:
                 return
             await self.poll_scope(scope)
         if self._watched is not None and self.adapter.supports_fetch and not self.stopped_reason:
-            await self.poll_watched(await self._watched())
+            now = self._mono()
+            for account_id, order_id in await self._watched():
+                key = (self.name, account_id, order_id)
+                known = self.known.get(key)
+                if (known is None or not known.final) and \
+                        self.missing.get(key, 0) < self.stale_after:
+                    self.queue.urgent(key, now)
+            self._wake.set()
 
-    async def poll_watched(self, watched: list[tuple[str, str]]) -> None:
-        """Fetch orders added with ``poller watch`` that no list call reported."""
-        now = self._clock()
-        batch = Batch()
-        for account_id, order_id in watched:
-            key = (self.name, account_id, order_id)
-            known = self.known.get(key)
-            if (known is not None and known.final) or self.missing.get(key, 0) >= \
-                    self.stale_after:
+    # -- per-order polling ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the per-order poll loop (connections with a per-order call only)."""
+        if not self.adapter.supports_fetch or self._drainer is not None:
+            return
+        if self.adapter.per_order_polling:
+            for key, snapshot in self.known.items():
+                if not snapshot.final and self.missing.get(key, 0) < self.stale_after:
+                    self.queue.add(key)
+        self._drainer = asyncio.create_task(self._drain(), name=f"orders-{self.name}")
+
+    async def stop(self) -> None:
+        """Finish the per-order poll in progress (bounded by the request deadline), then stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._drainer is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drainer),
+                                   timeout=self.adapter.config.timeout + 1)
+        except TimeoutError:
+            self._drainer.cancel()
+            await asyncio.gather(self._drainer, return_exceptions=True)
+        self._drainer = None
+
+    def recheck_after(self) -> float:
+        """Seconds before an order that just changed is polled again.
+
+        About one round-robin period, but at least one budget slot and at most 5 s, so an order
+        that just partly filled is looked at again well within two per-order intervals.
+        """
+        rate = self.adapter.detail_rate()
+        if not rate:
+            return 5.0
+        return min(5.0, max(1.0 / rate, len(self.queue) / rate))
+
+    async def _drain(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            if self.stopped_reason or self._breaker_open():
+                await self._idle(self._breaker_until - self._mono()
+                                 if self._breaker_until else None)
+                continue
+            key = self.queue.pop(self._mono())
+            if key is None:
+                due = self.queue.next_due()
+                await self._idle(None if due is None else due - self._mono())
                 continue
             try:
-                found = await self.adapter.fetch_order(account_id, order_id)
-            except BrokerError as err:
-                if isinstance(err, BrokerAuthError | BrokerRateLimited):
-                    await self._failed(err, now)
-                    return
-                self.log.info("watched order %s: %s", order_id, err)
-                continue
-            if found is None:
-                count = self.missing.get(key, 0) + 1
-                self.missing[key] = count
-                if count == self.stale_after:
-                    self.log.warning("watched order %s is unknown to the broker", order_id)
-                continue
-            # A watched order is announced from its first sighting: the user asked for it.
+                await self._poll_one(key)
+            except Exception:  # the loop must survive anything one order's answer does
+                self.log.exception("per-order poll of %s failed unexpectedly", key[2])
+            finally:
+                self.queue.polled(key, self._mono())
+
+    async def _idle(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=None if timeout is None
+                                   else max(0.0, timeout))
+        except TimeoutError:
+            pass
+
+    async def _poll_one(self, key: tuple[str, str, str]) -> None:
+        _, account_id, order_id = key
+        now = self._clock()
+        try:
+            found = await self.adapter.fetch_order(account_id, order_id)
+        except BrokerError as err:
+            if isinstance(err, BrokerAuthError | BrokerRateLimited):
+                await self._failed(err, now)
+            else:
+                self.errors[err.category] = self.errors.get(err.category, 0) + 1
+                self.log.info("order %s: poll failed (%s): %s", order_id, err.category, err)
+                self.queue.urgent(key, self._mono() + self.recheck_after())
+            return
+        self.order_polls += 1
+        batch = Batch()
+        if found is None:
+            self._count_missing(self.known.get(key), key, batch, now)
+        else:
             await self._apply(found, batch, now)
         if batch:
             await self._commit(batch)
@@ -174,10 +263,25 @@ class Tracker:
         if result.snapshot is not None and result.snapshot != previous:
             batch.snapshots.append(result.snapshot)
             self.known[snapshot.key] = result.snapshot
+            self._requeue(snapshot.key, result.snapshot, changed=previous is not None)
         elif previous is not None and self.missing.get(snapshot.key):
             batch.seen.append(snapshot.key)
         self.missing.pop(snapshot.key, None)
         batch.events.extend(result.events)
+
+    def _requeue(self, key: tuple[str, str, str], snapshot: OrderSnapshot, *,
+                 changed: bool) -> None:
+        """Keep the per-order queue in step with what we now know of an order."""
+        if not self.adapter.supports_fetch:
+            return
+        if snapshot.final:
+            self.queue.discard(key)
+            return
+        if self.adapter.per_order_polling:
+            self.queue.add(key, self._mono())
+        if changed or snapshot.status in _IN_FLIGHT:
+            self.queue.urgent(key, self._mono() + self.recheck_after())
+            self._wake.set()
 
     async def _probe_missing(self, scope: ListScope, present: set[tuple[str, str, str]],
                              batch: Batch, now: datetime) -> None:
@@ -200,32 +304,39 @@ class Tracker:
                              "poller stopped tracking it"),
                 ))
                 continue
-            found: OrderSnapshot | None = None
             if self.adapter.supports_fetch:
-                try:
-                    found = await self.adapter.fetch_order(snapshot.account_id, snapshot.order_id)
-                except BrokerError as err:
-                    self.log.info("probe of order %s failed (%s); will retry",
-                                  snapshot.order_id, err)
-                    continue
-            if found is not None:
-                await self._apply(found, batch, now)
+                # Confirm with the per-order call before concluding anything.
+                self.queue.urgent(snapshot.key, self._mono())
+                self._wake.set()
                 continue
-            count = self.missing.get(snapshot.key, 0) + 1
-            self.missing[snapshot.key] = count
-            batch.missing[snapshot.key] = count
-            if count >= self.stale_after:
-                batch.stale.append(snapshot.key)
-                self.log.warning("order %s has been missing for %d polls; marking it stale",
-                                 snapshot.order_id, count)
-                batch.events.append(system_event(
-                    SystemScene.ORDER_STALE, broker=self.name, account_id=snapshot.account_id,
-                    order_id=snapshot.order_id, detected_at=now,
-                    discriminator=iso(snapshot.updated_at) or snapshot.broker_status,
-                    message=(f"order {snapshot.order_id} ({snapshot.symbol}) was last seen "
-                             f"{snapshot.status.value} and is no longer reported by the "
-                             f"broker; it is not assumed filled or cancelled"),
-                ))
+            self._count_missing(snapshot, snapshot.key, batch, now)
+
+    def _count_missing(self, snapshot: OrderSnapshot | None, key: tuple[str, str, str],
+                       batch: Batch, now: datetime) -> None:
+        """One more poll in which the broker did not report an order we track."""
+        count = self.missing.get(key, 0) + 1
+        self.missing[key] = count
+        if snapshot is None:
+            if count == self.stale_after:
+                self.log.warning("watched order %s is unknown to the broker", key[2])
+            return
+        batch.missing[key] = count
+        if count < self.stale_after:
+            if self.adapter.supports_fetch:
+                self.queue.urgent(key, self._mono() + self.recheck_after())
+            return
+        self.queue.discard(key)
+        batch.stale.append(key)
+        self.log.warning("order %s has been missing for %d polls; marking it stale",
+                         snapshot.order_id, count)
+        batch.events.append(system_event(
+            SystemScene.ORDER_STALE, broker=self.name, account_id=snapshot.account_id,
+            order_id=snapshot.order_id, detected_at=now,
+            discriminator=iso(snapshot.updated_at) or snapshot.broker_status,
+            message=(f"order {snapshot.order_id} ({snapshot.symbol}) was last seen "
+                     f"{snapshot.status.value} and is no longer reported by the broker; "
+                     "it is not assumed filled or cancelled"),
+        ))
 
     def _too_old(self, snapshot: OrderSnapshot, now: datetime) -> bool:
         limit = self.adapter.retire_after
@@ -233,10 +344,25 @@ class Tracker:
         return limit is not None and placed is not None and (
             (now - placed).total_seconds() > limit)
 
+    def _breaker_open(self) -> bool:
+        """True while a connection that kept failing is left alone for a while."""
+        if not self._breaker_until:
+            return False
+        if self._mono() < self._breaker_until:
+            return True
+        self._breaker_until = 0.0  # half-open: the next poll is the trial
+        return False
+
     async def _failed(self, err: BrokerError, now: datetime) -> None:
         category = err.category
         self.errors[category] = self.errors.get(category, 0) + 1
         self._failures += 1
+        if isinstance(err, BrokerRateLimited):
+            self.rate_limit_answers += 1
+        if self._failures >= BREAKER_FAILURES and not isinstance(err, BrokerAuthError):
+            self._breaker_until = self._mono() + BREAKER_OPEN_SECONDS
+            self.log.warning("%d failed polls in a row; pausing this connection for %g s",
+                             self._failures, BREAKER_OPEN_SECONDS)
         batch = Batch()
         if isinstance(err, BrokerAuthError):
             self.stopped_reason = str(err)

@@ -105,6 +105,10 @@ class BrokerAdapter(ABC):
     limits: ClassVar[dict[str, LimitSpec]] = {}
     request_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
     supports_fetch: ClassVar[bool] = False
+    #: Poll every open order with the per-order call, round-robin at the budget (CoinW, whose
+    #: list call is per pair); otherwise the per-order call only confirms orders that left a
+    #: list answer, refreshes orders that just changed, and reads watched orders.
+    per_order_polling: ClassVar[bool] = False
     #: Seconds after placement when the broker stops answering for an order (CoinW: 7 days);
     #: older open orders are retired with an operator event instead of polled for ever.
     retire_after: ClassVar[float | None] = None
@@ -155,6 +159,12 @@ class BrokerAdapter(ABC):
         The default returns ``current`` unchanged.
         """
         return current
+
+    def detail_rate(self) -> float:
+        """Per-order calls per second the budget allows (0 without a per-order call)."""
+        groups = self.request_groups.get("detail", ())
+        rates = [self.budget.groups[g].rate for g in groups if g in self.budget.groups]
+        return min(rates) if rates else 0.0
 
     async def request(self, kind: str, request: httpx.Request) -> Answer:
         """Send one request through the rate budget of the groups ``kind`` consumes."""
