@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import ValidationError
 
+from poller import budgetplan
 from poller.brokers.base import BrokerAdapter, BrokerConfig, secret_values
 from poller.dispatch import DeliveryPolicy, Dispatcher
 from poller.errors import ConfigError, ConfigProblem
@@ -87,7 +88,13 @@ def validate(settings: Settings, registry: Registry, source: str) -> Validated:
                 broker_cls: Any = cls
                 for key, message in broker_cls.check(config):
                     problems.append(ConfigProblem(source, f"{section}.{name}.{key}", message))
-                problems.extend(_limit_problems(broker_cls, config, source, name))
+                limit_problems = _limit_problems(broker_cls, config, source, name)
+                problems.extend(limit_problems)
+                if not limit_problems:
+                    for key, message in budgetplan.problems(broker_cls, config,
+                                                            build_budget(broker_cls, config)):
+                        problems.append(ConfigProblem(source, f"{section}.{name}.{key}",
+                                                      message))
                 brokers[name] = (broker_cls, config)
             else:
                 assert isinstance(config, NotifierConfig)

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from poller.__about__ import __version__
-from poller.app import App, Validated, validate
+from poller import budgetplan
+from poller.app import App, Validated, build_budget, validate
 from poller.errors import ConfigError, PollerError, StoreError
 from poller.logsetup import Redactor, setup_logging
 from poller.plugins import Plugins, get_plugin_manager
@@ -151,16 +152,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"configuration OK: {len(validated.brokers)} broker connection(s), "
           f"{len(validated.notifiers)} notifier(s)")
     print(f"database: {settings.daemon.database}")
+    open_orders = _open_orders(settings)
     for name, (cls, cfg) in validated.brokers.items():
         state = "" if cfg.enabled else " (disabled)"
         print(f"broker {name}: {cls.kind} at {cfg.base_url}, list every {cfg.interval:g} s"
               f"{state}")
-        from poller.app import build_budget
-
         budget = build_budget(cls, cfg)
-        for group in budget.groups.values():
-            print(f"  limit {group.name}: documented {cls.limits[group.name]}, using "
-                  f"{group.allowed} per {group.spec.window:g} s (share {group.share:g})")
+        for line in budgetplan.describe(cls, budgetplan.plan(cls, cfg, budget),
+                                        open_orders.get(name)):
+            print(line)
     for name, (ncls, ncfg) in validated.notifiers.items():
         routes = []
         if ncfg.scenes:
@@ -171,6 +171,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             routes.append("types " + ",".join(ncfg.event_types))
         print(f"notifier {name}: {ncls.kind}" + (f" ({'; '.join(routes)})" if routes else ""))
     return EX_OK
+
+
+def _open_orders(settings: Settings) -> dict[str, int]:
+    """Open orders per connection from an existing database (none when there is none)."""
+    if not settings.daemon.database.exists():
+        return {}
+    try:
+        store = Store.open(settings.daemon.database)
+    except StoreError:
+        return {}
+    try:
+        counts: dict[str, int] = {}
+        for row in store.list_orders(include_final=False):
+            counts[row.snapshot.broker] = counts.get(row.snapshot.broker, 0) + 1
+        return counts
+    finally:
+        store.close()
 
 
 def cmd_orders(args: argparse.Namespace) -> int:

@@ -74,6 +74,7 @@ class LimitGroup:
             # instead (share 0.8 of 1/s is 1 per 1.25 s).
             self.allowed = 1
             base = spec.window / share
+        self.base_window = base
         self.window = base + (pad if pad is not None else min(0.05 * base, 0.25))
         self.spacing = spec.spacing
         self._starts: deque[float] = deque()

@@ -148,5 +148,17 @@ def test_check_config_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["check-config", "-c", str(path)]) == 0
     out = capsys.readouterr().out
     assert "broker tw-main: shioaji at https://sj.example.com" in out
-    assert "limit orders: documented 250/10s, using 200 per 10 s (share 0.8)" in out
+    assert "limit orders: documented 250/10s; poller uses 200 per 10 s (19.51/s)" in out
     assert "notifier hook: webhook" in out and CANARY not in out
+
+
+def test_list_calls_that_alone_exceed_a_budget_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    accounts = ", ".join(f'{{ broker_id = "9A95", account_id = "{n}" }}' for n in range(30))
+    text = GOOD.format(db=tmp_path / "p.db", secret=CANARY).replace(
+        'accounts = [{ broker_id = "9A95", account_id = "1234567" }]',
+        f"interval = 1.0\naccounts = [{accounts}]")
+    assert main(["check-config", "-c", str(write(tmp_path, text))]) == 78
+    err = capsys.readouterr().err
+    assert "brokers.tw-main.interval: list calls every 1 s need 30.00 requests/s of limit " \
+           "group orders, but it allows 19.51/s" in err

@@ -1,0 +1,84 @@
+"""What a connection's rate budget buys: the figures ``poller check-config`` prints.
+
+For each limit group: the documented limit, the share poller uses, how much of it the fixed
+list calls take, and what is left for per-order polls ("40 open orders on returnOrderStatus →
+each refreshed every 3.3 s"). A configuration whose list calls alone need more than a group
+allows is refused: it could only run by breaking the broker's contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from poller.brokers.base import BrokerAdapter, BrokerConfig
+from poller.ratelimit import RateBudget
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """The budget of one limit group and its use."""
+
+    name: str
+    documented: str
+    allowed: int
+    window: float
+    rate: float
+    list_rate: float
+
+    @property
+    def spare_rate(self) -> float:
+        """Requests per second left after the list calls."""
+        return max(0.0, self.rate - self.list_rate)
+
+
+def list_scopes(cls: type[BrokerAdapter], config: BrokerConfig, budget: RateBudget) -> int:
+    """How many list calls one interval makes (an adapter built only to ask; no I/O)."""
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(599)))
+    return len(cls("check", config, client, budget).scopes())
+
+
+def plan(cls: type[BrokerAdapter], config: BrokerConfig, budget: RateBudget) -> list[GroupPlan]:
+    """The plan of every limit group of one connection."""
+    calls = list_scopes(cls, config, budget) / config.interval
+    list_groups = set(cls.request_groups.get("list", ()))
+    return [
+        GroupPlan(
+            name=g.name, documented=str(g.spec), allowed=g.allowed, window=g.base_window,
+            rate=g.rate, list_rate=calls if g.name in list_groups else 0.0)
+        for g in budget.groups.values()
+    ]
+
+
+def describe(cls: type[BrokerAdapter], plans: list[GroupPlan], open_orders: int | None
+             ) -> list[str]:
+    """Human-readable lines for check-config."""
+    lines = []
+    detail = set(cls.request_groups.get("detail", ()))
+    for p in plans:
+        text = (f"  limit {p.name}: documented {p.documented}; poller uses {p.allowed} per "
+                f"{p.window:g} s ({p.rate:.2f}/s)")
+        if p.list_rate:
+            text += f"; list calls take {p.list_rate:.2f}/s"
+        lines.append(text)
+        if p.name in detail and cls.per_order_polling:
+            n = open_orders if open_orders is not None else 40
+            source = "open orders now" if open_orders is not None else "open orders (example)"
+            if p.spare_rate > 0 and n:
+                lines.append(f"    {n} {source} on {p.name} → each refreshed every "
+                             f"{n / p.spare_rate:.2f} s")
+    return lines
+
+
+def problems(cls: type[BrokerAdapter], config: BrokerConfig, budget: RateBudget
+             ) -> list[tuple[str, str]]:
+    """(key, message) for every group whose fixed list calls alone exceed its budget."""
+    found = []
+    for p in plan(cls, config, budget):
+        if p.list_rate > p.rate:
+            found.append(("interval", (
+                f"list calls every {config.interval:g} s need {p.list_rate:.2f} requests/s of "
+                f"limit group {p.name}, but it allows {p.rate:.2f}/s ({p.documented}, share "
+                f"{config.share:g}); raise the interval")))
+    return found
