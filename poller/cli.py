@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from poller.__about__ import __version__
 from poller import budgetplan
+from poller.__about__ import __version__
 from poller.app import App, Validated, build_budget, validate
 from poller.errors import ConfigError, PollerError, StoreError
 from poller.logsetup import Redactor, setup_logging
