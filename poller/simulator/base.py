@@ -78,6 +78,14 @@ class BrokerSim(ABC):
                                            daemon=True)
         self._autopilot.start()
 
+    def is_list_request(self, request: Any) -> bool:
+        """Whether a logged request was an account-wide list call (for benchmarks)."""
+        return False
+
+    def polled_order(self, request: Any) -> str | None:
+        """The order a logged request asked about by id, if it was a per-order call."""
+        return None
+
     def violations(self) -> int:
         """Requests refused for breaking a documented limit, all windows together."""
         return sum(w.violations for w in self.windows.values())

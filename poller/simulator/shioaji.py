@@ -98,6 +98,9 @@ class ShioajiSim(BrokerSim):
             table["secret_key"] = self.secret_key
         return table
 
+    def is_list_request(self, request: Any) -> bool:
+        return str(request.path) in ("/api/v1/order/update_status", "/api/v1/order/trades")
+
     def not_found(self, request: Any) -> SimResponse:
         return _error(404, "Not Found")
 
