@@ -69,6 +69,10 @@ class ConsoleNotifier(Notifier):
             return self.config.colour == "always"
         return stream.isatty() and not os.environ.get("NO_COLOR")
 
+    def preview(self, event: OrderEvent) -> str:
+        """The line this notifier would print."""
+        return format_line(event)
+
     async def send(self, event: OrderEvent) -> None:
         """Print the event's line and flush."""
         stream = self._stream()

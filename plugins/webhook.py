@@ -53,6 +53,10 @@ class WebhookNotifier(Notifier):
     kind: ClassVar[str] = "webhook"
     Config: ClassVar[type[NotifierConfig]] = WebhookConfig
 
+    def preview(self, event: OrderEvent) -> str:
+        """The JSON body this notifier would POST."""
+        return json.dumps(event.to_json(), indent=2, ensure_ascii=False)
+
     async def send(self, event: OrderEvent) -> None:
         """POST the event; 2xx is success, the rest is classified by status."""
         cfg = self.config

@@ -226,7 +226,7 @@ class App:
             tracker.start()
         self.dispatcher = Dispatcher(self.store, self.notifiers, db=self.db, commit=self.commit,
                                      redactor=self.redactor,
-                                     policy=DeliveryPolicy())
+                                     policy=DeliveryPolicy(give_up_after=daemon.give_up_after))
         self.dispatcher.start()
         await self.plugins.call_observers("startup", app=self)
         self.scheduler = AsyncIOScheduler(timezone=UTC)

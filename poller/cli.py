@@ -17,7 +17,7 @@ from typing import Any
 from poller import budgetplan
 from poller.__about__ import __version__
 from poller.app import App, Validated, build_budget, validate
-from poller.errors import ConfigError, PollerError, StoreError
+from poller.errors import ConfigError, DeliveryFailed, PollerError, StoreError
 from poller.logsetup import Redactor, setup_logging
 from poller.plugins import Plugins, get_plugin_manager
 from poller.settings import Settings, config_path, load_settings
@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--requeue", metavar="NOTIFIER", nargs="?", const="*",
                         help="re-queue dead-lettered deliveries (of one notifier, or all)")
     command("plugins", "list loaded plugins and registered broker/notifier kinds")
+    test = command("test-notify", "send a realistic sample event through the real notifiers")
+    test.add_argument("name", nargs="?", help="only this notifier ([notifiers.NAME])")
+    test.add_argument("--scene", default="FINAL_FILLED",
+                      help="scene of the sample event (default FINAL_FILLED; SYSTEM for an "
+                           "operator event)")
+    test.add_argument("--dry-run", action="store_true",
+                      help="print who would receive it and the rendered text; send nothing")
     watch = command("watch", "track an order id that no list call discovers")
     watch.add_argument("broker", help="connection name ([brokers.NAME])")
     watch.add_argument("order_id")
@@ -267,6 +274,62 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_test_notify(args: argparse.Namespace) -> int:
+    """``poller test-notify``."""
+    from poller.samples import SCENES, sample_event
+
+    settings, _, validated = _load(args)
+    if args.scene not in SCENES:
+        print(f"poller: test-notify --scene: unknown scene {args.scene!r} "
+              f"(known: {', '.join(SCENES)})", file=sys.stderr)
+        return EX_USAGE
+    if args.name and args.name not in validated.notifiers:
+        known = ", ".join(validated.notifiers) or "none"
+        print(f"poller: test-notify: no notifier {args.name!r} (known: {known})",
+              file=sys.stderr)
+        return EX_USAGE
+    broker, kind = next(((n, c.kind) for n, (c, _) in validated.brokers.items()),
+                        ("tw-main", "shioaji"))
+    event = sample_event(args.scene, broker=broker, broker_kind=kind)
+    setup_logging(level="WARNING", redactor=Redactor(validated.secrets()))
+    names = [args.name] if args.name else list(validated.notifiers)
+    return asyncio.run(_test_notify(validated, names, event, args.dry_run))
+
+
+async def _test_notify(validated: Validated, names: list[str], event: Any,
+                       dry_run: bool) -> int:
+    from poller.httpclient import build_client
+
+    redactor = Redactor(validated.secrets())
+    failures = 0
+    for name in names:
+        cls, cfg = validated.notifiers[name]
+        client = build_client("", timeout=cfg.timeout) if cls.uses_http and not dry_run else None
+        notifier = cls(name, cfg, client)
+        try:
+            wanted = notifier.accepts(event)
+            if dry_run:
+                verdict = "would receive" if wanted else "would NOT receive (routing)"
+                print(f"{name} ({cls.kind}): {verdict} {event.scene} {event.short_id}")
+                for line in redactor(notifier.preview(event)).splitlines():
+                    print(f"    {line}")
+                continue
+            if not wanted:
+                print(f"{name} ({cls.kind}): note: its routing would not send {event.scene}; "
+                      "sending anyway")
+            try:
+                await notifier.send(event)
+            except PollerError as err:
+                failures += 1
+                kind = "refused" if isinstance(err, DeliveryFailed) else "failed (retryable)"
+                print(f"{name} ({cls.kind}): {kind}: {redactor(str(err))}")
+            else:
+                print(f"{name} ({cls.kind}): delivered {event.scene} {event.short_id}")
+        finally:
+            await notifier.aclose()
+    return EX_FAIL if failures else EX_OK
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     """``poller watch``."""
     settings, _, validated = _load(args)
@@ -342,6 +405,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "orders": cmd_orders,
     "events": cmd_events,
     "plugins": cmd_plugins,
+    "test-notify": cmd_test_notify,
     "watch": cmd_watch,
     "unwatch": cmd_unwatch,
 }

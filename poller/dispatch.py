@@ -130,9 +130,21 @@ class Dispatcher:
                     return
                 await self._sleep_until_due(name, wake)
                 continue
+            held: list[OutboxRow] = []
+            waiting: set[tuple[str, str, str]] = set()
             for row in rows:
+                key = (row.event.broker, row.event.account_id, row.event.order_id)
+                if row.event.event_type == "TRADE" and key in waiting:
+                    continue  # per-order ordering: this order's earlier event is retrying
+                if row.held:
+                    held.append(row)  # quiet hours are over: these go out as one digest
+                    continue
+                if await self._hold(notifier, row):
+                    continue
                 if not await self._deliver(notifier, row):
-                    break  # keep order: later rows wait for this one
+                    waiting.add(key)
+            if held:
+                await self._deliver_digest(notifier, held)
             if self._stopping and not await self._db(self.store.due, name):
                 return
 
@@ -167,6 +179,37 @@ class Dispatcher:
         stats.latencies.append((utcnow() - row.event.timestamp).total_seconds())
         del stats.latencies[:-1000]
         return True
+
+    async def _hold(self, notifier: Notifier, row: OutboxRow) -> bool:
+        """Hold ``row`` until the end of the notifier's quiet hours; True when held."""
+        quiet = notifier.config.quiet_hours
+        if quiet is None or row.event.scene in quiet.break_through:
+            return False
+        end = quiet.end_of_quiet(utcnow())
+        if end is None:
+            return False
+        await self._db(self.store.hold, row.id, until=end.timestamp())
+        logger.info("notifier %s: holding %s until the end of quiet hours (%s)",
+                    notifier.name, row.event.short_id, end.isoformat(timespec="minutes"))
+        return True
+
+    async def _deliver_digest(self, notifier: Notifier, rows: list[OutboxRow]) -> None:
+        title = f"poller: {len(rows)} event(s) during quiet hours"
+        try:
+            async with asyncio.timeout(notifier.config.timeout + 5):
+                await notifier.send_digest([r.event for r in rows], title=title)
+        except DeliveryFailed as err:
+            for row in rows:
+                await self._dead(notifier, row, self._redact(str(err)))
+            return
+        except Exception as err:  # retryable, timeout, or a notifier bug: try again later
+            message = self._redact(str(err) or type(err).__name__)
+            for row in rows:
+                await self._retry(notifier, row, message, getattr(err, "retry_after", None))
+            return
+        for row in rows:
+            await self._db(self.store.mark_sent, row.id)
+        self.stats[notifier.name].delivered += len(rows)
 
     async def _retry(self, notifier: Notifier, row: OutboxRow, message: str,
                      retry_after: float | None) -> bool:

@@ -61,4 +61,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (broker, order_id)
     );
     """,
+    # 3: deliveries held by a notifier's quiet hours, sent as one digest at the end (issue 5).
+    """
+    ALTER TABLE outbox ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -54,10 +54,10 @@ class QuietHours(BaseModel):
     def end_of_quiet(self, now: datetime) -> datetime | None:
         """When the quiet window containing ``now`` ends, or ``None`` outside it."""
         local = now.astimezone(ZoneInfo(self.timezone))
-        today_start = local.replace(hour=self.start.hour, minute=self.start.minute, second=0,
-                                    microsecond=0)
-        today_end = local.replace(hour=self.end.hour, minute=self.end.minute, second=0,
-                                  microsecond=0)
+        today_start = local.replace(hour=self.start.hour, minute=self.start.minute,
+                                    second=self.start.second, microsecond=0)
+        today_end = local.replace(hour=self.end.hour, minute=self.end.minute,
+                                  second=self.end.second, microsecond=0)
         if self.start <= self.end:
             return today_end if today_start <= local < today_end else None
         if local >= today_start:  # e.g. 23:30 in a 22:00–07:00 window
@@ -146,6 +146,10 @@ class Notifier(ABC):
         """The message for ``event`` from this notifier's templates."""
         return self.templates.render(event, now=now or utcnow(),
                                      late_after=self.config.late_after)
+
+    def preview(self, event: OrderEvent) -> str:
+        """What this notifier would send for ``event`` (``test-notify --dry-run``)."""
+        return self.render(event).text
 
     async def send(self, event: OrderEvent) -> None:
         """Deliver one event; return only once the service accepted it.

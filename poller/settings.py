@@ -64,6 +64,10 @@ class DaemonSettings(BaseModel):
     shutdown_grace: float = Field(
         default=10.0, gt=0, description="Seconds to flush deliveries when stopping."
     )
+    give_up_after: float = Field(
+        default=24 * 3600.0, gt=0,
+        description="Seconds after which an undeliverable message is dead-lettered.",
+    )
 
 
 class Settings(BaseSettings):

@@ -62,6 +62,7 @@ class OutboxRow:
     event: OrderEvent
     attempts: int
     created_at: datetime
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,19 +274,42 @@ class Store:
     # -- outbox ---------------------------------------------------------------------------
 
     def due(self, notifier: str, *, now: float | None = None, limit: int = 50) -> list[OutboxRow]:
-        """Pending deliveries of one notifier whose time has come, oldest event first."""
+        """Pending deliveries of one notifier whose time has come, oldest event first.
+
+        Per-order ordering: a row waiting for its retry holds back the later rows of the same
+        order (other orders go on). Rows held for quiet hours hold back nothing.
+        """
         now = time.time() if now is None else now
         rows = self._conn.execute(
-            "SELECT o.id, o.attempts, o.created_at, e.body FROM outbox o "
+            "SELECT o.id, o.attempts, o.created_at, e.body, o.held, o.next_attempt_at, "
+            "e.broker, e.account_id, e.order_id, e.event_type, e.id FROM outbox o "
             "JOIN events e ON e.seq = o.event_seq "
-            "WHERE o.notifier = ? AND o.state = 'pending' AND o.next_attempt_at <= ? "
-            "ORDER BY e.seq LIMIT ?", (notifier, now, limit),
+            "WHERE o.notifier = ? AND o.state = 'pending' ORDER BY e.seq LIMIT ?",
+            (notifier, max(limit * 20, 1000)),
         ).fetchall()
-        return [
-            OutboxRow(row_id, notifier, OrderEvent.from_json(json.loads(body)), attempts,
-                      datetime.fromisoformat(created.replace("Z", "+00:00")))
-            for row_id, attempts, created, body in rows
-        ]
+        result: list[OutboxRow] = []
+        blocked: set[tuple[str, ...]] = set()
+        for (row_id, attempts, created, body, held, next_at, broker, account, order_id,
+             event_type, event_id) in rows:
+            key = (broker, account, order_id) if event_type == "TRADE" else (event_id,)
+            if key in blocked:
+                continue
+            if next_at > now:
+                if not held:
+                    blocked.add(key)
+                continue
+            result.append(OutboxRow(
+                row_id, notifier, OrderEvent.from_json(json.loads(body)), attempts,
+                datetime.fromisoformat(created.replace("Z", "+00:00")), bool(held)))
+            if len(result) >= limit:
+                break
+        return result
+
+    def hold(self, row_id: int, *, until: float) -> None:
+        """Hold a delivery for quiet hours; it is sent in a digest at ``until``."""
+        with self._transaction() as db:
+            db.execute("UPDATE outbox SET held = 1, next_attempt_at = ? WHERE id = ?",
+                       (until, row_id))
 
     def next_attempt(self, notifier: str) -> float | None:
         """When the earliest pending delivery of a notifier becomes due (epoch seconds)."""
@@ -300,7 +324,7 @@ class Store:
         with self._transaction() as db:
             db.execute(
                 "UPDATE outbox SET state = 'sent', sent_at = ?, attempts = attempts + 1, "
-                "last_error = '' WHERE id = ?", (iso(utcnow()), row_id),
+                "last_error = '', held = 0 WHERE id = ?", (iso(utcnow()), row_id),
             )
 
     def mark_retry(self, row_id: int, *, next_attempt_at: float, error: str) -> None:

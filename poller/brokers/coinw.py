@@ -1,0 +1,625 @@
+"""CoinW spot through its private REST API (brokers.md §5, seed 004).
+
+Discovery is ``returnOpenOrders``, one call per configured pair (the endpoint takes exactly one
+``currencyPair``). Finished orders drop out of that list, so the daemon confirms every order
+that leaves it with ``returnOrderStatus`` (:meth:`CoinWAdapter.fetch_order`) before anything
+is concluded. ``returnOrderStatus`` carries no filled quantity, so for the statuses that may
+have fills the adapter reads ``returnOrderTrades`` too (see :meth:`CoinWAdapter.fetch_order`).
+
+Every private call is ``POST /api/v1/private?command=<cmd>&<params>&api_key=…&sign=…`` with
+an empty body, signed with MD5 as :func:`sign` describes; there is no timestamp or nonce.
+
+Known limits of what CoinW lets a poller see:
+
+* An order placed and finished between two list calls never appears in ``returnOpenOrders``
+  and is never reported (CoinW has no "orders changed since" call we could rely on).
+* ``returnOrderStatus`` answers only for orders at most 7 days old; older orders that leave
+  the open list are retired with an operator event (``retire_after``) instead of probed.
+* Statuses 5 (triggered) and 6 (trigger failed) are mentioned for conditional orders by
+  CoinW's own skill but not documented for this endpoint: they are flagged as unknown
+  (``unknown_status``), never mapped by guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Annotated, Any, ClassVar, Literal
+
+import httpx
+from pydantic import AfterValidator, Field, SecretStr, field_validator
+
+from poller.brokers.base import BrokerAdapter, BrokerConfig, ListResult, ListScope
+from poller.errors import (
+    BrokerAuthError,
+    BrokerError,
+    BrokerMalformed,
+    BrokerRejected,
+    BrokerUnavailable,
+)
+from poller.hookspecs import hookimpl
+from poller.httpclient import Answer
+from poller.models import OrderSnapshot, OrderStatus, to_decimal
+from poller.ratelimit import LimitSpec, RateBudget
+
+logger = logging.getLogger(__name__)
+
+PRIVATE_PATH = "/api/v1/private"
+#: CoinW renders ``returnOrderStatus``/``returnOrderTrades`` dates in Beijing time (JKorf
+#: CoinW.Net subtracts 8 hours); ``returnOpenOrders`` dates are epoch milliseconds.
+BEIJING = timezone(timedelta(hours=8))
+
+#: Every documented CoinW spot status (brokers.md 5.6) → canonical status. 5/6 are left out
+#: on purpose: they are UNVERIFIED for this endpoint and become ``unknown_status``.
+STATUS_TABLE: dict[int, OrderStatus] = {
+    1: OrderStatus.SUBMITTED,  # uncompleted (open, nothing filled)
+    2: OrderStatus.PARTIAL_FILLED,  # partially completed, still working
+    3: OrderStatus.FILLED,  # fully completed
+    4: OrderStatus.CANCELLED,  # user cancelled, possibly after partial fills
+}
+
+SUCCESS_CODE = "200"
+RATE_LIMIT_CODES = frozenset({"29001", "429"})
+AUTH_CODES = frozenset({"1003", "6000"})
+INVALID_PARAMETER_CODES = frozenset({"-103", "-3"})
+SYSTEM_ERROR_CODES = frozenset({"-200"})
+
+#: Pause after a 29001. CoinW answers violations with 29001, then a 30 s total ban if errors
+#: continue (brokers.md 5.4); 65 s leaves the ban and a full 10 s error-counting window with
+#: a margin. We stop at the first 29001, far below the error count that opens CoinW's
+#: 5-minute warning phase, so we do not wait that out.
+PENALTY = 65.0
+#: ``returnOrderStatus`` answers only for orders at most 7 days old (seed 004).
+STATUS_WINDOW = 7 * 24 * 3600.0
+
+STATUS_SOURCE = "returnOrderStatus"
+LIST_SOURCE = "returnOpenOrders"
+
+_PAIR = re.compile(r"^[A-Z0-9]+_[A-Z0-9]+$")
+_DIGITS = re.compile(r"^-?\d+$")
+# How a "no such order" refusal reads; CoinW does not document a code for it.
+_NOT_FOUND = re.compile(
+    r"not\s*(?:exist|found)|does\s*n[o']?t\s+exist|no\s+such\s+order|不存在", re.IGNORECASE
+)
+
+
+# -- signing ----------------------------------------------------------------------------------
+
+
+def signing_payload(params: Mapping[str, str], api_key: str, secret_key: str) -> str:
+    """The exact text CoinW spot signs (brokers.md §5.2).
+
+    Every parameter except ``sign`` and ``command``, plus ``api_key``, sorted by name and
+    joined as ``k=v`` with ``&``, values *not* URL-encoded (the official sample warns that
+    encoding breaks values like ``1,2``), then ``&secret_key=<secret>``.
+    """
+    fields = {k: v for k, v in params.items() if k not in ("sign", "command")}
+    fields["api_key"] = api_key
+    joined = "&".join(f"{name}={fields[name]}" for name in sorted(fields))
+    return f"{joined}&secret_key={secret_key}"
+
+
+def sign(params: Mapping[str, str], api_key: str, secret_key: str) -> str:
+    """``UPPER(hex(MD5(utf8(signing_payload(...)))))``: 32 upper-case hex digits."""
+    payload = signing_payload(params, api_key, secret_key).encode("utf-8")
+    # MD5 is CoinW's protocol, not our choice of hash; say so for FIPS-mode Pythons.
+    return hashlib.md5(payload, usedforsecurity=False).hexdigest().upper()
+
+
+def signed_query(
+    command: str, params: Mapping[str, str], api_key: str, secret_key: str
+) -> list[tuple[str, str]]:
+    """Query parameters of one private call, in the official sample's order."""
+    return [
+        ("command", command),
+        *sorted(params.items()),
+        ("api_key", api_key),
+        ("sign", sign(params, api_key, secret_key)),
+    ]
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+def _pair(value: str) -> str:
+    if _PAIR.match(value):
+        return value
+    hint = re.sub(r"[-/: ]", "_", value.strip().upper())
+    suggestion = f"; did you mean {hint!r}?" if _PAIR.match(hint) else ""
+    raise ValueError(f"pair {value!r} is not like BTC_USDT (upper-case BASE_QUOTE){suggestion}")
+
+
+Pair = Annotated[str, AfterValidator(_pair)]
+
+
+class CoinWConfig(BrokerConfig):
+    """``[brokers.NAME]`` with ``kind = "coinw"`` (spot)."""
+
+    kind: Literal["coinw"] = "coinw"
+    base_url: str = Field(default="https://api.coinw.com", description="CoinW's REST host.")
+    api_key: SecretStr = Field(description="The spot API key (Access Key).")
+    secret_key: SecretStr = Field(description="The spot Secret Key (signs every request).")
+    pairs: list[Pair] = Field(
+        min_length=1, description="Pairs to poll for open orders, e.g. [\"BTC_USDT\"]."
+    )
+    account_id: str = Field(
+        default="spot", min_length=1, description="The account name shown in events."
+    )
+
+    @field_validator("api_key", "secret_key")
+    @classmethod
+    def _not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+def order_number(value: Any) -> str:
+    """An order number as an exact string (they exceed 2**53 and arrive as number or string).
+
+    :raises TypeError: for a float (it has already lost digits) or another type.
+    :raises ValueError: for an empty or fractional value.
+    """
+    if isinstance(value, bool):
+        raise TypeError("order number is a boolean")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        if value != value.to_integral_value():
+            raise ValueError(f"order number {value} is not an integer")
+        return str(int(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError("order number is empty")
+        return str(int(text)) if _DIGITS.match(text) else text
+    raise TypeError(f"order number is a {type(value).__name__}, expected an integer or string")
+
+
+def read_status(value: Any) -> tuple[OrderStatus | None, str]:
+    """Map a CoinW status (int or numeric string) through :data:`STATUS_TABLE`.
+
+    :returns: the canonical status (``None`` when undocumented) and the raw value as text.
+    """
+    number: int | None = None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, Decimal) and value == value.to_integral_value():
+        number = int(value)
+    elif isinstance(value, str) and _DIGITS.match(value.strip()):
+        number = int(value.strip())
+    if number is None:
+        return None, str(value)
+    return STATUS_TABLE.get(number), str(number)
+
+
+def _moment(value: Any) -> datetime | None:
+    """Epoch milliseconds (``returnOpenOrders``) or ``YYYY-MM-DD HH:MM:SS`` Beijing time."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and not _DIGITS.match(value.strip()):
+        moment = datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S")
+        return moment.replace(tzinfo=BEIJING)
+    number = to_decimal(value)
+    if not number:  # 0 means "no date", not 1970 (which would retire the order at once)
+        return None
+    # Milliseconds are documented; tolerate seconds (anything before 1973 in ms is seconds).
+    millis = int(number) if number > Decimal(10) ** 11 else int(number * 1000)
+    return datetime.fromtimestamp(millis // 1000, UTC) + timedelta(milliseconds=millis % 1000)
+
+
+def _lenient_moment(value: Any) -> datetime | None:
+    """Like :func:`_moment`, but an unreadable date is ``None``: a probe must not fail (and
+    hold back a FILLED or CANCELLED) over a field that only feeds ``placed_at``."""
+    try:
+        return _moment(value)
+    except (TypeError, ValueError, ArithmeticError):
+        return None
+
+
+def _amount(value: Any) -> Decimal:
+    return to_decimal(value, default=Decimal(0)) or Decimal(0)
+
+
+def _side(value: Any) -> str:
+    text = str(value or "").strip()
+    return {"buy": "BUY", "sell": "SELL"}.get(text.lower(), text.upper())
+
+
+def average_price(base_filled: Decimal, quote_filled: Decimal) -> Decimal | None:
+    """Average fill price from filled base and quote amounts (``None`` before any fill)."""
+    if base_filled <= 0 or quote_filled <= 0:
+        return None
+    return (quote_filled / base_filled).quantize(Decimal("1e-10")).normalize()
+
+
+def parse_open_order(item: Any, *, broker: str, account_id: str, pair: str) -> OrderSnapshot:
+    """Read one ``returnOpenOrders`` item into an :class:`OrderSnapshot`.
+
+    Fields: ``orderNumber``, ``date`` (ms), ``startingAmount`` (quote), ``total`` (base size,
+    the order quantity), ``type`` (buy/sell), ``prize`` (limit price), ``success_count``
+    (filled base), ``success_amount`` (filled quote, so the average fill price is
+    ``success_amount / success_count``; JKorf CoinW.Net reads them the same way), ``status``.
+
+    :raises KeyError, TypeError, ValueError: when the item is not a readable order.
+    """
+    if not isinstance(item, dict):
+        raise TypeError(f"expected an object, got {type(item).__name__}")
+    number = order_number(item["orderNumber"])
+    status, raw = read_status(item["status"])
+    filled = _amount(item.get("success_count"))
+    price = to_decimal(item.get("prize"))
+    return OrderSnapshot(
+        broker=broker,
+        broker_kind="coinw",
+        account_id=account_id,
+        order_id=number,
+        status=status or OrderStatus.SUBMITTED,
+        unknown_status=status is None,
+        broker_status=raw,
+        symbol=str(item.get("currencyPair") or pair),
+        side=_side(item.get("type")),
+        # An order with a limit price is a limit order; the list does not say more.
+        order_type="LIMIT" if price else "",
+        qty=_amount(item["total"]),
+        price=price or None,
+        filled_qty=filled,
+        avg_fill_price=average_price(filled, _amount(item.get("success_amount"))),
+        placed_at=_moment(item.get("date")),
+        extra={"source": LIST_SOURCE,
+               "starting_amount": str(item.get("startingAmount") or "")},
+    )
+
+
+def parse_order_status(
+    data: Any, *, broker: str, account_id: str, order_id: str
+) -> OrderSnapshot:
+    """Read a ``returnOrderStatus`` answer (seed 004) into an :class:`OrderSnapshot`.
+
+    The answer has no price and no filled quantity; :meth:`CoinWAdapter.fetch_order` adds
+    them. ``date`` is read as the placement time in Beijing time.
+
+    :raises KeyError, TypeError, ValueError: when the answer is not a readable order.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"expected an object, got {type(data).__name__}")
+    status, raw = read_status(data["status"])
+    return OrderSnapshot(
+        broker=broker,
+        broker_kind="coinw",
+        account_id=account_id,
+        order_id=order_id,
+        status=status or OrderStatus.SUBMITTED,
+        unknown_status=status is None,
+        broker_status=raw,
+        symbol=str(data.get("currencyPair") or ""),
+        side=_side(data.get("type")),
+        qty=_amount(data["total"]),
+        placed_at=_lenient_moment(data.get("date")),
+        extra={"source": STATUS_SOURCE,
+               "starting_amount": str(data.get("startingAmount") or "")},
+    )
+
+
+def parse_order_trades(data: Any) -> tuple[Decimal, Decimal | None]:
+    """Filled base quantity and average price from a ``returnOrderTrades`` answer.
+
+    Documented fields (brokers.md 5.5): ``tradeID, currencyPair, type, amount,
+    success_amount, total, success_total, fee, date, status``; ``success_total`` is the
+    filled base quantity and ``success_amount`` the filled quote amount (JKorf CoinW.Net).
+
+    :raises KeyError, TypeError, ValueError: when the answer is not readable.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"expected an object, got {type(data).__name__}")
+    filled = _amount(data["success_total"])
+    return filled, average_price(filled, _amount(data.get("success_amount")))
+
+
+def carry_over(known: OrderSnapshot | None, probed: OrderSnapshot) -> OrderSnapshot:
+    """Complete a ``returnOrderStatus`` snapshot with what the open-orders list said.
+
+    ``returnOrderStatus`` has no price and only a second-resolution ``date``. CoinW spot has
+    no amend endpoint, so price, quantity and placement time never change after placement:
+    the list's values are the order's values, and keeping them avoids a false
+    MODIFY_SUCCESS or a price disappearing from the final event.
+    """
+    if known is None or probed.extra.get("source") != STATUS_SOURCE:
+        return probed
+    if known.order_id != probed.order_id:
+        return probed
+    qty = known.qty or probed.qty
+    return replace(
+        probed,
+        price=known.price if known.price is not None else probed.price,
+        qty=qty,
+        # A filled order filled exactly its quantity.
+        filled_qty=qty if probed.status is OrderStatus.FILLED else probed.filled_qty,
+        side=known.side or probed.side,
+        order_type=known.order_type or probed.order_type,
+        symbol=probed.symbol or known.symbol,
+        placed_at=known.placed_at or probed.placed_at,
+    )
+
+
+# -- the adapter -------------------------------------------------------------------------------
+
+
+class CoinWAdapter(BrokerAdapter):
+    """Polls CoinW spot open orders per pair and confirms finished ones per order."""
+
+    kind: ClassVar[str] = "coinw"
+    Config: ClassVar[type[BrokerConfig]] = CoinWConfig
+    # brokers.md 5.4: 30 requests / 2 s per endpoint per user, and 300/s per UID across all
+    # spot endpoints, which every private request also consumes.
+    limits: ClassVar[dict[str, LimitSpec]] = {
+        "returnOpenOrders": LimitSpec(30, 2.0),
+        "returnOrderStatus": LimitSpec(30, 2.0),
+        "returnOrderTrades": LimitSpec(30, 2.0),
+        "cancelOrder": LimitSpec(30, 2.0),
+        "uid": LimitSpec(300, 1.0),
+    }
+    request_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "list": ("returnOpenOrders", "uid"),
+        "detail": ("returnOrderStatus", "uid"),
+        "trades": ("returnOrderTrades", "uid"),
+        "cancel": ("cancelOrder", "uid"),
+    }
+    supports_fetch: ClassVar[bool] = True
+    retire_after: ClassVar[float | None] = STATUS_WINDOW
+
+    def __init__(
+        self, name: str, config: BrokerConfig, client: httpx.AsyncClient, budget: RateBudget
+    ) -> None:
+        super().__init__(name, config, client, budget)
+        # The last list snapshot of each order, so a probe can keep the price and quantity
+        # returnOrderStatus does not give (see carry_over). Dropped once the order is final.
+        self._listed: dict[str, OrderSnapshot] = {}
+
+    @property
+    def cfg(self) -> CoinWConfig:
+        """The config, typed."""
+        assert isinstance(self.config, CoinWConfig)
+        return self.config
+
+    @classmethod
+    def check(cls, config: BrokerConfig) -> list[tuple[str, str]]:
+        """Pairs listed twice (each would be polled twice, halving its share of the budget).
+
+        An interval the ``returnOpenOrders`` budget cannot keep is refused by the daemon's
+        generic budget check (one list call per pair).
+        """
+        assert isinstance(config, CoinWConfig)
+        problems: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for pair in config.pairs:
+            if pair in seen:
+                problems.append(("pairs", f"{pair} is listed more than once"))
+            seen.add(pair)
+        return problems
+
+    def scopes(self) -> list[ListScope]:
+        cfg = self.cfg
+        return [ListScope(cfg.account_id, symbol=pair, open_only=True) for pair in cfg.pairs]
+
+    async def list_orders(self, scope: ListScope) -> ListResult:
+        pair = scope.symbol or ""
+        data = await self._call("list", "returnOpenOrders", {"currencyPair": pair})
+        if data is None:  # no open orders may come back as null
+            data = []
+        if not isinstance(data, list):
+            raise BrokerMalformed(
+                f"returnOpenOrders answered {type(data).__name__}, expected a list of orders",
+                connection=self.name)
+        orders: list[OrderSnapshot] = []
+        problems: list[str] = []
+        for index, item in enumerate(data):
+            try:
+                snapshot = parse_open_order(item, broker=self.name,
+                                            account_id=scope.account_id, pair=pair)
+            except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+                number = item.get("orderNumber") if isinstance(item, dict) else None
+                label = f"order {number}" if number is not None else f"order #{index}"
+                problems.append(f"{pair} {label}: {type(err).__name__}: {err}")
+                continue
+            orders.append(snapshot)
+            self._listed[snapshot.order_id] = snapshot
+        return ListResult(scope, orders, problems)
+
+    async def fetch_order(self, account_id: str, order_id: str) -> OrderSnapshot | None:
+        """``returnOrderStatus``, plus ``returnOrderTrades`` for the filled quantity.
+
+        ``returnOrderStatus`` gives no filled quantity, and the diff ignores a snapshot whose
+        filled quantity is below what it knows (stale data). So:
+
+        * 1 (open): nothing filled, no second call.
+        * 3 (filled): filled = the order quantity, exactly; ``returnOrderTrades`` only adds
+          the average price, and if it fails the snapshot goes without one.
+        * 2 and 4 (partial, cancelled): ``returnOrderTrades`` is required, since a cancel
+          after partial fills must report those fills; if it fails the whole probe fails and
+          the daemon tries the order again later, instead of concluding "cancelled, 0 filled".
+
+        :returns: ``None`` when CoinW does not know the order (or it is older than 7 days).
+        """
+        data = await self._call("detail", "returnOrderStatus", {"orderNumber": order_id},
+                                missing_ok=True)
+        if not data:
+            return None
+        try:
+            snapshot = parse_order_status(data, broker=self.name, account_id=account_id,
+                                          order_id=order_id)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+            raise BrokerMalformed(f"returnOrderStatus answer for order {order_id} is not "
+                                  f"readable: {type(err).__name__}: {err}",
+                                  connection=self.name) from err
+        snapshot = carry_over(self._listed.get(order_id), snapshot)
+        snapshot = await self._with_fills(snapshot)
+        if snapshot.final:
+            self._listed.pop(order_id, None)
+        return snapshot
+
+    async def _with_fills(self, snapshot: OrderSnapshot) -> OrderSnapshot:
+        status = snapshot.status
+        if snapshot.unknown_status or status is OrderStatus.SUBMITTED:
+            return snapshot
+        if status is OrderStatus.FILLED:
+            average: Decimal | None = None
+            try:
+                trades = await self._trades(snapshot.order_id)
+            except BrokerError as err:
+                logger.info("%s: no average price for filled order %s (%s)", self.name,
+                            snapshot.order_id, err)
+                trades = None
+            if trades is not None:
+                average = trades[1]
+            return replace(snapshot, filled_qty=snapshot.qty, avg_fill_price=average)
+        trades = await self._trades(snapshot.order_id)
+        filled, average = trades if trades is not None else (Decimal(0), None)
+        return replace(snapshot, filled_qty=filled, avg_fill_price=average)
+
+    async def _trades(self, order_id: str) -> tuple[Decimal, Decimal | None] | None:
+        data = await self._call("trades", "returnOrderTrades", {"orderNumber": order_id},
+                                missing_ok=True)
+        if not data:
+            return None
+        try:
+            return parse_order_trades(data)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+            raise BrokerMalformed(f"returnOrderTrades answer for order {order_id} is not "
+                                  f"readable: {type(err).__name__}: {err}",
+                                  connection=self.name) from err
+
+    async def refine(
+        self, previous: OrderSnapshot | None, current: OrderSnapshot
+    ) -> OrderSnapshot:
+        """Keep price, quantity and placement time of a probed order (see :func:`carry_over`).
+
+        Covers the probes :meth:`fetch_order` could not complete from its own memory, e.g.
+        after a restart.
+        """
+        return carry_over(previous, current)
+
+    async def cancel_order(self, account_id: str, order_id: str) -> None:
+        """Ask CoinW to cancel an order (``cancelOrder``); the poll reports the outcome.
+
+        :raises BrokerRejected: CoinW refused (e.g. the order is already finished).
+        """
+        await self._call("cancel", "cancelOrder", {"orderNumber": order_id})
+
+    # -- wire -------------------------------------------------------------------------------
+
+    async def _call(self, kind: str, command: str, params: Mapping[str, str], *,
+                    missing_ok: bool = False) -> Any:
+        """Sign and send one private call; return its ``data`` (``None``: no such order)."""
+        cfg = self.cfg
+        query = signed_query(command, params, cfg.api_key.get_secret_value(),
+                             cfg.secret_key.get_secret_value())
+        request = self.client.build_request(
+            "POST", PRIVATE_PATH, params=tuple(query), headers={"Content-Type": "application/json"})
+        answer = await self.request(kind, request)
+        return self._check(answer, kind, command, sign=query[-1][1], missing_ok=missing_ok)
+
+    def _check(self, answer: Answer, kind: str, command: str, *, sign: str,
+               missing_ok: bool = False) -> Any:
+        """Translate an error answer into :mod:`poller.errors`; return ``data`` of a success."""
+        body = answer.body
+        envelope: dict[str, Any] | None = (
+            body if isinstance(body, dict) and "code" in body else None)
+        code = _code_text(envelope["code"]) if envelope is not None else ""
+        message = self._scrub(_error_message(answer, envelope), sign)
+        # 29001 decides whatever the HTTP status (CoinW does not document one for it).
+        if code in RATE_LIMIT_CODES or answer.status == 429:
+            raise self.rate_limited(kind, f"{command}: rate-limited by CoinW: {message}",
+                                    code=code or "429", penalty=PENALTY)
+        if code in AUTH_CODES or answer.status in (401, 403):
+            raise BrokerAuthError(
+                f"{command}: credentials refused (code {code or answer.status}): {message}",
+                connection=self.name, code=code or str(answer.status))
+        if answer.status >= 500 or code in SYSTEM_ERROR_CODES:
+            raise BrokerUnavailable(
+                f"{command}: CoinW failed (HTTP {answer.status}"
+                f"{', code ' + code if code else ''}): {message}",
+                connection=self.name, code=code or str(answer.status))
+        if envelope is None:
+            if 200 <= answer.status < 300:
+                raise BrokerMalformed(
+                    f"{command}: answer is not a CoinW envelope ({_shape(body)})",
+                    connection=self.name)
+            raise BrokerRejected(f"{command}: HTTP {answer.status}: {message}",
+                                 connection=self.name, code=str(answer.status))
+        if code == SUCCESS_CODE:
+            if "data" not in envelope:
+                raise BrokerMalformed(f"{command}: success answer without data",
+                                      connection=self.name)
+            return envelope["data"]
+        if missing_ok and _NOT_FOUND.search(message):
+            return None
+        what = "invalid parameter" if code in INVALID_PARAMETER_CODES else "refused"
+        raise BrokerRejected(f"{command}: {what} (code {code}): {message}",
+                             connection=self.name, code=code)
+
+    def _scrub(self, text: str, sign: str) -> str:
+        """Remove the key, the secret and the request's sign from a broker's message."""
+        cfg = self.cfg
+        for secret in (cfg.api_key.get_secret_value(), cfg.secret_key.get_secret_value(), sign):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def _code_text(value: Any) -> str:
+    """The envelope ``code`` as text: ``"200"`` and ``200`` are the same code."""
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _error_message(answer: Answer, envelope: dict[str, Any] | None) -> str:
+    if envelope is not None:
+        for key in ("msg", "message"):
+            if isinstance(envelope.get(key), str) and envelope[key]:
+                return str(envelope[key])[:200]
+        return "no message"
+    text = answer.text.strip()
+    if text.startswith("<"):
+        return "an HTML error page"
+    return text[:120] or "no body"
+
+
+def _shape(body: Any) -> str:
+    if isinstance(body, dict):
+        keys = ", ".join(sorted(str(k) for k in body)[:5])
+        return f"an object with keys {keys}" if keys else "an empty object"
+    return f"a JSON {type(body).__name__}" if body is not None else "an empty body"
+
+
+@hookimpl
+def register_brokers(register: Callable[[type[BrokerAdapter]], None]) -> None:
+    """Register the CoinW spot adapter."""
+    register(CoinWAdapter)
+
+
+__all__ = [
+    "STATUS_TABLE",
+    "CoinWAdapter",
+    "CoinWConfig",
+    "carry_over",
+    "order_number",
+    "parse_open_order",
+    "parse_order_status",
+    "parse_order_trades",
+    "read_status",
+    "sign",
+    "signed_query",
+    "signing_payload",
+]

@@ -1,0 +1,736 @@
+"""LongPort (Longbridge) OpenAPI trade endpoints (brokers.md §2, seed 002).
+
+One ``GET /v1/trade/order/today`` per cycle lists every order of the token's account; the
+order detail (``GET /v1/trade/order?order_id=``) probes orders that left the list and, through
+:meth:`LongPortAdapter.refine`, recovers the executions that happened between two polls from
+its ``history[]`` audit trail. Requests are signed with the legacy API-key HMAC scheme
+(§2.2) or carry an OAuth 2.0 bearer token. Every answer is the envelope
+``{code, message|msg, data}``; numbers are strings, times unix-second strings, ids strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import Field, SecretStr, model_validator
+
+from poller.brokers.base import BrokerAdapter, BrokerConfig, ListResult, ListScope
+from poller.errors import (
+    BrokerAuthError,
+    BrokerMalformed,
+    BrokerRejected,
+    BrokerUnavailable,
+)
+from poller.hookspecs import hookimpl
+from poller.httpclient import Answer, send
+from poller.models import Fill, OrderSnapshot, OrderStatus, decimal_text, to_decimal
+from poller.ratelimit import LimitSpec, RateBudget
+
+logger = logging.getLogger(__name__)
+
+SIGNED_HEADERS = "authorization;x-api-key;x-timestamp"
+TODAY_PATH = "/v1/trade/order/today"
+ORDER_PATH = "/v1/trade/order"
+
+#: Every documented LongPort order status (brokers.md 2.6) → canonical status. Three need
+#: context and are refined in :func:`parse_order`: ``ReplacedStatus`` (working, partly filled
+#: or not), ``ExpiredStatus`` (provisional unless a Day order or past its expire_date) and
+#: ``PartialWithdrawal`` (cancelled with fills; ``filled_qty`` carries them).
+STATUS_TABLE: dict[str, OrderStatus] = {
+    "NotReported": OrderStatus.PENDING,  # queued, e.g. a GTC order outside the session
+    "ReplacedNotReported": OrderStatus.PENDING,
+    "ProtectedNotReported": OrderStatus.PENDING,
+    "VarietiesNotReported": OrderStatus.PENDING,  # conditional order awaiting its trigger
+    "WaitToNew": OrderStatus.PENDING,
+    "NewStatus": OrderStatus.SUBMITTED,
+    "WaitToReplace": OrderStatus.PENDING_REPLACE,
+    "PendingReplaceStatus": OrderStatus.PENDING_REPLACE,
+    "ReplacedStatus": OrderStatus.SUBMITTED,  # the order lives on; PARTIAL_FILLED with fills
+    "PartialFilledStatus": OrderStatus.PARTIAL_FILLED,
+    "FilledStatus": OrderStatus.FILLED,
+    "WaitToCancel": OrderStatus.PENDING_CANCEL,
+    "PendingCancelStatus": OrderStatus.PENDING_CANCEL,
+    "RejectedStatus": OrderStatus.FAILED,
+    "CanceledStatus": OrderStatus.CANCELLED,
+    "ExpiredStatus": OrderStatus.EXPIRED,
+    "PartialWithdrawal": OrderStatus.CANCELLED,  # partly filled, remainder cancelled
+}
+
+#: ``history[]`` statuses that record an execution (quantity and price of the deal).
+EXECUTION_STATUSES = frozenset({"PartialFilledStatus", "FilledStatus"})
+
+_ORDER_TYPES = {
+    "LO": "LIMIT", "ELO": "ENHANCED_LIMIT", "MO": "MARKET", "AO": "AT_AUCTION",
+    "ALO": "AT_AUCTION_LIMIT", "ODD": "ODD_LOT", "LIT": "LIMIT_IF_TOUCHED",
+    "MIT": "MARKET_IF_TOUCHED", "TSLPAMT": "TRAILING_STOP_LIMIT_AMOUNT",
+    "TSLPPCT": "TRAILING_STOP_LIMIT_PERCENT", "TSMAMT": "TRAILING_STOP_MARKET_AMOUNT",
+    "TSMPCT": "TRAILING_STOP_MARKET_PERCENT", "SLO": "SPECIAL_LIMIT",
+}
+
+# Error table (brokers.md 2.3). The HTTP status decides first where it is specific; the
+# envelope's code decides when the HTTP status is a generic 200/400.
+AUTH_CODES = frozenset({403201, 403202, 403203, 403205, 401003})
+RATE_LIMIT_CODES = frozenset({429001, 429002})
+UNAVAILABLE_CODES = frozenset({500000})
+#: Codes the order detail answers for an order it does not know. 602023 ("internal server
+#: error") is what users saw for unknown orders / a token bound to the other (paper or live)
+#: account (longbridge/developers#1256); repeated "not found" makes the tracker mark an
+#: order stale, never filled or cancelled, so mapping it to "not found" is safe.
+NOT_FOUND_CODES = frozenset({602023})
+_NOT_FOUND_TEXT = re.compile(r"not\s+(?:be\s+)?(?:found|exist)|does\s*n[o']t\s+exist|no\s+such",
+                             re.IGNORECASE)
+
+# No Retry-After is documented. The trade window is 30 s, so pause past it with a margin;
+# users reported 429002 persisting (longbridge/developers#1093): the tracker keeps one
+# operator event per episode while the pause repeats.
+_PENALTY = 35.0
+
+
+# An ``ExpiredStatus`` without a readable expire_date is confirmed once it has lasted this
+# long: the transient "Expired between sessions" of GTC orders (TraderAlice/OpenAlice#1125)
+# clears at the next session, and a long weekend is at most four days.
+_EXPIRY_GRACE = timedelta(days=4)
+
+# When does a market's trading day end? Fixed offsets, each the latest the market's clock can
+# be (US: EST; during EDT the day ends an hour earlier, so an expiry is confirmed at most an
+# hour late, never early). Unknown markets use UTC-12, where every day ends last.
+_MARKET_OFFSETS = {"US": -5, "HK": 8, "SH": 8, "SZ": 8, "SG": 8}
+_LAST_OFFSET = -12
+
+#: Order details remembered (see LongPortAdapter._details); a day's orders fit easily.
+_DETAIL_CACHE = 1000
+
+_KNOWN_HOSTS = frozenset({
+    "openapi.longportapp.com", "openapi.longport.cn", "openapi.longbridge.com",
+    "openapi.longbridge.cn", "openapi.longbridgeapp.com",
+})
+
+
+def sha1_hex(data: bytes) -> str:
+    """Lower-case hex SHA-1, as the signature scheme uses it."""
+    return hashlib.sha1(data).hexdigest()
+
+
+def sign(
+    method: str,
+    path: str,
+    query: str,
+    body: bytes,
+    *,
+    app_key: str,
+    app_secret: str,
+    token: str,
+    timestamp: str,
+) -> dict[str, str]:
+    """The headers of a request signed with LongPort's legacy API-key scheme (brokers.md 2.2).
+
+    :param path: the URL path exactly as sent (``/v1/trade/order``).
+    :param query: the raw query string exactly as sent, without ``?`` (``""`` if none).
+    :param body: the exact body bytes (``b""`` for GET; then no body hash is appended).
+    :param timestamp: the ``X-Timestamp`` value, signed verbatim.
+    :returns: ``X-Api-Key``, ``Authorization``, ``X-Timestamp`` and ``X-Api-Signature``.
+    """
+    signed_values = (f"authorization:{token}\nx-api-key:{app_key}\n"
+                     f"x-timestamp:{timestamp}\n")
+    canonical = f"{method.upper()}|{path}|{query}|{signed_values}|{SIGNED_HEADERS}|"
+    if body:
+        canonical += sha1_hex(body)
+    string_to_sign = "HMAC-SHA256|" + sha1_hex(canonical.encode())
+    signature = hmac.new(app_secret.encode(), string_to_sign.encode(),
+                         hashlib.sha256).hexdigest()
+    return {
+        "X-Api-Key": app_key,
+        "Authorization": token,
+        "X-Timestamp": timestamp,
+        "X-Api-Signature": (f"HMAC-SHA256 SignedHeaders={SIGNED_HEADERS}, "
+                            f"Signature={signature}"),
+    }
+
+
+class LongPortConfig(BrokerConfig):
+    """``[brokers.NAME]`` with ``kind = "longport"``."""
+
+    kind: Literal["longport"] = "longport"
+    base_url: str = Field(default="https://openapi.longportapp.com",
+                          description="REST host (CN: https://openapi.longport.cn).")
+    app_key: SecretStr | None = Field(default=None, description="App Key (apikey mode).")
+    app_secret: SecretStr | None = Field(default=None,
+                                         description="App Secret (apikey mode).")
+    access_token: SecretStr = Field(description="Access token (or the OAuth access token).")
+    auth: Literal["apikey", "oauth"] = Field(
+        default="apikey",
+        description="apikey: legacy HMAC signature; oauth: Authorization: Bearer <token>.",
+    )
+    account_id: str = Field(
+        default="default", min_length=1,
+        description="Name of the account in events (LongPort has one account per token).",
+    )
+
+    @model_validator(mode="after")
+    def _credentials(self) -> LongPortConfig:
+        if not self.access_token.get_secret_value().strip():
+            raise ValueError("access_token must not be empty")
+        if self.auth == "apikey":
+            missing = [name for name, value in (("app_key", self.app_key),
+                                                ("app_secret", self.app_secret))
+                       if value is None or not value.get_secret_value()]
+            if missing:
+                raise ValueError(
+                    f"{' and '.join(missing)} required with auth = \"apikey\" "
+                    "(or set auth = \"oauth\" to use an OAuth access token)")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class LongPortAdapter(BrokerAdapter):
+    """Polls one LongPort account: today's orders, plus order details for fills and probes.
+
+    :param clock: wall-clock seconds, for ``X-Timestamp`` and for confirming expiries
+        (injectable for tests).
+    """
+
+    kind: ClassVar[str] = "longport"
+    Config: ClassVar[type[BrokerConfig]] = LongPortConfig
+    # All trade APIs share one budget: 30 calls per 30 s and >= 20 ms apart (brokers.md 2.4).
+    # The official SDK does NOT throttle TradeContext calls (it only self-throttles quotes),
+    # so staying inside this limit is entirely our job.
+    limits: ClassVar[dict[str, LimitSpec]] = {"trade": LimitSpec(30, 30.0, spacing=0.02)}
+    request_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "list": ("trade",),
+        "detail": ("trade",),
+        "replace": ("trade",),
+        "cancel": ("trade",),
+    }
+    supports_fetch: ClassVar[bool] = True
+
+    def __init__(
+        self, name: str, config: BrokerConfig, client: httpx.AsyncClient, budget: RateBudget,
+        *, clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(name, config, client, budget)
+        self._clock = clock
+        self._serial = asyncio.Lock()
+        self._last_done = float("-inf")
+        # The last order detail read per (account, order): its executions and its (right)
+        # time_in_force are merged into later list answers, so that a list answer and a
+        # detail of an unchanged order are equal snapshots. Otherwise every list answer
+        # would "change" an order the detail was read for, and the daemon would read the
+        # detail again, spending the 30-per-30-s budget for nothing.
+        self._details: dict[tuple[str, str], OrderSnapshot] = {}
+
+    @property
+    def cfg(self) -> LongPortConfig:
+        """The config, typed."""
+        assert isinstance(self.config, LongPortConfig)
+        return self.config
+
+    @classmethod
+    def check(cls, config: BrokerConfig) -> list[tuple[str, str]]:
+        """Catch a push/quote host or a token sent in clear text to a remote host."""
+        assert isinstance(config, LongPortConfig)
+        problems: list[tuple[str, str]] = []
+        url = httpx.URL(config.base_url)
+        host = url.host
+        if url.scheme == "http" and not _is_loopback(host):
+            problems.append(("base_url", "must be https:// (the access token would travel "
+                                         "unencrypted); plain http is only for loopback"))
+        if (host.endswith(("longportapp.com", "longport.cn", "longbridge.com", "longbridge.cn",
+                           "longbridgeapp.com"))
+                and host not in _KNOWN_HOSTS):
+            problems.append(("base_url", f"{host} is not a LongPort REST host (the trade push "
+                                         "and quote hosts do not serve /v1/trade/order); use "
+                                         "https://openapi.longportapp.com or "
+                                         "https://openapi.longport.cn"))
+        return problems
+
+    def now(self) -> datetime:
+        """The adapter's clock as a UTC datetime."""
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    # -- signing and sending ------------------------------------------------------------
+
+    def authorize(self, request: httpx.Request) -> None:
+        """Add the auth headers to ``request``, signing the exact path, query and body sent."""
+        cfg = self.cfg
+        token = cfg.access_token.get_secret_value()
+        # Milliseconds, the documented format ("1539095200.123"): the server refuses a
+        # repeated timestamp+signature (403202), and two identical list calls can fall in
+        # the same second.
+        timestamp = f"{self._clock():.3f}"
+        request.headers["X-Timestamp"] = timestamp
+        if cfg.auth == "oauth":
+            request.headers["Authorization"] = (
+                token if token.startswith("Bearer ") else f"Bearer {token}")
+            if cfg.app_key is not None and cfg.app_key.get_secret_value():
+                request.headers["X-Api-Key"] = cfg.app_key.get_secret_value()
+            return
+        assert cfg.app_key is not None and cfg.app_secret is not None  # the validator saw to it
+        raw = request.url.raw_path.decode("ascii")
+        path, _, query = raw.partition("?")
+        request.headers.update(sign(
+            request.method, path, query, request.content,
+            app_key=cfg.app_key.get_secret_value(), app_secret=cfg.app_secret.get_secret_value(),
+            token=token, timestamp=timestamp,
+        ))
+
+    async def request(self, kind: str, request: httpx.Request) -> Answer:
+        """Send one trade call: one at a time, through the budget, signed just before it
+        leaves (a timestamp taken before a budget wait could be stale)."""
+        groups = self.request_groups.get(kind, ())
+        spacing = max((self.limits[g].spacing for g in groups), default=0.0)
+        async with self._serial:
+            # LongPort measures the 20 ms spacing on arrival. Spacing the *starts* cannot
+            # guarantee it: a call on a new connection took 20 ms to arrive in tests, the
+            # next one on the open connection 1 ms. Starting 20 ms after the previous call
+            # was *answered* does, since that call had arrived by then.
+            gap = self._last_done + spacing - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
+            await self.budget.acquire(*groups)
+            self.authorize(request)
+            try:
+                return await send(self.client, request, connection=self.name,
+                                  deadline=self.config.timeout)
+            finally:
+                self._last_done = time.monotonic()
+
+    def _build(self, method: str, path: str, *, params: dict[str, str] | None = None,
+               body: dict[str, Any] | None = None) -> httpx.Request:
+        content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        return self.client.build_request(
+            method, path, params=params, content=content or None,
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+
+    # -- discovery and per-order --------------------------------------------------------
+
+    def scopes(self) -> list[ListScope]:
+        # Today's list also holds finished orders, so the scope is not open_only.
+        return [ListScope(self.cfg.account_id)]
+
+    async def list_orders(self, scope: ListScope) -> ListResult:
+        answer = await self.request("list", self._build("GET", TODAY_PATH))
+        data = self._check(answer, "list")
+        orders_raw = data.get("orders") if isinstance(data, dict) else None
+        if not isinstance(orders_raw, list):
+            raise BrokerMalformed(
+                f"{TODAY_PATH} answered data of type {type(data).__name__} without an "
+                "orders list", connection=self.name)
+        now = self.now()
+        orders, problems = [], []
+        for index, item in enumerate(orders_raw):
+            try:
+                snapshot = parse_order(item, broker=self.name, account_id=scope.account_id,
+                                       now=now, trust_time_in_force=False)
+            except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+                problems.append(f"order #{index}: {type(err).__name__}: {err}")
+                continue
+            detail = self._details.get((snapshot.account_id, snapshot.order_id))
+            orders.append(snapshot if detail is None
+                          else merge_detail(snapshot, detail, now=now))
+        return ListResult(scope, orders, problems)
+
+    def _remember(self, detail: OrderSnapshot) -> None:
+        """Keep the latest detail of an order (least recently read dropped past the cap)."""
+        key = (detail.account_id, detail.order_id)
+        self._details.pop(key, None)
+        self._details[key] = detail
+        while len(self._details) > _DETAIL_CACHE:
+            del self._details[next(iter(self._details))]
+
+    async def fetch_order(self, account_id: str, order_id: str) -> OrderSnapshot | None:
+        """The order detail with its executions; ``None`` when LongPort does not know it."""
+        request = self._build("GET", ORDER_PATH, params={"order_id": order_id})
+        answer = await self.request("detail", request)
+        data = self._check(answer, "detail", not_found_ok=True)
+        if data is _NOT_FOUND:
+            return None
+        if not isinstance(data, dict) or not data:
+            raise BrokerMalformed(f"order detail of {order_id} is not an object",
+                                  connection=self.name)
+        try:
+            snapshot = parse_detail(data, broker=self.name, account_id=account_id,
+                                    now=self.now())
+        except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+            raise BrokerMalformed(f"order detail of {order_id} could not be read: "
+                                  f"{type(err).__name__}: {err}", connection=self.name) from err
+        if snapshot.order_id != order_id:
+            raise BrokerMalformed(f"asked for order {order_id}, the detail is of order "
+                                  f"{snapshot.order_id}", connection=self.name)
+        self._remember(snapshot)
+        return snapshot
+
+    async def refine(
+        self, previous: OrderSnapshot | None, current: OrderSnapshot
+    ) -> OrderSnapshot:
+        """Read the detail when executions are unaccounted for, or an Expired needs it.
+
+        The list has no deals, so several executions between two polls would collapse into
+        one; the detail's ``history[]`` lists each. So the detail is read whenever the
+        executed quantity grew past the executions already known (which includes an order
+        that just finished with new fills). The detail also has the right ``time_in_force``
+        (lists swap Day/GTC, longbridge/openapi#247), which decides whether an
+        ``ExpiredStatus`` is final. A snapshot that is itself a detail needs neither.
+        """
+        known = sum((fill.qty for fill in current.fills), Decimal(0))
+        need_fills = current.filled_qty > known
+        need_time_in_force = (current.status is OrderStatus.EXPIRED
+                              and (current.account_id, current.order_id) not in self._details)
+        if not (need_fills or need_time_in_force):
+            return current
+        detail = await self.fetch_order(current.account_id, current.order_id)
+        if detail is None:
+            return current
+        return merge_detail(current, detail, now=self.now())
+
+    # -- order actions ------------------------------------------------------------------
+
+    async def cancel_order(self, order_id: str) -> None:
+        """Withdraw an order (``order_id`` as a query parameter, as the SDK sends it).
+
+        :raises BrokerRejected: when LongPort refuses (e.g. the order is finished).
+        """
+        request = self._build("DELETE", ORDER_PATH, params={"order_id": order_id})
+        self._check(await self.request("cancel", request), "cancel")
+
+    async def replace_order(self, order_id: str, quantity: Decimal,
+                            price: Decimal | None = None) -> None:
+        """Change an order's total quantity and, optionally, its price.
+
+        :raises BrokerRejected: when LongPort refuses the change.
+        """
+        body: dict[str, Any] = {"order_id": order_id, "quantity": decimal_text(quantity)}
+        if price is not None:
+            body["price"] = decimal_text(price)
+        self._check(await self.request("replace", self._build("PUT", ORDER_PATH, body=body)),
+                    "replace")
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _check(self, answer: Answer, kind: str, *, not_found_ok: bool = False) -> Any:
+        """Translate an error answer (table above); return ``data`` of a success.
+
+        With ``not_found_ok`` an "unknown order" answer returns the ``_NOT_FOUND`` sentinel.
+        """
+        body = answer.body
+        code = _code(body)
+        message = _message(answer)
+        label = f"HTTP {answer.status}" + (f", code {code}" if code is not None else "")
+        code_text = str(code if code is not None else answer.status)
+        if answer.status in (401, 403) or code in AUTH_CODES:
+            raise BrokerAuthError(f"credentials refused ({label}): {message}",
+                                  connection=self.name, code=code_text)
+        if answer.status == 429 or code in RATE_LIMIT_CODES:
+            raise self.rate_limited(kind, f"rate limited ({label}): {message}",
+                                    code=code_text, penalty=_PENALTY)
+        if not_found_ok and (code in NOT_FOUND_CODES or answer.status == 404 or (
+                code not in (None, 0) and answer.status < 500
+                and _NOT_FOUND_TEXT.search(message))):
+            return _NOT_FOUND
+        if answer.status >= 500 or code in UNAVAILABLE_CODES:
+            raise BrokerUnavailable(f"broker error ({label}): {message}",
+                                    connection=self.name, code=code_text)
+        if 200 <= answer.status < 300:
+            if not isinstance(body, dict):
+                shape = "an empty answer" if body is None else type(body).__name__
+                raise BrokerMalformed(f"expected a {{code, message, data}} envelope, got "
+                                      f"{shape}", connection=self.name)
+            if code is None:
+                raise BrokerMalformed("answer has no integer code", connection=self.name)
+            if code == 0:
+                return body.get("data")
+        raise BrokerRejected(f"refused ({label}): {message}", connection=self.name,
+                             code=code_text)
+
+
+class _NotFound:
+    """Sentinel type: the broker does not know the order."""
+
+
+_NOT_FOUND: Any = _NotFound()
+
+
+def _code(body: Any) -> int | None:
+    """The envelope's ``code`` as an int (LongPort sends a number; a numeric string is read)."""
+    if not isinstance(body, dict):
+        return None
+    code = body.get("code")
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    if isinstance(code, str) and code.strip().lstrip("-").isdigit():
+        return int(code)
+    return None
+
+
+def _message(answer: Answer) -> str:
+    """``message`` (or the older ``msg``) of an envelope, else a short description."""
+    body = answer.body
+    if isinstance(body, dict):
+        for key in ("message", "msg"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value[:200]
+        return "no message"
+    text = answer.text.strip()
+    if text.startswith("<"):
+        return "an HTML error page"
+    return text[:120] or "no body"
+
+
+# -- parsing -----------------------------------------------------------------------------
+
+
+def _order_id(value: Any) -> str:
+    """Order ids are strings; a JSON integer is accepted exactly, a fraction never."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(f"order_id must be a string or an integer, got {type(value).__name__}")
+    text = str(value).strip()
+    if not text:
+        raise ValueError("order_id is empty")
+    return text
+
+
+def _text(item: dict[str, Any], key: str) -> str:
+    value = item.get(key)
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"{key} must be a string, got {type(value).__name__}")
+
+
+def _epoch(value: Any) -> datetime | None:
+    """A unix-seconds string (or number); ``""``/``"0"`` mean "not set"."""
+    seconds = to_decimal(value)
+    if seconds is None or seconds <= 0:
+        return None
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1_000_000)
+    return datetime.fromtimestamp(whole, UTC) + timedelta(microseconds=micros)
+
+
+def expiry_passed(expire_date: str, symbol: str, now: datetime) -> bool:
+    """Whether the trading day ``expire_date`` (``YYYY-MM-DD``) is over on the symbol's market."""
+    try:
+        day = date.fromisoformat(expire_date.strip())
+    except ValueError:
+        return False
+    market = symbol.rsplit(".", 1)[-1].upper() if "." in symbol else ""
+    offset = timezone(timedelta(hours=_MARKET_OFFSETS.get(market, _LAST_OFFSET)))
+    return now.astimezone(offset).date() > day
+
+
+def _expiry_provisional(*, time_in_force: str, trusted: bool, expire_date: str, symbol: str,
+                        updated_at: datetime | None, now: datetime) -> bool:
+    """Is an ``ExpiredStatus`` still provisional (brokers.md 2.6 caveat)?
+
+    Final for a Day order (when ``time_in_force`` comes from the detail: lists swap it), or
+    once the expire_date has passed; else provisional until :data:`_EXPIRY_GRACE` passed.
+    """
+    if trusted and time_in_force == "Day":
+        return False
+    if expire_date:
+        if expiry_passed(expire_date, symbol, now):
+            return False
+        try:
+            date.fromisoformat(expire_date.strip())
+            return True
+        except ValueError:
+            pass  # unreadable date: fall through to the grace period
+    return updated_at is None or now - updated_at < _EXPIRY_GRACE
+
+
+def parse_order(item: Any, *, broker: str, account_id: str, now: datetime,
+                trust_time_in_force: bool = True) -> OrderSnapshot:
+    """Read one LongPort Order (list item or order detail) into an :class:`OrderSnapshot`.
+
+    :param now: the current time, to confirm an ``ExpiredStatus`` past its expire_date.
+    :param trust_time_in_force: ``False`` for list answers, whose ``time_in_force`` is
+        reportedly swapped (longbridge/openapi#247): an Expired order is then never taken
+        as a final Day expiry from the list alone.
+    :raises KeyError, TypeError, ValueError: when the item is not a readable Order.
+    """
+    if not isinstance(item, dict):
+        raise TypeError(f"expected an object, got {type(item).__name__}")
+    order_id = _order_id(item["order_id"])
+    raw_status = _text(item, "status")
+    if not raw_status:
+        raise ValueError("status is missing")
+    status = STATUS_TABLE.get(raw_status)
+    qty = to_decimal(item.get("quantity"), default=Decimal(0)) or Decimal(0)
+    filled = to_decimal(item.get("executed_quantity"), default=Decimal(0)) or Decimal(0)
+    if qty < 0 or filled < 0:
+        raise ValueError("negative quantity")
+    price = to_decimal(item.get("price")) or None  # "" / "0" before a trigger: no price
+    avg = (to_decimal(item.get("executed_price")) or None) if filled else None
+    symbol = _text(item, "symbol")
+    time_in_force = _text(item, "time_in_force")
+    expire_date = _text(item, "expire_date")
+    updated_at = _epoch(item.get("updated_at"))
+    provisional = False
+    if raw_status == "ReplacedStatus" and filled > 0:
+        status = OrderStatus.PARTIAL_FILLED  # a replaced order that already has fills
+    elif status is OrderStatus.EXPIRED:
+        provisional = _expiry_provisional(
+            time_in_force=time_in_force, trusted=trust_time_in_force, expire_date=expire_date,
+            symbol=symbol, updated_at=updated_at, now=now)
+    side = _text(item, "side")
+    order_type = _text(item, "order_type")
+    remark = _text(item, "remark")
+    extra = {key: _text(item, key) for key in ("tag", "expire_date", "currency", "outside_rth",
+                                               "trigger_status", "stock_name")
+             if item.get(key) not in (None, "")}
+    return OrderSnapshot(
+        broker=broker,
+        broker_kind="longport",
+        account_id=account_id,
+        order_id=order_id,
+        status=status or OrderStatus.SUBMITTED,
+        unknown_status=status is None,
+        broker_status=raw_status,
+        symbol=symbol,
+        side={"Buy": "BUY", "Sell": "SELL"}.get(side, side.upper()),
+        order_type=_ORDER_TYPES.get(order_type, order_type),
+        qty=qty,
+        price=price,
+        filled_qty=filled,
+        avg_fill_price=avg,
+        client_order_id=remark,
+        placed_at=_epoch(item.get("submitted_at")),
+        updated_at=updated_at,
+        message=_text(item, "msg"),
+        time_in_force=time_in_force,
+        provisional=provisional,
+        extra=extra,
+    )
+
+
+def history_fills(history: Any, *, executed: Decimal) -> tuple[Fill, ...]:
+    """The executions in an order detail's ``history[]``, oldest first.
+
+    The docs list newest first and give each execution's own quantity ("Execution of 10");
+    times have one-second resolution, so ties keep the documented (reversed) order. Each
+    fill's id is ``h:<time>:<cumulative quantity>``, the same in every later detail. If the
+    quantities only add up as running totals (their sum overshoots ``executed`` while the
+    last equals it), they are read as running totals instead.
+
+    :raises TypeError, ValueError: when the history is not readable.
+    """
+    if history is None:
+        return ()
+    if not isinstance(history, list):
+        raise TypeError(f"history must be a list, got {type(history).__name__}")
+    rows: list[tuple[int, int, Decimal, Decimal | None, str]] = []
+    for index, entry in enumerate(reversed(history)):
+        if not isinstance(entry, dict):
+            raise TypeError(f"history entry must be an object, got {type(entry).__name__}")
+        if _text(entry, "status") not in EXECUTION_STATUSES:
+            continue
+        qty = to_decimal(entry.get("quantity"), default=Decimal(0)) or Decimal(0)
+        if qty <= 0:
+            continue
+        raw_time = _text(entry, "time").strip()
+        moment = to_decimal(raw_time, default=Decimal(0)) or Decimal(0)
+        rows.append((int(moment), index, qty, to_decimal(entry.get("price")) or None, raw_time))
+    rows.sort(key=lambda row: (row[0], row[1]))
+    quantities = [row[2] for row in rows]
+    running = (sum(quantities, Decimal(0)) > executed and quantities[-1] == executed
+               and all(a <= b for a, b in zip(quantities, quantities[1:], strict=False)))
+    fills: list[Fill] = []
+    cumulative = Decimal(0)
+    for seconds, _, qty, price, raw_time in rows:
+        own = qty - cumulative if running else qty
+        if own <= 0:
+            continue
+        cumulative += own
+        fills.append(Fill(
+            fill_id=f"h:{raw_time or seconds}:{decimal_text(cumulative)}",
+            qty=own,
+            price=price,
+            time=datetime.fromtimestamp(seconds, UTC) if seconds > 0 else None,
+        ))
+    return tuple(fills)
+
+
+def parse_detail(data: Any, *, broker: str, account_id: str, now: datetime) -> OrderSnapshot:
+    """Read an order detail (seed 002): the order plus its executions from ``history[]``.
+
+    :raises KeyError, TypeError, ValueError: when the detail is not readable.
+    """
+    snapshot = parse_order(data, broker=broker, account_id=account_id, now=now)
+    return replace(snapshot, fills=history_fills(data.get("history"),
+                                                 executed=snapshot.filled_qty))
+
+
+def merge_detail(current: OrderSnapshot, detail: OrderSnapshot, *, now: datetime
+                 ) -> OrderSnapshot:
+    """The list snapshot, with the detail's executions and its (correct) ``time_in_force``.
+
+    The list answer stays the source of status and quantities (the diff compares list with
+    list); fills beyond the list's filled quantity are left for the next poll, so the events
+    never run ahead of the order they describe.
+    """
+    fills: list[Fill] = []
+    cumulative = Decimal(0)
+    for fill in detail.fills:
+        cumulative += fill.qty
+        if cumulative > current.filled_qty:
+            break
+        fills.append(fill)
+    time_in_force = detail.time_in_force or current.time_in_force
+    provisional = current.provisional
+    expire_date = detail.extra.get("expire_date", current.extra.get("expire_date", ""))
+    if current.status is OrderStatus.EXPIRED:
+        provisional = _expiry_provisional(
+            time_in_force=time_in_force, trusted=True, expire_date=expire_date,
+            symbol=current.symbol, updated_at=current.updated_at, now=now)
+    extra = dict(current.extra)
+    if expire_date:
+        extra["expire_date"] = expire_date
+    return replace(current, fills=tuple(fills), time_in_force=time_in_force,
+                   provisional=provisional, extra=extra)
+
+
+@hookimpl
+def register_brokers(register: Callable[[type[BrokerAdapter]], None]) -> None:
+    """Register the LongPort adapter."""
+    register(LongPortAdapter)
+
+
+__all__ = [
+    "EXECUTION_STATUSES",
+    "STATUS_TABLE",
+    "LongPortAdapter",
+    "LongPortConfig",
+    "expiry_passed",
+    "history_fills",
+    "merge_detail",
+    "parse_detail",
+    "parse_order",
+    "sign",
+]

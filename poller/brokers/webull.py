@@ -1,0 +1,672 @@
+"""Webull OpenAPI, legacy "api-doc" generation (brokers.md §3, seeds 001 and 003).
+
+Discovery is one paged ``GET /trade/orders/list-open`` (or ``list-today``) per configured
+account; an order that leaves the open list is confirmed with ``GET /trade/order/detail``.
+Every request is signed with the app key and secret (brokers.md §3.2, :func:`sign`).
+
+Webull addresses an order by the caller's ``client_order_id`` (detail, replace, cancel),
+while its trade events and lists also carry the broker's ``order_id``. A snapshot's
+``order_id`` is the broker's id when the answer has one, else the ``client_order_id``; the
+adapter remembers which ``client_order_id`` belongs to which id it reported.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+from urllib.parse import quote
+
+import httpx
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from poller.brokers.base import BrokerAdapter, BrokerConfig, ListResult, ListScope
+from poller.errors import (
+    BrokerAuthError,
+    BrokerError,
+    BrokerMalformed,
+    BrokerRejected,
+    BrokerUnavailable,
+)
+from poller.hookspecs import hookimpl
+from poller.httpclient import Answer, retry_after_seconds
+from poller.models import OrderSnapshot, OrderStatus, decimal_text, to_decimal
+from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
+
+#: Every documented Webull order status (brokers.md 3.5) → canonical status. Webull has no
+#: pending-cancel, pending-replace or expired status: a cancel or replace in flight shows the
+#: order as SUBMITTED / PARTIAL_FILLED until it settles.
+STATUS_TABLE: dict[str, OrderStatus] = {
+    "SUBMITTED": OrderStatus.SUBMITTED,
+    "PARTIAL_FILLED": OrderStatus.PARTIAL_FILLED,
+    "FILLED": OrderStatus.FILLED,
+    "CANCELLED": OrderStatus.CANCELLED,
+    "FAILED": OrderStatus.FAILED,
+}
+
+#: API hosts by region (brokers.md 3.1, SDK ``endpoints.json``).
+HOSTS: dict[str, str] = {
+    "us": "https://api.webull.com",
+    "hk": "https://api.webull.hk",
+    "jp": "https://api.webull.co.jp",
+}
+
+#: Order queries (list and detail) per app key (brokers.md 3.4, legacy generation).
+QUERY_LIMITS: dict[str, LimitSpec] = {
+    "hk": LimitSpec(2, 2.0),
+    "jp": LimitSpec(2, 2.0),
+    "us": LimitSpec(10, 30.0),
+}
+
+SIGNATURE_VERSION = "1.0"
+
+#: 401-class codes (brokers.md 3.3): the credentials or the signing are wrong.
+AUTH_CODES = frozenset({
+    "MISSING_APP_KEY", "MISSING_SIGNATURE", "MISSING_ALGORITHM", "MISSING_NONCE",
+    "MISSING_TIMESTAMP", "MISSING_VERSION", "INVALID_TOKEN", "UNAUTHORIZED", "INCORRECT_SIGN",
+    "ILLEAGAL_TIMESTAMP", "CLOCK_SKEW_EXCEEDED", "SIGNATURE_ALGORITHM_NOT_SUPPORTED",
+    "VERSION_NOT_SUPPORTED",
+})
+#: Codes the SDK's retry policy treats as the server's own trouble.
+UNAVAILABLE_CODES = frozenset({
+    "SERVICE_NOT_AVAILABLE", "GATEWAY_TIMEOUT", "INTERNAL_ERROR",
+    # Seed 003: a replace or cancel of this order is still being processed; later works.
+    "TRADE_WEBULL_REQUEST_PROCESSING",
+})
+THROTTLED = "TOO_MANY_REQUESTS"
+QUOTA_EXCEEDED = "REQUEST_TOTAL_COUNT_EXCEEDED"
+
+#: Pause after TOO_MANY_REQUESTS ("current limiting") when no Retry-After came: a few query
+#: windows, since the limit is a plain sliding window with no documented penalty.
+_THROTTLE_PENALTY = 10.0
+#: Pause after REQUEST_TOTAL_COUNT_EXCEEDED: a quota, not a window; its period is not
+#: documented, so retry rarely rather than spend requests against a closed quota.
+_QUOTA_PENALTY = 1800.0
+#: Pages read per list call at most (100 orders a page): a cursor that never ends must not
+#: keep a poll busy for ever.
+MAX_PAGES = 50
+
+
+class WebullConfig(BrokerConfig):
+    """``[brokers.NAME]`` with ``kind = "webull"``."""
+
+    kind: Literal["webull"] = "webull"
+    region: Literal["us", "hk", "jp"] = Field(
+        default="hk", description="Which Webull: us, hk or jp (picks base_url and limits).")
+    base_url: str = Field(
+        description="API address; defaults to the region's host (api.webull.hk for hk).")
+    app_key: SecretStr = Field(min_length=1, description="App Key of the OpenAPI application.")
+    app_secret: SecretStr = Field(min_length=1, description="App Secret of the application.")
+    account_ids: list[str] = Field(min_length=1, description="Account ids to poll.")
+    signature_algorithm: Literal["HMAC-SHA1", "HMAC-SHA256"] = Field(
+        default="HMAC-SHA256", description="x-signature-algorithm to sign with.")
+    page_size: int = Field(default=100, ge=1, le=100, description="Orders per list page.")
+    # Named ``listing`` in Python because a field called ``list`` would shadow the builtin
+    # inside the class body; the TOML key stays ``list``.
+    listing: Literal["open", "today"] = Field(
+        default="open", alias="list",
+        description="open: list-open (cheapest; finished orders are confirmed with the "
+                    "detail call, an order placed and finished between two polls is not "
+                    "seen); today: list-today (every order of the day).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _region_host(cls, data: Any) -> Any:
+        # The documented host of the region, unless the user points elsewhere (simulator,
+        # UAT host, proxy).
+        if isinstance(data, dict) and not data.get("base_url"):
+            host = HOSTS.get(str(data.get("region", "hk")))
+            if host is not None:
+                return {**data, "base_url": host}
+        return data
+
+    @field_validator("account_ids")
+    @classmethod
+    def _accounts(cls, value: list[str]) -> list[str]:
+        if any(not a.strip() for a in value):
+            raise ValueError("account ids must not be empty")
+        if len(set(value)) != len(value):
+            raise ValueError("an account id is listed twice")
+        return value
+
+
+# -- signing ------------------------------------------------------------------------------
+
+
+def timestamp_text(moment: datetime) -> str:
+    """``x-timestamp``: UTC, seconds precision, ``YYYY-MM-DDThh:mm:ssZ``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def body_digest(body: bytes, algorithm: str) -> str:
+    """s2: upper-case hex MD5 of the body for HMAC-SHA1, SHA-256 for HMAC-SHA256."""
+    hasher = hashlib.md5 if algorithm == "HMAC-SHA1" else hashlib.sha256
+    return hasher(body).hexdigest().upper()
+
+
+def string_to_sign(path: str, host: str, params: Mapping[str, str] | Iterable[tuple[str, str]],
+                   body: bytes | None, headers: Mapping[str, str]) -> str:
+    """The percent-encoded s3 of brokers.md §3.2 (what the HMAC is computed over)."""
+    signing = {k.lower(): v for k, v in headers.items()}
+    signing["host"] = host
+    pairs = params.items() if isinstance(params, Mapping) else params
+    for key, value in pairs:
+        # A query key equal to a header key (or repeated) joins the values with "&".
+        signing[key] = f"{signing[key]}&{value}" if key in signing else value
+    s1 = "&".join(f"{k}={v}" for k, v in sorted(signing.items(), key=lambda kv: kv[0].encode()))
+    s3 = f"{path}&{s1}"
+    if body:
+        s3 += "&" + body_digest(body, headers["x-signature-algorithm"])
+    # quote(safe="") leaves exactly A-Z a-z 0-9 - . _ ~ (so "/" becomes %2F).
+    return quote(s3, safe="")
+
+
+def sign(method: str, host: str, path: str,
+         params: Mapping[str, str] | Iterable[tuple[str, str]], body: bytes | None, *,
+         app_key: str, app_secret: str, algorithm: str, timestamp: str, nonce: str
+         ) -> dict[str, str]:
+    """The signature headers of one request (brokers.md §3.2).
+
+    ``method`` is not part of Webull's signature; it is taken so a call reads like the
+    request it signs. ``host`` is the Host header as sent (``host[:port]``), ``params`` the
+    raw (not URL-encoded) query parameters, ``body`` the exact bytes sent (or ``None``).
+    """
+    del method
+    headers = {
+        "x-app-key": app_key,
+        "x-timestamp": timestamp,
+        "x-signature-algorithm": algorithm,
+        "x-signature-version": SIGNATURE_VERSION,
+        "x-signature-nonce": nonce,
+    }
+    encoded = string_to_sign(path, host, params, body, headers)
+    digest = hashlib.sha1 if algorithm == "HMAC-SHA1" else hashlib.sha256
+    mac = hmac.new((app_secret + "&").encode(), encoded.encode(), digest)
+    headers["x-signature"] = base64.b64encode(mac.digest()).decode("ascii")
+    return headers
+
+
+def compact_json(body: Any) -> bytes:
+    """A POST body as Webull's SDK sends it: compact, UTF-8, not ASCII-escaped."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# -- adapter ------------------------------------------------------------------------------
+
+
+class WebullAdapter(BrokerAdapter):
+    """Polls Webull accounts with the legacy list and detail calls.
+
+    Limits: ``limits`` is a ClassVar, so it can hold only one figure for order queries, yet
+    the documented figure depends on the region (HK/JP 2 per 2 s, US 10 per 30 s). The
+    ClassVar holds the HK/JP figure (what ``limits`` overrides are checked against and
+    ``check-config`` prints); :meth:`limits_for` gives the region's figures, and the
+    constructor swaps the ``order_query`` group of a US connection for the US figure (or
+    the user's lower one). :meth:`check` refuses a US override above 10/30s, which the
+    generic check against the ClassVar would let through.
+    """
+
+    kind: ClassVar[str] = "webull"
+    Config: ClassVar[type[BrokerConfig]] = WebullConfig
+    limits: ClassVar[dict[str, LimitSpec]] = {
+        "order_query": QUERY_LIMITS["hk"],
+        "replace": LimitSpec(1, 1.0),  # seed 003: once per second per AppId
+        "cancel": LimitSpec(1, 1.0),
+    }
+    request_groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "list": ("order_query",),
+        "detail": ("order_query",),
+        "replace": ("replace",),
+        "cancel": ("cancel",),
+    }
+    supports_fetch: ClassVar[bool] = True
+
+    def __init__(self, name: str, config: BrokerConfig, client: httpx.AsyncClient,
+                 budget: RateBudget) -> None:
+        super().__init__(name, config, client, budget)
+        #: Makes x-signature-nonce (tests pin it); the SDK uses a random UUID.
+        self.nonce_factory: Callable[[], str] = lambda: uuid.uuid4().hex
+        #: The wall clock for x-timestamp (tests pin it).
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        # (account, reported order id) → client_order_id, learnt from list answers.
+        self._client_ids: dict[tuple[str, str], str] = {}
+        self._apply_region_limits()
+
+    @classmethod
+    def limits_for(cls, config: BrokerConfig) -> dict[str, LimitSpec]:
+        """The documented limit groups of this connection's region."""
+        region = config.region if isinstance(config, WebullConfig) else "hk"
+        return {**cls.limits, "order_query": QUERY_LIMITS[region]}
+
+    @classmethod
+    def check(cls, config: BrokerConfig) -> list[tuple[str, str]]:
+        """Refuse a US order-query override above the US documented 10/30s."""
+        problems: list[tuple[str, str]] = []
+        documented = cls.limits_for(config)["order_query"]
+        text = config.limits.get("order_query")
+        if text is not None:
+            try:
+                spec = LimitSpec.parse(text)
+            except ValueError:
+                return problems  # reported by the generic limit check
+            if spec.count / spec.window > documented.count / documented.window:
+                problems.append((
+                    "limits.order_query",
+                    f"{text} is above the documented limit {documented} for region "
+                    f"{getattr(config, 'region', 'hk')}; poller never exceeds a broker's "
+                    "documented limit"))
+        return problems
+
+    def _apply_region_limits(self) -> None:
+        group = self.budget.groups.get("order_query")
+        documented = self.limits_for(self.config)["order_query"]
+        if group is None or documented == self.limits["order_query"]:
+            return
+        spec = documented
+        text = self.config.limits.get("order_query")
+        if text is not None:
+            lowered = LimitSpec.parse(text)
+            if lowered.count / lowered.window < documented.count / documented.window:
+                spec = LimitSpec(lowered.count, lowered.window, documented.spacing)
+        self.budget.groups["order_query"] = LimitGroup("order_query", spec, share=group.share)
+
+    @property
+    def cfg(self) -> WebullConfig:
+        """The config, typed."""
+        assert isinstance(self.config, WebullConfig)
+        return self.config
+
+    def scopes(self) -> list[ListScope]:
+        open_only = self.cfg.listing == "open"
+        return [ListScope(account, open_only=open_only) for account in self.cfg.account_ids]
+
+    # -- requests ---------------------------------------------------------------------
+
+    def _signed(self, request: httpx.Request, params: list[tuple[str, str]],
+                body: bytes | None) -> httpx.Request:
+        cfg = self.cfg
+        headers = sign(
+            request.method, request.headers["host"], request.url.path, params, body,
+            app_key=cfg.app_key.get_secret_value(), app_secret=cfg.app_secret.get_secret_value(),
+            algorithm=cfg.signature_algorithm, timestamp=timestamp_text(self.clock()),
+            nonce=self.nonce_factory(),
+        )
+        request.headers.update(headers)
+        return request
+
+    async def _get(self, kind: str, path: str, params: list[tuple[str, str]]) -> Any:
+        query: list[tuple[str, str | int | float | bool | None]] = list(params)
+        request = self.client.build_request("GET", path, params=query)
+        answer = await self.request(kind, self._signed(request, params, None))
+        return self._payload(answer, kind)
+
+    async def _post(self, kind: str, path: str, body: dict[str, Any]) -> Any:
+        content = compact_json(body)
+        request = self.client.build_request(
+            "POST", path, content=content, headers={"Content-Type": "application/json"})
+        answer = await self.request(kind, self._signed(request, [], content))
+        return self._payload(answer, kind)
+
+    def _payload(self, answer: Answer, kind: str) -> Any:
+        """The ``data`` of a success (either envelope style); errors raised as ours."""
+        body = answer.body
+        if 200 <= answer.status < 300:
+            if body is None:
+                raise BrokerMalformed(f"empty answer (HTTP {answer.status})",
+                                      connection=self.name)
+            if isinstance(body, dict) and body.get("error_code"):
+                raise self._error(answer, kind, str(body["error_code"]),
+                                  str(body.get("message") or ""))
+            if isinstance(body, dict) and "data" in body and ("code" in body or "msg" in body):
+                code = body.get("code")
+                if code not in (None, 200, "200", 0, "0"):
+                    # An HTTP-like code inside a 200 envelope is read as that status.
+                    text = str(code)
+                    status = int(text) if text.isdigit() and len(text) == 3 else None
+                    raise self._error(answer, kind, "" if status else text,
+                                      str(body.get("msg") or ""), status=status)
+                return body["data"]
+            return body
+        code, message = "", ""
+        if isinstance(body, dict):
+            code = str(body.get("error_code") or body.get("code") or "")
+            message = str(body.get("message") or body.get("msg") or "")
+        elif answer.text.strip().startswith("<"):
+            message = "an HTML error page"
+        else:
+            message = answer.text.strip()[:120]
+        raise self._error(answer, kind, code, message)
+
+    def _error(self, answer: Answer, kind: str, code: str, message: str, *,
+               status: int | None = None) -> BrokerError:
+        """Sort one error answer into poller's error types (brokers.md 3.3)."""
+        status = answer.status if status is None else status
+        text = self._scrub(f"{code or 'HTTP ' + str(status)}: {message or 'no message'}")
+        if code == THROTTLED or (status == 429 and code != QUOTA_EXCEEDED):
+            return self.rate_limited(
+                kind, f"rate limited ({text})", code=code or "429",
+                retry_after=retry_after_seconds(answer.header("Retry-After")),
+                penalty=_THROTTLE_PENALTY)
+        if code == QUOTA_EXCEEDED:
+            return self.rate_limited(
+                kind, f"request quota exhausted ({text})", code=code,
+                retry_after=retry_after_seconds(answer.header("Retry-After")),
+                penalty=_QUOTA_PENALTY)
+        if code in AUTH_CODES or status == 401:
+            return BrokerAuthError(f"credentials or signature refused ({text})",
+                                   connection=self.name, code=code or str(status))
+        if code in UNAVAILABLE_CODES or status >= 500:
+            return BrokerUnavailable(f"HTTP {status}, {text}", connection=self.name,
+                                     code=code or str(status))
+        return BrokerRejected(f"HTTP {status}, {text}", connection=self.name,
+                              code=code or str(status))
+
+    def _scrub(self, text: str) -> str:
+        # A broker message might quote a header back; never let a secret into an error.
+        for secret in self.secrets(self.config):
+            if len(secret) >= 4:  # replacing a one-letter test key would garble the text
+                text = text.replace(secret, "***")
+        return text[:300]
+
+    # -- listing ----------------------------------------------------------------------
+
+    async def list_orders(self, scope: ListScope) -> ListResult:
+        path = ("/trade/orders/list-open" if self.cfg.listing == "open"
+                else "/trade/orders/list-today")
+        orders, problems, _ = await self._scan(path, scope.account_id)
+        return ListResult(scope, orders, problems)
+
+    async def _scan(self, path: str, account_id: str, *, want: str | None = None
+                    ) -> tuple[list[OrderSnapshot], list[str], OrderSnapshot | None]:
+        """Read every page of a list call; stop early once ``want`` (an id) is seen."""
+        found: dict[str, OrderSnapshot] = {}
+        problems: list[str] = []
+        cursor: str | None = None
+        cursors: set[str] = set()
+        for page in range(1, MAX_PAGES + 1):
+            params = [("account_id", account_id), ("page_size", str(self.cfg.page_size))]
+            if cursor is not None:
+                params.append(("last_client_order_id", cursor))
+            has_next, items = self._page(await self._get("list", path, params), path)
+            last: str | None = None
+            for index, item in enumerate(items):
+                if isinstance(item, dict) and item.get("client_order_id") not in (None, ""):
+                    last = str(item["client_order_id"])
+                try:
+                    snapshot = parse_order(item, broker=self.name, account_id=account_id)
+                except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+                    problems.append(f"page {page} order #{index}: {type(err).__name__}: {err}")
+                    continue
+                self._remember(snapshot)
+                # An order repeated on a later page (the list moved while we paged) keeps
+                # its first position and the later, fresher reading.
+                found[snapshot.order_id] = snapshot
+                if want is not None and want in (snapshot.order_id, snapshot.client_order_id):
+                    return list(found.values()), problems, snapshot
+            if not has_next:
+                break
+            if last is None or last in cursors:
+                problems.append(f"page {page} says has_next but gives no new "
+                                "last_client_order_id cursor; stopped paging")
+                break
+            cursors.add(last)
+            cursor = last
+        else:
+            problems.append(f"more than {MAX_PAGES} pages; stopped paging")
+        return list(found.values()), problems, None
+
+    def _page(self, data: Any, path: str) -> tuple[bool, list[Any]]:
+        if data is None:  # "data": null: nothing to list
+            return False, []
+        if isinstance(data, list):  # a bare list of orders: one page
+            return False, data
+        if not isinstance(data, dict):
+            raise BrokerMalformed(f"{path} answered {type(data).__name__}, expected an "
+                                  "object with orders", connection=self.name)
+        orders = data.get("orders")
+        if orders is None:
+            orders = []
+        if not isinstance(orders, list):
+            raise BrokerMalformed(f"{path}: orders is {type(orders).__name__}, expected a list",
+                                  connection=self.name)
+        has_next = data.get("has_next", False)
+        if not isinstance(has_next, bool):
+            has_next = str(has_next).lower() == "true"
+        return has_next, orders
+
+    def _remember(self, snapshot: OrderSnapshot) -> None:
+        if snapshot.client_order_id:
+            self._client_ids[(snapshot.account_id, snapshot.order_id)] = (
+                snapshot.client_order_id)
+
+    # -- one order --------------------------------------------------------------------
+
+    async def fetch_order(self, account_id: str, order_id: str) -> OrderSnapshot | None:
+        """Read one order; ``order_id`` is an id this adapter reported.
+
+        The detail call needs the client_order_id; see :meth:`_resolve` for ids the adapter
+        has not seen in a list answer yet (after a restart).
+        """
+        client_id, hit = await self._resolve(account_id, order_id)
+        if hit is not None:
+            return _keep_id(hit, order_id)
+        raw = await self._detail(account_id, client_id)
+        if raw is None:
+            return None
+        try:
+            snapshot = parse_order(raw, broker=self.name, account_id=account_id)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+            raise BrokerMalformed(f"order detail unreadable: {type(err).__name__}: {err}",
+                                  connection=self.name) from err
+        self._remember(snapshot)
+        return _keep_id(snapshot, order_id)
+
+    async def _detail(self, account_id: str, client_order_id: str) -> dict[str, Any] | None:
+        """The raw order behind a client_order_id; ``None`` when Webull does not know it."""
+        params = [("account_id", account_id), ("client_order_id", client_order_id)]
+        try:
+            data = await self._get("detail", "/trade/order/detail", params)
+        except BrokerRejected as err:
+            # Webull's not-found code for detail is not documented: read HTTP 404 and any
+            # *_NOT_FOUND / *_NOT_EXIST code as "no such order".
+            if err.code == "404" or "NOT_FOUND" in err.code or "NOT_EXIST" in err.code:
+                return None
+            raise
+        if data is None or data == {}:
+            return None
+        if not isinstance(data, dict):
+            raise BrokerMalformed(f"order detail is {type(data).__name__}, expected an object",
+                                  connection=self.name)
+        order = data.get("order") if "order" in data and "order_status" not in data else data
+        if not isinstance(order, dict):
+            raise BrokerMalformed("order detail has no order object", connection=self.name)
+        return order
+
+    async def _resolve(self, account_id: str, order_id: str
+                       ) -> tuple[str, OrderSnapshot | None]:
+        """The client_order_id behind an id we reported, and the order if a scan found it.
+
+        Unknown ids (the table is empty after a restart) are looked up in today's list,
+        which costs order queries but answers with the whole order; failing that, the id
+        is taken to be a client_order_id (what we report when Webull gives no order_id).
+        """
+        known = self._client_ids.get((account_id, order_id))
+        if known is not None:
+            return known, None
+        if self.cfg.listing == "open":  # with list=today the poll itself just missed it
+            _, _, hit = await self._scan("/trade/orders/list-today", account_id,
+                                         want=order_id)
+            if hit is not None:
+                return hit.client_order_id or order_id, hit
+        return order_id, None
+
+    async def cancel_order(self, account_id: str, order_id: str) -> str:
+        """Ask Webull to cancel an order; returns the client_order_id it acknowledged.
+
+        :raises BrokerError: refused (e.g. already finished), processing, rate limited...
+        """
+        client_id, _ = await self._resolve(account_id, order_id)
+        body = {"account_id": account_id, "client_order_id": client_id}
+        return _acknowledged(await self._post("cancel", "/trade/order/cancel", body),
+                             self.name)
+
+    async def replace_order(self, account_id: str, order_id: str, *,
+                            qty: Decimal | None = None, limit_price: Decimal | None = None
+                            ) -> str:
+        """Change quantity and/or limit price; every other field echoes the original.
+
+        Seed 003: only qty and price may change and every original field must be passed
+        unchanged, so the order's detail is read first (one order query).
+        """
+        client_id, _ = await self._resolve(account_id, order_id)
+        raw = await self._detail(account_id, client_id)
+        if raw is None:
+            raise BrokerRejected(f"order {order_id} not found", connection=self.name,
+                                 code="404")
+        stock_order = replace_body(raw, qty=qty, limit_price=limit_price)
+        body = {"account_id": account_id, "stock_order": stock_order}
+        return _acknowledged(await self._post("replace", "/trade/order/replace", body),
+                             self.name)
+
+
+def _acknowledged(data: Any, connection: str) -> str:
+    if isinstance(data, dict) and data.get("client_order_id") not in (None, ""):
+        return str(data["client_order_id"])
+    raise BrokerMalformed("answer lacks client_order_id", connection=connection)
+
+
+def _keep_id(snapshot: OrderSnapshot, asked: str) -> OrderSnapshot:
+    """Keep the id the tracker knows the order by when the answer names it differently."""
+    if snapshot.order_id != asked and snapshot.client_order_id == asked:
+        return replace(snapshot, order_id=asked)
+    return snapshot
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+#: stock_order fields that must be echoed unchanged on replace (seed 003).
+ECHOED_FIELDS = ("client_order_id", "side", "tif", "extended_hours_trading", "instrument_id",
+                 "order_type", "stop_price", "trailing_type", "trailing_stop_step")
+
+
+def _leg(order: dict[str, Any]) -> dict[str, Any]:
+    """The fields of an order in one flat dict (US orders nest them in ``items[0]``)."""
+    items = order.get("items")
+    if items is None:
+        return order
+    if not isinstance(items, list) or not items or not isinstance(items[0], dict):
+        raise ValueError("items must be a non-empty list of objects")
+    # Order-level fields (ids, tif, extended hours) live on the top level.
+    return {**items[0], **{k: v for k, v in order.items() if k != "items"}}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+def _moment(value: Any) -> datetime | None:
+    """``yyyy-MM-ddTHH:mm:ss.SSSZ`` (also ``+0000``) or epoch milliseconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        seconds = Decimal(value)
+        if seconds > Decimal(10) ** 11:  # milliseconds since the epoch
+            seconds /= 1000
+        return datetime.fromtimestamp(float(seconds), UTC)
+    if not isinstance(value, str):
+        raise TypeError(f"time is {type(value).__name__}")
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def parse_order(order: Any, *, broker: str, account_id: str) -> OrderSnapshot:
+    """Read one Webull order (HK/JP flat or US ``items[]`` shape) into a snapshot.
+
+    :raises KeyError, TypeError, ValueError: when the item is not a readable order.
+    """
+    if not isinstance(order, dict):
+        raise TypeError(f"expected an object, got {type(order).__name__}")
+    leg = _leg(order)
+    client_id = _text(leg.get("client_order_id"))
+    broker_id = _text(leg.get("order_id"))
+    if not client_id and not broker_id:
+        raise KeyError("client_order_id")
+    raw_status = leg["order_status"]
+    if not isinstance(raw_status, str):
+        raise TypeError(f"order_status is {type(raw_status).__name__}")
+    status = STATUS_TABLE.get(raw_status)
+    qty = to_decimal(leg.get("qty"), default=Decimal(0)) or Decimal(0)
+    filled = to_decimal(leg.get("filled_qty"), default=Decimal(0)) or Decimal(0)
+    limit_price = to_decimal(leg.get("limit_price"))
+    stop_price = to_decimal(leg.get("stop_price"))
+    avg = to_decimal(leg.get("filled_price"))
+    placed = _moment(leg.get("place_time"))
+    last_fill = _moment(leg.get("last_filled_time"))
+    extra = {key: _text(leg.get(key)) for key in (
+        "instrument_id", "category", "currency", "short_name", "stop_price", "trailing_type",
+        "trailing_stop_step", "extended_hours_trading", "combo_type")
+        if leg.get(key) not in (None, "")}
+    return OrderSnapshot(
+        broker=broker,
+        broker_kind="webull",
+        account_id=_text(leg.get("account_id")) or account_id,
+        order_id=broker_id or client_id,
+        status=status or OrderStatus.SUBMITTED,
+        unknown_status=status is None,
+        broker_status=raw_status,
+        symbol=_text(leg.get("symbol")),
+        side=_text(leg.get("side")).upper(),
+        order_type=_text(leg.get("order_type")),
+        qty=qty,
+        price=limit_price if limit_price else (stop_price or None),
+        filled_qty=filled,
+        avg_fill_price=avg if avg and filled else None,
+        client_order_id=client_id,
+        placed_at=placed,
+        # Webull reports no modification time; the last fill (else placement) is the latest
+        # moment it does report, and it never goes backwards.
+        updated_at=last_fill or placed,
+        time_in_force=_text(leg.get("tif")),
+        extra=extra,
+    )
+
+
+def replace_body(order: dict[str, Any], *, qty: Decimal | None = None,
+                 limit_price: Decimal | None = None) -> dict[str, Any]:
+    """The ``stock_order`` of a replace: the original fields, with qty / price changed."""
+    leg = _leg(order)
+    body: dict[str, Any] = {}
+    for key in ECHOED_FIELDS:
+        value = leg.get(key)
+        if value is None or value == "":
+            continue
+        body[key] = value if isinstance(value, bool) else _text(value)
+    body["qty"] = decimal_text(qty) if qty is not None else _text(leg.get("qty"))
+    if limit_price is not None:
+        body["limit_price"] = decimal_text(limit_price)
+    elif leg.get("limit_price") not in (None, ""):
+        body["limit_price"] = _text(leg["limit_price"])
+    return body
+
+
+@hookimpl
+def register_brokers(register: Callable[[type[BrokerAdapter]], None]) -> None:
+    """Register the Webull adapter."""
+    register(WebullAdapter)
+
+
+__all__ = ["STATUS_TABLE", "WebullAdapter", "WebullConfig", "parse_order", "replace_body",
+           "sign", "string_to_sign"]
