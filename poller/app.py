@@ -54,6 +54,15 @@ class Validated:
         return found
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A fully validated configuration with its plugins: what a start or a reload needs."""
+
+    settings: Settings
+    plugins: Plugins
+    validated: Validated
+
+
 def validate(settings: Settings, registry: Registry, source: str) -> Validated:
     """Check every connection and notifier table against its kind's ``Config`` model.
 
@@ -160,6 +169,9 @@ class App:
         self.dispatcher: Dispatcher | None = None
         self._running: set[asyncio.Task[None]] = set()
         self.event_listeners: list[Callable[[list[OrderEvent]], None]] = []
+        self.events_by_scene: dict[str, int] = {}
+        self.backlog: dict[str, int] = {}
+        self._rng = random.Random()
 
     @classmethod
     def create(cls, settings: Settings, plugins: Plugins, validated: Validated, *,
@@ -167,8 +179,7 @@ class App:
         """Build the adapters and notifiers (one httpx client each); nothing runs yet."""
         app = cls(settings, plugins, validated, store, redactor)
         for name, (ncls, ncfg) in validated.notifiers.items():
-            client = build_client("", timeout=ncfg.timeout) if ncls.uses_http else None
-            app.notifiers.append(ncls(name, ncfg, client))
+            app.notifiers.append(app._build_notifier(name, ncls, ncfg))
         for name, (bcls, bcfg) in validated.brokers.items():
             if not bcfg.enabled:
                 continue
@@ -192,6 +203,8 @@ class App:
     async def commit(self, batch: Batch) -> list[OrderEvent]:
         """Commit a batch atomically, then wake delivery and tell observers."""
         fresh: list[OrderEvent] = await self.db(self.store.commit, batch, self.route)
+        for event in fresh:
+            self.events_by_scene[event.scene] = self.events_by_scene.get(event.scene, 0) + 1
         if fresh:
             if self.dispatcher:
                 self.dispatcher.wake()
@@ -203,7 +216,6 @@ class App:
 
     async def start(self) -> None:
         """Load state, start delivery and the polling jobs."""
-        daemon = self.settings.daemon
         if self.store.recovered_from is not None:
             now = datetime.now(UTC)
             await self.commit(Batch(events=[system_event(
@@ -212,47 +224,128 @@ class App:
                 message=(f"the state database was damaged and moved to "
                          f"{self.store.recovered_from}; poller started from a fresh, silent "
                          "baseline (orders are not re-announced)"))]))
-        for name, adapter in self.adapters.items():
-            known = await self.db(self.store.load_orders, name)
-            accounts = await self.db(self.store.known_accounts, name)
-            missing = await self.db(self.store.missing_counts, name)
-            self.trackers[name] = Tracker(
-                adapter, commit=self.commit, known=known, known_accounts=accounts,
-                missing=missing, announce_existing=daemon.announce_existing,
-                stale_after=daemon.stale_after,
-                watched=partial(self.db, self.store.watched, name),
-            )
-        for tracker in self.trackers.values():
-            tracker.start()
-        self.dispatcher = Dispatcher(self.store, self.notifiers, db=self.db, commit=self.commit,
-                                     redactor=self.redactor,
-                                     policy=DeliveryPolicy(give_up_after=daemon.give_up_after))
-        self.dispatcher.start()
+        for name in self.adapters:
+            await self._add_tracker(name)
+        self._start_dispatcher()
         await self.plugins.call_observers("startup", app=self)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
-        rng = random.Random()
-        now = datetime.now(UTC)
-        for name, tracker in self.trackers.items():
-            interval = self.adapters[name].config.interval
-            self.scheduler.add_job(
-                self._run_poll, "interval", args=[tracker], seconds=interval, id=name,
-                name=f"poll {name}", max_instances=1, coalesce=True,
-                misfire_grace_time=max(1, int(interval)),
-                # Jitter so several connections do not poll in lockstep.
-                next_run_time=now + timedelta(seconds=rng.uniform(0, min(interval, 1.0))),
-                jitter=interval * 0.05,
-            )
+        for name in self.trackers:
+            self._schedule(name)
         self.scheduler.start()
+
+    async def _add_tracker(self, name: str) -> None:
+        daemon = self.settings.daemon
+        known = await self.db(self.store.load_orders, name)
+        accounts = await self.db(self.store.known_accounts, name)
+        missing = await self.db(self.store.missing_counts, name)
+        tracker = Tracker(
+            self.adapters[name], commit=self.commit, known=known, known_accounts=accounts,
+            missing=missing, announce_existing=daemon.announce_existing,
+            stale_after=daemon.stale_after,
+            watched=partial(self.db, self.store.watched, name),
+        )
+        self.trackers[name] = tracker
+        tracker.start()
+
+    def _start_dispatcher(self) -> None:
+        self.dispatcher = Dispatcher(
+            self.store, self.notifiers, db=self.db, commit=self.commit, redactor=self.redactor,
+            policy=DeliveryPolicy(give_up_after=self.settings.daemon.give_up_after))
+        self.dispatcher.start()
+
+    def _schedule(self, name: str) -> None:
+        assert self.scheduler is not None
+        interval = self.adapters[name].config.interval
+        self.scheduler.add_job(
+            self._run_poll, "interval", args=[self.trackers[name]], seconds=interval, id=name,
+            name=f"poll {name}", max_instances=1, coalesce=True,
+            misfire_grace_time=max(1, int(interval)),
+            # Jitter so several connections do not poll in lockstep.
+            next_run_time=datetime.now(UTC) + timedelta(
+                seconds=self._rng.uniform(0, min(interval, 1.0))),
+            jitter=interval * 0.05,
+        )
+
+    async def _remove_connection(self, name: str) -> None:
+        if self.scheduler is not None and self.scheduler.get_job(name):
+            self.scheduler.remove_job(name)
+        running = [t for t in self._running if t.get_name() == f"poll-{name}"]
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        tracker = self.trackers.pop(name, None)
+        if tracker is not None:
+            await tracker.stop()
+        adapter = self.adapters.pop(name, None)
+        if adapter is not None:
+            await adapter.aclose()
+
+    async def reconfigure(self, loaded: Loaded) -> None:
+        """Swap in a new, already validated configuration (SIGHUP).
+
+        Connections whose configuration did not change keep their state, queue and budget;
+        changed ones are rebuilt, removed ones stopped. Notifiers are rebuilt when their
+        configuration changed (their queued deliveries stay in the outbox).
+        """
+        old = self.validated
+        if loaded.settings.daemon.database != self.settings.daemon.database:
+            logger.warning("daemon.database changed; the new path takes effect after a restart")
+        self.redactor.add(loaded.validated.secrets())
+        self.settings = loaded.settings.model_copy(
+            update={"daemon": loaded.settings.daemon.model_copy(
+                update={"database": self.settings.daemon.database})})
+        self.plugins = loaded.plugins
+        self.validated = loaded.validated
+        new = loaded.validated.brokers
+        for name in list(self.adapters):
+            if name not in new or new[name] != old.brokers.get(name) or not new[name][1].enabled:
+                await self._remove_connection(name)
+                logger.info("connection %s %s", name,
+                            "removed" if name not in new else "reconfigured")
+        for name, (bcls, bcfg) in new.items():
+            if name in self.adapters or not bcfg.enabled:
+                continue
+            client = build_client(bcfg.base_url, timeout=bcfg.timeout)
+            self.adapters[name] = bcls(name, bcfg, client, build_budget(bcls, bcfg))
+            await self._add_tracker(name)
+            if self.scheduler is not None:
+                self._schedule(name)
+        if loaded.validated.notifiers != old.notifiers:
+            if self.dispatcher is not None:
+                await self.dispatcher.stop(self.settings.daemon.shutdown_grace)
+            keep = {n.name: n for n in self.notifiers
+                    if loaded.validated.notifiers.get(n.name) == old.notifiers.get(n.name)}
+            for notifier in self.notifiers:
+                if notifier.name not in keep:
+                    await notifier.aclose()
+            self.notifiers = [keep.get(name) or self._build_notifier(name, ncls, ncfg)
+                              for name, (ncls, ncfg) in loaded.validated.notifiers.items()]
+            self._start_dispatcher()
+
+    def _build_notifier(self, name: str, ncls: type[Notifier], ncfg: NotifierConfig
+                        ) -> Notifier:
+        client = build_client("", timeout=ncfg.timeout) if ncls.uses_http else None
+        return ncls(name, ncfg, client)
+
+    @property
+    def heartbeat(self) -> int:
+        """Grows whenever a poll (list or per-order) completes, whatever its outcome."""
+        return sum(t.completed for t in self.trackers.values())
+
+    async def refresh_backlog(self) -> None:
+        """Re-read the outbox backlog per notifier (for status lines and metrics)."""
+        self.backlog = await self.db(self.store.backlog)
 
     async def _run_poll(self, tracker: Tracker) -> None:
         task = asyncio.current_task()
         assert task is not None
+        task.set_name(f"poll-{tracker.name}")
         self._running.add(task)
         try:
             await tracker.poll()
         except Exception:  # the daemon never dies from one bad poll
             logger.exception("%s: poll failed unexpectedly", tracker.name)
         finally:
+            tracker.completed += 1
             self._running.discard(task)
 
     def abort(self) -> None:
@@ -287,6 +380,8 @@ class App:
         open_orders = sum(t.open_orders for t in self.trackers.values())
         stopped = [n for n, t in self.trackers.items() if t.stopped_reason]
         text = f"{len(self.trackers)} connection(s), {open_orders} open order(s)"
+        backlog = sum(self.backlog.values())
+        text += f", {backlog} queued notification(s)"
         if stopped:
             text += f", stopped: {', '.join(stopped)}"
         return text

@@ -12,11 +12,12 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from poller import budgetplan
 from poller.__about__ import __version__
-from poller.app import App, Validated, build_budget, validate
+from poller.app import App, Loaded, Validated, build_budget, validate
 from poller.errors import ConfigError, DeliveryFailed, PollerError, StoreError
 from poller.logsetup import Redactor, setup_logging
 from poller.plugins import Plugins, get_plugin_manager
@@ -109,24 +110,32 @@ def _settings(args: argparse.Namespace) -> tuple[str, Settings]:
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, Plugins, Validated]:
-    source, settings = _settings(args)
+    loaded = load_all(config_path(getattr(args, "config", None)))
+    return loaded.settings, loaded.plugins, loaded.validated
+
+
+def load_all(path: Path) -> Loaded:
+    """Read, validate and load plugins for the config at ``path`` (start and SIGHUP)."""
+    settings = load_settings(path)
     plugins = get_plugin_manager(entry_point_names=settings.daemon.plugins,
                                  plugin_dirs=settings.daemon.plugins_dirs)
-    return settings, plugins, validate(settings, plugins.registry(), source)
+    return Loaded(settings, plugins, validate(settings, plugins.registry(), str(path)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``poller run``."""
-    settings, plugins, validated = _load(args)
+    from poller.daemon import serve
+
+    path = config_path(args.config)
+    loaded = load_all(path)
+    settings, validated = loaded.settings, loaded.validated
     redactor = setup_logging(level=args.log_level or settings.daemon.log_level,
                              fmt=args.log_format or settings.daemon.log_format,
                              redactor=Redactor(validated.secrets()))
     store = Store.open(settings.daemon.database, lock=True)
     try:
-        app = App.create(settings, plugins, validated, redactor=redactor, store=store)
-        from poller.daemon import serve
-
-        asyncio.run(serve(app))
+        app = App.create(settings, loaded.plugins, validated, redactor=redactor, store=store)
+        asyncio.run(serve(app, reloader=lambda: load_all(path)))
     finally:
         store.close()
     return EX_OK

@@ -104,6 +104,7 @@ class Tracker:
         self._breaker_until = 0.0
         self.order_polls = 0
         self.rate_limit_answers = 0
+        self.completed = 0
 
     @property
     def open_orders(self) -> int:
@@ -183,6 +184,7 @@ class Tracker:
                 self.log.exception("per-order poll of %s failed unexpectedly", key[2])
             finally:
                 self.queue.polled(key, self._mono())
+                self.completed += 1
 
     async def _idle(self, timeout: float | None) -> None:
         try:

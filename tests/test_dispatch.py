@@ -61,15 +61,17 @@ class Recorder(Notifier):
     kind: ClassVar[str] = "recorder"
 
     def __init__(self, name: str, config: NotifierConfig | None = None,
-                 script: list[Exception | None] | None = None) -> None:
+                 script: list[Exception | None] | None = None,
+                 always: Exception | None = None) -> None:
         super().__init__(name, config or NotifierConfig(kind="recorder"))
         self.received: list[str] = []
         self.messages: list[Message] = []
         self.script = list(script or [])
+        self.always = always
         self.accepted = asyncio.Event()
 
     async def send_message(self, message: Message) -> None:
-        outcome = self.script.pop(0) if self.script else None
+        outcome = self.script.pop(0) if self.script else self.always
         if outcome is not None:
             raise outcome
         self.messages.append(message)
@@ -107,7 +109,7 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def test_one_failing_notifier_never_delays_another(tmp_path: Path) -> None:
-    down = Recorder("down", script=[DeliveryRetryable("HTTP 503")] * 1000)
+    down = Recorder("down", always=DeliveryRetryable("HTTP 503"))
     up = Recorder("up")
     h = Harness(tmp_path, [down, up])
 

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -237,7 +237,13 @@ class WebullAdapter(BrokerAdapter):
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         # (account, reported order id) → client_order_id, learnt from list answers.
         self._client_ids: dict[tuple[str, str], str] = {}
+        # Ids a scan of today's list did not find: not scanned for again (a watched order
+        # from an earlier day would otherwise cost a whole list-today scan at every probe).
+        self._not_today: set[tuple[str, str]] = set()
         self._apply_region_limits()
+        # Signed as the request leaves, after the budget admitted it: a request that waited
+        # for a slot (or a pause) must not arrive with an old x-timestamp.
+        self.client.auth = WebullAuth(self)
 
     @classmethod
     def limits_for(cls, config: BrokerConfig) -> dict[str, LimitSpec]:
@@ -289,30 +295,28 @@ class WebullAdapter(BrokerAdapter):
 
     # -- requests ---------------------------------------------------------------------
 
-    def _signed(self, request: httpx.Request, params: list[tuple[str, str]],
-                body: bytes | None) -> httpx.Request:
+    def sign_request(self, request: httpx.Request) -> None:
+        """Add the signature headers, over exactly the host, path, query and body sent."""
         cfg = self.cfg
         headers = sign(
-            request.method, request.headers["host"], request.url.path, params, body,
+            request.method, request.headers["host"], request.url.path,
+            request.url.params.multi_items(), request.content or None,
             app_key=cfg.app_key.get_secret_value(), app_secret=cfg.app_secret.get_secret_value(),
             algorithm=cfg.signature_algorithm, timestamp=timestamp_text(self.clock()),
             nonce=self.nonce_factory(),
         )
         request.headers.update(headers)
-        return request
 
     async def _get(self, kind: str, path: str, params: list[tuple[str, str]]) -> Any:
         query: list[tuple[str, str | int | float | bool | None]] = list(params)
         request = self.client.build_request("GET", path, params=query)
-        answer = await self.request(kind, self._signed(request, params, None))
-        return self._payload(answer, kind)
+        return self._payload(await self.request(kind, request), kind)
 
     async def _post(self, kind: str, path: str, body: dict[str, Any]) -> Any:
-        content = compact_json(body)
         request = self.client.build_request(
-            "POST", path, content=content, headers={"Content-Type": "application/json"})
-        answer = await self.request(kind, self._signed(request, [], content))
-        return self._payload(answer, kind)
+            "POST", path, content=compact_json(body),
+            headers={"Content-Type": "application/json"})
+        return self._payload(await self.request(kind, request), kind)
 
     def _payload(self, answer: Answer, kind: str) -> Any:
         """The ``data`` of a success (either envelope style); errors raised as ours."""
@@ -500,11 +504,15 @@ class WebullAdapter(BrokerAdapter):
         known = self._client_ids.get((account_id, order_id))
         if known is not None:
             return known, None
-        if self.cfg.listing == "open":  # with list=today the poll itself just missed it
+        # With list=today the poll itself has just missed it: no scan.
+        if self.cfg.listing == "open" and (account_id, order_id) not in self._not_today:
             _, _, hit = await self._scan("/trade/orders/list-today", account_id,
                                          want=order_id)
             if hit is not None:
                 return hit.client_order_id or order_id, hit
+            if len(self._not_today) >= 10_000:
+                self._not_today.clear()
+            self._not_today.add((account_id, order_id))
         return order_id, None
 
     async def cancel_order(self, account_id: str, order_id: str) -> str:
@@ -534,6 +542,19 @@ class WebullAdapter(BrokerAdapter):
         body = {"account_id": account_id, "stock_order": stock_order}
         return _acknowledged(await self._post("replace", "/trade/order/replace", body),
                              self.name)
+
+
+class WebullAuth(httpx.Auth):
+    """Signs each request inside ``client.send``, i.e. once the rate budget admitted it."""
+
+    requires_request_body = True
+
+    def __init__(self, adapter: WebullAdapter) -> None:
+        self._adapter = adapter
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self._adapter.sign_request(request)
+        yield request
 
 
 def _acknowledged(data: Any, connection: str) -> str:
