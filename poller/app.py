@@ -98,6 +98,10 @@ def validate(settings: Settings, registry: Registry, source: str) -> Validated:
                 for key, message in broker_cls.check(config):
                     problems.append(ConfigProblem(source, f"{section}.{name}.{key}", message))
                 limit_problems = _limit_problems(broker_cls, config, source, name)
+                if config.per_order_polling and not broker_cls.supports_fetch:
+                    problems.append(ConfigProblem(
+                        source, f"{section}.{name}.per_order_polling",
+                        f"{broker_cls.kind} has no per-order call"))
                 problems.extend(limit_problems)
                 if not limit_problems:
                     for key, message in budgetplan.problems(broker_cls, config,

@@ -51,18 +51,20 @@ def plan(cls: type[BrokerAdapter], config: BrokerConfig, budget: RateBudget) -> 
     ]
 
 
-def describe(cls: type[BrokerAdapter], plans: list[GroupPlan], open_orders: int | None
-             ) -> list[str]:
+def describe(cls: type[BrokerAdapter], config: BrokerConfig, plans: list[GroupPlan],
+             open_orders: int | None) -> list[str]:
     """Human-readable lines for check-config."""
     lines = []
     detail = set(cls.request_groups.get("detail", ()))
+    per_order = cls.per_order_polling if config.per_order_polling is None \
+        else config.per_order_polling
     for p in plans:
         text = (f"  limit {p.name}: documented {p.documented}; poller uses {p.allowed} per "
                 f"{p.window:g} s ({p.rate:.2f}/s)")
         if p.list_rate:
             text += f"; list calls take {p.list_rate:.2f}/s"
         lines.append(text)
-        if p.name in detail and cls.per_order_polling:
+        if p.name in detail and per_order:
             n = open_orders if open_orders is not None else 40
             source = "open orders now" if open_orders is not None else "open orders (example)"
             if p.spare_rate > 0 and n:

@@ -174,7 +174,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"broker {name}: {cls.kind} at {cfg.base_url}, list every {cfg.interval:g} s"
               f"{state}")
         budget = build_budget(cls, cfg)
-        for line in budgetplan.describe(cls, budgetplan.plan(cls, cfg, budget),
+        for line in budgetplan.describe(cls, cfg, budgetplan.plan(cls, cfg, budget),
                                         open_orders.get(name)):
             print(line)
     for name, (ncls, ncfg) in validated.notifiers.items():

@@ -36,6 +36,7 @@ ENTRY_POINT_GROUP = "poller"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "poller.brokers.shioaji",
+    "poller.brokers.coinw",
     "poller_plugins.console",
     "poller_plugins.webhook",
 )

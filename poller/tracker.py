@@ -225,7 +225,9 @@ class Tracker:
             await self._failed(err, now)
             return
         batch = Batch()
-        first = scope.account_id not in self.known_accounts
+        # The baseline is per list call (CoinW lists one pair per call), so a pair or account
+        # added later is also recorded silently on its first poll.
+        first = scope.label not in self.known_accounts
         announce = self.announce_existing or not first
         if result.problems:
             self.log.warning("%d order(s) in %s could not be read: %s", len(result.problems),
@@ -236,15 +238,15 @@ class Tracker:
             await self._apply(snapshot, batch, now, announce=announce)
         await self._probe_missing(scope, present, batch, now)
         if first:
-            batch.baselined.append((self.name, scope.account_id))
+            batch.baselined.append((self.name, scope.label))
         self._recovered(batch, now)
         if batch:
             await self._commit(batch)
         if first:
-            self.known_accounts.add(scope.account_id)
+            self.known_accounts.add(scope.label)
             if not announce:
-                self.log.info("account %s: recorded %d existing order(s) as the baseline "
-                              "(set daemon.announce_existing to announce them)", scope.account_id,
+                self.log.info("%s: recorded %d existing order(s) as the baseline "
+                              "(set daemon.announce_existing to announce them)", scope.label,
                               len(result.orders))
         self.last_success = now
 

@@ -82,17 +82,20 @@ def test_a_failed_commit_leaves_nothing_behind(tmp_path: Path) -> None:
 
 def test_outbox_retry_dead_and_requeue(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s.db")
-    store.commit(Batch(events=[event("e1"), event("e2")]), lambda e: ["hook"])
-    first, second = store.due("hook")
+    store.commit(Batch(events=[event("e1"), event("e2", "O2"), event("e3")]),
+                 lambda e: ["hook"])
+    first, second, third = store.due("hook")
     store.mark_retry(first.id, next_attempt_at=time.time() + 60, error="HTTP 503")
+    # e3 belongs to the same order as e1, which is waiting: it waits too; O2 goes on.
     assert [r.event.id for r in store.due("hook")] == ["e2"]
     assert store.next_attempt("hook") is not None
     store.mark_dead(second.id, error="HTTP 400")
     store.mark_sent(first.id)
     _, deliveries = store.recent_events()[0]
     assert (deliveries[0].state, deliveries[0].attempts) == ("sent", 2)
+    assert [r.event.id for r in store.due("hook")] == ["e3"]
     assert store.requeue_dead("hook") == 1
-    assert [r.event.id for r in store.due("hook")] == ["e2"]
+    assert [r.event.id for r in store.due("hook")] == ["e2", "e3"]
     store.close()
 
 

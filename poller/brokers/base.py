@@ -47,6 +47,11 @@ class BrokerConfig(BaseModel):
         description='Lower a documented limit group, e.g. {order_status = "20/2s"}.',
     )
     enabled: bool = Field(default=True, description="Set false to keep the section but not poll.")
+    per_order_polling: bool | None = Field(
+        default=None,
+        description="Poll every open order with the per-order call, round-robin at the "
+                    "budget (default: the adapter's choice).",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -120,6 +125,9 @@ class BrokerAdapter(ABC):
         self.config = config
         self.client = client
         self.budget = budget
+        if config.per_order_polling is not None:
+            # The instance attribute shadows the adapter's class default.
+            self.per_order_polling = config.per_order_polling and self.supports_fetch
 
     @classmethod
     def secrets(cls, config: BrokerConfig) -> list[str]:

@@ -444,9 +444,10 @@ class LongPortAdapter(BrokerAdapter):
         if answer.status == 429 or code in RATE_LIMIT_CODES:
             raise self.rate_limited(kind, f"rate limited ({label}): {message}",
                                     code=code_text, penalty=_PENALTY)
-        if not_found_ok and (code in NOT_FOUND_CODES or answer.status == 404 or (
-                code not in (None, 0) and answer.status < 500
-                and _NOT_FOUND_TEXT.search(message))):
+        # Only an envelope can say "no such order": a bare 404 page means a wrong base_url.
+        if not_found_ok and code not in (None, 0) and (
+                code in NOT_FOUND_CODES or answer.status == 404
+                or (answer.status < 500 and _NOT_FOUND_TEXT.search(message))):
             return _NOT_FOUND
         if answer.status >= 500 or code in UNAVAILABLE_CODES:
             raise BrokerUnavailable(f"broker error ({label}): {message}",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from poller.simulator.base import BrokerSim
+from poller.simulator.coinw import CoinWSim
 from poller.simulator.shioaji import ShioajiSim
 
 SIMULATORS: dict[str, type[BrokerSim]] = {
     "shioaji": ShioajiSim,
+    "coinw": CoinWSim,
 }

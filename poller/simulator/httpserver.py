@@ -108,6 +108,9 @@ class SimServer:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle on, each answer would wait
+            # ~40 ms for a delayed ACK on loopback.
+            disable_nagle_algorithm = True
 
             def _serve(self) -> None:
                 arrived = server.clock()
