@@ -155,8 +155,11 @@ async def run_one(kind: str, n: int, duration: float, change_every: float, seed:
         result.rate_limit_answers = tracker.rate_limit_answers + sim.violations()
         for name, window in sim.windows.items():
             result.windows[name] = (window.max_seen, window.count)
-        rate = app.adapters["bench"].detail_rate()
-        if rate and app.adapters["bench"].per_order_polling:
+        adapter = app.adapters["bench"]
+        groups = [adapter.budget.groups[g] for g in adapter.request_groups.get("detail", ())]
+        if groups and adapter.per_order_polling:
+            # The contract's rate: floor(share × N) per W (the budget's own window is padded).
+            rate = min(g.allowed / g.base_window for g in groups)
             result.allowed_rate = rate
             result.achieved_rate = result.per_order_polls / (t1 - t0)
             result.bound = n / rate
@@ -203,10 +206,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per N")
     parser.add_argument("--change-every", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--list-only", action="store_true",
+                        help="do not poll each order (CoinW: per_order_polling off)")
     args = parser.parse_args(argv)
+    extra: dict[str, Any] = {}
+    if args.broker == "coinw" and not args.list_only:
+        # Per-order polling on returnOrderStatus at the full budget; discovery every 5 s.
+        extra = {"per_order_polling": True, "interval": 5.0}
     for n in [int(x) for x in args.orders.split(",")]:
         result = asyncio.run(run_one(args.broker, n, args.duration, args.change_every,
-                                     args.seed, {}))
+                                     args.seed, extra))
         print("\n".join(result.lines()), flush=True)
 
 

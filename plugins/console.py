@@ -39,7 +39,7 @@ def format_line(event: OrderEvent) -> str:
         return f"{when} {'SYSTEM':<8} {event.scene:<15} {p.get('message', '')}  {event.short_id}"
     qty, filled = p.get("qty") or "?", p.get("filled_qty") or "0"
     price = f" @ {p['price']}" if p.get("price") else ""
-    text = f"{when} {p.get('broker', ''):<8} {event.scene:<15} {p.get('symbol', '')} " \
+    text = f"{when} {p.get('broker', ''):<12} {event.scene:<15} {p.get('symbol', '')} " \
            f"{p.get('side', '')} {qty}{price}"
     if p.get("last_fill_qty"):
         text += f"  fill {p['last_fill_qty']} @ {p.get('last_fill_price') or '?'}"

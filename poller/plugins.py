@@ -37,6 +37,7 @@ ENTRY_POINT_GROUP = "poller"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "poller.brokers.shioaji",
     "poller.brokers.coinw",
+    "poller.brokers.longport",
     "poller_plugins.console",
     "poller_plugins.webhook",
 )

@@ -281,8 +281,11 @@ class Tracker:
         if snapshot.final:
             self.queue.discard(key)
             return
-        if self.adapter.per_order_polling:
-            self.queue.add(key, self._mono())
+        if not self.adapter.per_order_polling:
+            # The list calls report this order's next change; spending the shared budget on
+            # re-reading it would only slow the lists down.
+            return
+        self.queue.add(key, self._mono())
         if changed or snapshot.status in _IN_FLIGHT:
             self.queue.urgent(key, self._mono() + self.recheck_after())
             self._wake.set()
