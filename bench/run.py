@@ -157,7 +157,7 @@ async def run_one(kind: str, n: int, duration: float, change_every: float, seed:
             result.windows[name] = (window.max_seen, window.count)
         adapter = app.adapters["bench"]
         groups = [adapter.budget.groups[g] for g in adapter.request_groups.get("detail", ())]
-        if groups and adapter.per_order_polling:
+        if groups and adapter.polls_each_order:
             # The contract's rate: floor(share × N) per W (the budget's own window is padded).
             rate = min(g.allowed / g.base_window for g in groups)
             result.allowed_rate = rate

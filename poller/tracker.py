@@ -135,7 +135,7 @@ class Tracker:
         """Start the per-order poll loop (connections with a per-order call only)."""
         if not self.adapter.supports_fetch or self._drainer is not None:
             return
-        if self.adapter.per_order_polling:
+        if self.adapter.polls_each_order:
             for key, snapshot in self.known.items():
                 if not snapshot.final and self.missing.get(key, 0) < self.stale_after:
                     self.queue.add(key)
@@ -281,7 +281,7 @@ class Tracker:
         if snapshot.final:
             self.queue.discard(key)
             return
-        if not self.adapter.per_order_polling:
+        if not self.adapter.polls_each_order:
             # The list calls report this order's next change; spending the shared budget on
             # re-reading it would only slow the lists down.
             return

@@ -125,9 +125,10 @@ class BrokerAdapter(ABC):
         self.config = config
         self.client = client
         self.budget = budget
-        if config.per_order_polling is not None:
-            # The instance attribute shadows the adapter's class default.
-            self.per_order_polling = config.per_order_polling and self.supports_fetch
+        #: Whether this connection polls every open order (config, else the adapter default).
+        self.polls_each_order = self.supports_fetch and (
+            self.per_order_polling if config.per_order_polling is None
+            else config.per_order_polling)
 
     @classmethod
     def secrets(cls, config: BrokerConfig) -> list[str]:
