@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -175,6 +176,8 @@ class App:
         self.event_listeners: list[Callable[[list[OrderEvent]], None]] = []
         self.events_by_scene: dict[str, int] = {}
         self.backlog: dict[str, int] = {}
+        self.last_tick = time.monotonic()
+        self.health_port: int | None = None
         self._rng = random.Random()
 
     @classmethod
@@ -336,8 +339,10 @@ class App:
         return sum(t.completed for t in self.trackers.values())
 
     async def refresh_backlog(self) -> None:
-        """Re-read the outbox backlog per notifier (for status lines and metrics)."""
+        """Re-read the outbox backlog per notifier (for status lines and metrics); this is
+        also the main loop's tick that ``/healthz`` watches."""
         self.backlog = await self.db(self.store.backlog)
+        self.last_tick = time.monotonic()
 
     async def _run_poll(self, tracker: Tracker) -> None:
         task = asyncio.current_task()

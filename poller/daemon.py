@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 
 from poller.app import App, Loaded
 from poller.errors import ConfigError
+from poller.health import HealthServer
+from poller.settings import parse_listen
 from poller.systemd import Notifier as SystemdNotifier
 from poller.systemd import watchdog_interval
 
@@ -84,8 +86,14 @@ async def serve(
     lifecycle.install(reload=reloader is not None)
     loop = asyncio.get_running_loop()
     deadline = None if duration is None else loop.time() + duration
+    health: HealthServer | None = None
     try:
         await app.start()
+        if app.settings.daemon.health_listen:
+            host, port = parse_listen(app.settings.daemon.health_listen)
+            health = HealthServer(app, host, port, stale_after=3 * STATUS_EVERY + 5)
+            health.start()
+            app.health_port = health.port
         logger.info("poller running: %s", app.status_line())
         systemd.ready(app.status_line())
         if on_started is not None:
@@ -121,6 +129,8 @@ async def serve(
         lifecycle.on_force = app.abort
         await app.stop(grace=0.0 if lifecycle.force_exit else None)
     finally:
+        if health is not None:
+            health.stop()
         lifecycle.uninstall()
         systemd.close()
     return lifecycle

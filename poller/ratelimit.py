@@ -93,6 +93,10 @@ class LimitGroup:
             wait = max(wait, starts[-1] + self.spacing - now)
         return wait
 
+    def in_window(self, now: float) -> int:
+        """Requests started in the trailing window (read-only: safe from another thread)."""
+        return sum(1 for t in list(self._starts) if t > now - self.window)
+
     def record(self, now: float) -> None:
         """Note that a request started at ``now``."""
         self._starts.append(now)

@@ -15,6 +15,7 @@ Secrets of a connection can come from outside the file:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from poller.errors import ConfigError, ConfigProblem
@@ -64,10 +65,42 @@ class DaemonSettings(BaseModel):
     shutdown_grace: float = Field(
         default=10.0, gt=0, description="Seconds to flush deliveries when stopping."
     )
+    health_listen: str = Field(
+        default="",
+        description='Serve /healthz and /metrics on this loopback address, e.g. '
+                    '"127.0.0.1:9108"; empty (the default) turns them off.',
+    )
     give_up_after: float = Field(
         default=24 * 3600.0, gt=0,
         description="Seconds after which an undeliverable message is dead-lettered.",
     )
+
+    @field_validator("health_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            parse_listen(value)
+        return value
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9108"`` → (host, port); only loopback addresses are allowed."""
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"not host:port: {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range: {number}")
+    if host != "localhost":
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                raise ValueError(f"{host} is not a loopback address; health and metrics are "
+                                 "only served on loopback")
+        except ValueError as err:
+            raise ValueError(str(err)) from None
+    return host, number
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,158 @@
+"""``/healthz`` and Prometheus ``/metrics`` on loopback (off unless ``daemon.health_listen``).
+
+A small WSGI app served by the standard library in a background thread, so a scrape never
+waits for the event loop. Metrics are read from the daemon's own counters at scrape time by
+one custom collector (no instrumentation scattered through the code); prometheus-client does
+the exposition format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from poller.models import iso
+
+if TYPE_CHECKING:
+    from poller.app import App
+
+logger = logging.getLogger(__name__)
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class AppCollector(Collector):
+    """Reads the running daemon's counters when Prometheus scrapes."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every poller metric."""
+        app = self.app
+        polls = CounterMetricFamily("poller_polls", "Polls made", labels=["connection", "call"])
+        errors = CounterMetricFamily("poller_poll_errors", "Failed polls by class",
+                                     labels=["connection", "category"])
+        limited = CounterMetricFamily("poller_rate_limit_answers",
+                                      "Rate-limit answers received (should stay 0)",
+                                      labels=["connection"])
+        admitted = CounterMetricFamily("poller_budget_requests",
+                                       "Requests admitted by each limit group",
+                                       labels=["connection", "group"])
+        use = GaugeMetricFamily("poller_budget_window_use",
+                                "Share of a limit group's allowance used in the current window",
+                                labels=["connection", "group"])
+        last = GaugeMetricFamily("poller_last_success_timestamp_seconds",
+                                 "Time of the last successful list poll", labels=["connection"])
+        open_orders = GaugeMetricFamily("poller_open_orders", "Orders that can still change",
+                                        labels=["connection"])
+        now = time.monotonic()
+        for name, tracker in list(app.trackers.items()):
+            polls.add_metric([name, "list"], tracker.polls)
+            polls.add_metric([name, "order"], tracker.order_polls)
+            for category, count in list(tracker.errors.items()):
+                errors.add_metric([name, category], count)
+            limited.add_metric([name], tracker.rate_limit_answers)
+            open_orders.add_metric([name], tracker.open_orders)
+            if tracker.last_success is not None:
+                last.add_metric([name], tracker.last_success.timestamp())
+            for group in list(tracker.adapter.budget.groups.values()):
+                admitted.add_metric([name, group.name], group.admitted)
+                use.add_metric([name, group.name], group.in_window(now) / group.allowed)
+        yield from (polls, errors, limited, admitted, use, last, open_orders)
+        events = CounterMetricFamily("poller_events", "Events committed", labels=["scene"])
+        for scene, count in list(app.events_by_scene.items()):
+            events.add_metric([scene], count)
+        yield events
+        deliveries = CounterMetricFamily("poller_deliveries", "Delivery attempts by outcome",
+                                         labels=["notifier", "outcome"])
+        latency = GaugeMetricFamily("poller_delivery_latency_seconds",
+                                    "Detection-to-delivery latency (last 1000 deliveries)",
+                                    labels=["notifier", "quantile"])
+        backlog = GaugeMetricFamily("poller_outbox_backlog", "Deliveries waiting",
+                                    labels=["notifier"])
+        dispatcher = app.dispatcher
+        if dispatcher is not None:
+            for name, stats in list(dispatcher.stats.items()):
+                deliveries.add_metric([name, "delivered"], stats.delivered)
+                deliveries.add_metric([name, "retried"], stats.retried)
+                deliveries.add_metric([name, "dead"], stats.dead)
+                values = sorted(stats.latencies)
+                for q in (0.5, 0.99):
+                    if values:
+                        latency.add_metric([name, str(q)],
+                                           values[min(len(values) - 1, int(len(values) * q))])
+        for name, count in list(app.backlog.items()):
+            backlog.add_metric([name], count)
+        yield from (deliveries, latency, backlog)
+
+
+def health(app: App, *, stale_after: float) -> tuple[bool, dict[str, Any]]:
+    """Whether the daemon is alive, and the details ``/healthz`` shows."""
+    alive = time.monotonic() - app.last_tick < stale_after
+    return alive, {
+        "status": "ok" if alive else "stalled",
+        "connections": {
+            name: {"last_success": iso(t.last_success), "open_orders": t.open_orders,
+                   "stopped": t.stopped_reason}
+            for name, t in list(app.trackers.items())
+        },
+        "outbox_backlog": dict(app.backlog),
+    }
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("health: " + format, *args)
+
+
+class HealthServer:
+    """Serves ``/healthz`` and ``/metrics`` for ``app`` on ``host:port`` in a thread."""
+
+    def __init__(self, app: App, host: str, port: int, *, stale_after: float = 60.0) -> None:
+        self.app = app
+        self.stale_after = stale_after
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(AppCollector(app))
+        self._server: WSGIServer = make_server(host, port, self._wsgi,
+                                               handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health",
+                                        daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with port 0)."""
+        return int(self._server.server_port)
+
+    def _wsgi(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            ok, body = health(self.app, stale_after=self.stale_after)
+            start("200 OK" if ok else "503 Service Unavailable",
+                  [("Content-Type", "application/json")])
+            return [json.dumps(body).encode()]
+        if path == "/metrics":
+            start("200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
+            return [generate_latest(self.registry)]
+        start("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+
+    def start(self) -> None:
+        """Start serving."""
+        self._thread.start()
+        logger.info("health and metrics on http://%s:%d/", *self._server.server_address[:2])
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
