@@ -87,18 +87,20 @@ def daemon_config(tmp_path: Path, brokers: dict[str, Any], receiver_url: str | N
 
 
 @asynccontextmanager
-async def running_app(config: dict[str, Any], extra_plugins: tuple[str, ...] = ()
-                      ) -> AsyncIterator[App]:
+async def running_app(config: dict[str, Any], extra_plugins: tuple[str, ...] = (),
+                      redactor: Redactor | None = None) -> AsyncIterator[App]:
     """Start an App from a config dict in this event loop; stop it on exit.
 
-    ``extra_plugins`` are dotted module names registered besides the built-ins.
+    ``extra_plugins`` are dotted module names registered besides the built-ins; the
+    configured secrets are added to ``redactor`` when one is given.
     """
     settings = load_settings(data=config)
     plugins = get_plugin_manager(builtins=DEFAULT_PLUGINS + extra_plugins)
     validated = validate(settings, plugins.registry(), "<test>")
     store = Store.open(settings.daemon.database, lock=True)
-    app = App.create(settings, plugins, validated, redactor=Redactor(validated.secrets()),
-                     store=store)
+    redactor = redactor or Redactor()
+    redactor.add(validated.secrets())
+    app = App.create(settings, plugins, validated, redactor=redactor, store=store)
     await app.start()
     try:
         yield app

@@ -1,0 +1,101 @@
+"""Canary secrets in every secret field; none may appear in logs, errors, the database or
+the messages of a full run (with an auth failure and a failing notifier thrown in)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from pathlib import Path
+
+import pytest
+
+from poller.logsetup import setup_logging
+from poller.simulator.coinw import CoinWSim
+from poller.simulator.httpserver import SimResponse
+from poller.simulator.longport import LongPortSim
+from poller.simulator.shioaji import ShioajiSim
+from tests.conftest import Receiver, daemon_config, running_app
+
+CANARIES = {
+    "sj_key": "cnry-sj-key-11aa", "sj_secret": "cnry-sj-sec-22bb",
+    "lp_key": "cnry-lp-key-33cc", "lp_secret": "cnry-lp-sec-44dd",
+    "lp_token": "cnry-lp-tok-55ee", "cw_key": "cnry-cw-key-66ff", "cw_secret": "cnry-cw-sec-77aa",
+    "cw_wrong": "cnry-cw-bad-88bb", "hook_path": "cnry-hook-99cc", "hook_secret": "cnry-hm-00dd",
+    "hook_header": "cnry-hdr-12ef", "dead_path": "cnry-dead-34ab",
+}
+
+
+def test_no_canary_anywhere(tmp_path: Path, receiver: Receiver,
+                            caplog: pytest.LogCaptureFixture) -> None:
+    c = CANARIES
+    sj = ShioajiSim(seed=1, api_key=c["sj_key"], secret_key=c["sj_secret"])
+    lp = LongPortSim(seed=2, app_key=c["lp_key"], app_secret=c["lp_secret"],
+                     access_token=c["lp_token"])
+    cw = CoinWSim(seed=3, api_key=c["cw_key"], secret_key=c["cw_secret"])
+    sims = [sj, lp, cw]
+    for sim in sims:
+        sim.start()
+    receiver.server.route("POST", f"/{c['hook_path']}/hook", receiver._hook)
+    receiver.server.route("POST", f"/{c['dead_path']}", lambda r: SimResponse(400, {"e": 1}))
+    stream = io.StringIO()
+    try:
+        brokers = {
+            "tw": sj.broker_config("tw") | {"interval": 0.2},
+            "lp": lp.broker_config("lp") | {"interval": 1.3},
+            "cw": cw.broker_config("cw") | {"interval": 0.3},
+            "cw-bad": cw.broker_config("cw-bad") | {"secret_key": c["cw_wrong"]},
+        }
+        config = daemon_config(tmp_path, brokers, None, announce_existing=True)
+        config["notifiers"] = {
+            "hook": {"kind": "webhook",
+                     "url": f"{receiver.server.url}/{c['hook_path']}/hook",
+                     "secret": c["hook_secret"], "headers": {"X-Token": c["hook_header"]}},
+            "dead": {"kind": "webhook", "url": f"{receiver.server.url}/{c['dead_path']}"},
+        }
+
+        redactor = setup_logging(level="DEBUG", stream=stream)
+        # The simulators log their own request lines (as a broker's access log would, keys
+        # and all); they are the broker side, not poller.
+        logging.getLogger("poller.simulator").setLevel(logging.INFO)
+
+        async def scenario() -> None:
+            async with running_app(config, redactor=redactor) as app:
+                for sim in sims:
+                    account = sim.accounts()[0]
+                    symbol, price = sim.symbols[0]
+                    order = sim.book.place(account, symbol, "BUY", 10, price)
+                    sim.book.accept(order.order_id)
+                    sim.book.fill(order.order_id, 4)
+                def done(events: list[dict[str, object]]) -> bool:
+                    scenes = [e["payload"]["scene_type"] for e in events]  # type: ignore[index]
+                    return ("BROKER_AUTH_FAILED" in scenes and "NOTIFIER_DEAD_LETTER" in scenes
+                            and scenes.count("FILLED") >= 3)
+
+                await asyncio.to_thread(receiver.wait_for, done, 30)
+                assert app.trackers["cw-bad"].stopped_reason
+
+        caplog.set_level(logging.DEBUG)
+        logging.getLogger("poller.simulator").setLevel(logging.INFO)
+        asyncio.run(scenario())
+    finally:
+        for sim in sims:
+            sim.stop()
+        logging.getLogger().handlers = [h for h in logging.getLogger().handlers
+                                        if not getattr(h, "_poller", False)]
+        logging.getLogger("poller.simulator").setLevel(logging.NOTSET)
+    scenes = [e["payload"]["scene_type"] for e in receiver.events]
+    assert "BROKER_AUTH_FAILED" in scenes and "NOTIFIER_DEAD_LETTER" in scenes
+
+    places = {
+        "formatted log": stream.getvalue(),
+        "log records": "\n".join(
+            r.getMessage() + (r.exc_text or "") for r in caplog.records),
+        "messages": "\n".join(r.body.decode() for r in receiver.requests),
+        "database": b"".join(p.read_bytes() for p in tmp_path.glob("poller.db*")
+                             if p.is_file()).decode("latin-1"),
+    }
+    assert "credentials refused" in places["formatted log"]  # the run did log errors
+    for where, text in places.items():
+        for name, canary in CANARIES.items():
+            assert canary not in text, f"{name} leaked into the {where}"
