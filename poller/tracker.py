@@ -105,6 +105,7 @@ class Tracker:
         self.order_polls = 0
         self.rate_limit_answers = 0
         self.completed = 0
+        self._warned: set[str] = set()
 
     @property
     def open_orders(self) -> int:
@@ -230,8 +231,11 @@ class Tracker:
         first = scope.label not in self.known_accounts
         announce = self.announce_existing or not first
         if result.problems:
-            self.log.warning("%d order(s) in %s could not be read: %s", len(result.problems),
-                             scope.label, first_problem(result.problems))
+            text = f"{len(result.problems)} order(s) in {scope.label} could not be read: " \
+                   f"{first_problem(result.problems)}"
+            if text not in self._warned:
+                self._warned.add(text)
+                self.log.warning("%s", text)
         present: set[tuple[str, str, str]] = set()
         for snapshot in result.orders:
             present.add(snapshot.key)
@@ -263,7 +267,9 @@ class Tracker:
                               snapshot.order_id, err)
         result = diff(previous, snapshot, detected_at=now, announce=announce)
         for warning in result.warnings:
-            self.log.warning("%s", warning)
+            if warning not in self._warned:  # once per distinct problem, not every poll
+                self._warned.add(warning)
+                self.log.warning("%s", warning)
         if result.snapshot is not None and result.snapshot != previous:
             batch.snapshots.append(result.snapshot)
             self.known[snapshot.key] = result.snapshot

@@ -59,6 +59,9 @@ class SimResponse:
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     raw: bytes | None = None
+    #: Fault injection: seconds to wait before answering, and between single body bytes.
+    delay: float = 0.0
+    trickle: float = 0.0
 
     def encode(self) -> bytes:
         """The bytes to send."""
@@ -130,13 +133,21 @@ class SimServer:
                 response = server.dispatch(request)
                 payload = response.encode()
                 try:
+                    if response.delay:
+                        time.sleep(response.delay)  # a slow broker, for fault tests
                     self.send_response(response.status)
                     headers = {"Content-Type": "application/json", **response.headers}
                     for key, value in headers.items():
                         self.send_header(key, value)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if response.trickle:
+                        for index in range(len(payload)):
+                            self.wfile.write(payload[index:index + 1])
+                            self.wfile.flush()
+                            time.sleep(response.trickle)
+                    else:
+                        self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
