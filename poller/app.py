@@ -21,6 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from pydantic import ValidationError
 
 from poller import budgetplan
+from poller.actions import ActionRunner
 from poller.brokers.base import BrokerAdapter, BrokerConfig, secret_values
 from poller.dispatch import DeliveryPolicy, Dispatcher
 from poller.errors import ConfigError, ConfigProblem
@@ -178,6 +179,7 @@ class App:
         self.backlog: dict[str, int] = {}
         self.last_tick = time.monotonic()
         self.health_port: int | None = None
+        self.actions: ActionRunner | None = None
         self._rng = random.Random()
 
     @classmethod
@@ -234,6 +236,8 @@ class App:
         for name in self.adapters:
             await self._add_tracker(name)
         self._start_dispatcher()
+        self.actions = ActionRunner(self)
+        self.actions.start()
         await self.plugins.call_observers("startup", app=self)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         for name in self.trackers:
@@ -251,6 +255,8 @@ class App:
             stale_after=daemon.stale_after,
             watched=partial(self.db, self.store.watched, name),
         )
+        tracker.on_list_wanted = partial(self._poll_soon, name)
+        tracker.on_action_state = partial(self._action_state)
         self.trackers[name] = tracker
         tracker.start()
 
@@ -272,6 +278,14 @@ class App:
                 seconds=self._rng.uniform(0, min(interval, 1.0))),
             jitter=interval * 0.05,
         )
+
+    def _poll_soon(self, name: str) -> None:
+        """Run a connection's list job now (an action waits for its outcome)."""
+        if self.scheduler is not None and self.scheduler.get_job(name):
+            self.scheduler.modify_job(name, next_run_time=datetime.now(UTC))
+
+    async def _action_state(self, action_id: int, state: str, attempt: bool) -> None:
+        await self.db(self.store.update_action, action_id, state, attempt=attempt)
 
     async def _remove_connection(self, name: str) -> None:
         if self.scheduler is not None and self.scheduler.get_job(name):
@@ -367,6 +381,8 @@ class App:
 
         :param grace: seconds to keep delivering (default ``daemon.shutdown_grace``).
         """
+        if self.actions is not None:
+            await self.actions.stop()
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.pause()
         if self._running:

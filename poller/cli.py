@@ -1,7 +1,8 @@
 """The ``poller`` command line.
 
 Exit codes: 0 success, 2 bad arguments, 78 bad configuration (EX_CONFIG; systemd is told not
-to restart on it), 74 the database cannot be used (EX_IOERR), 1 anything else.
+to restart on it), 74 the database cannot be used (EX_IOERR), 75 an order action got no
+outcome in time (EX_TEMPFAIL), 1 anything else (e.g. an action the broker refused).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from poller.store import Store
 
 logger = logging.getLogger("poller")
 
-EX_OK, EX_FAIL, EX_USAGE, EX_IOERR, EX_CONFIG = 0, 1, 2, 74, 78
+EX_OK, EX_FAIL, EX_USAGE, EX_IOERR, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 74, 75, 78
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +79,20 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("broker", help="connection name ([brokers.NAME])")
     watch.add_argument("order_id")
     watch.add_argument("--account", default="", help="account id (default: the only one)")
+    for name, text in (("replace", "change an order's quantity and/or price through the "
+                                   "daemon (within the broker's limits)"),
+                       ("cancel", "cancel an order through the daemon")):
+        action = command(name, text)
+        action.add_argument("broker", help="connection name ([brokers.NAME])")
+        action.add_argument("order_id")
+        if name == "replace":
+            action.add_argument("--qty", help="new total quantity")
+            action.add_argument("--price", help="new limit price")
+        action.add_argument("--account", default="", help="account id (when ambiguous)")
+        action.add_argument("--no-wait", action="store_true",
+                            help="queue it and return at once")
+        action.add_argument("--timeout", type=float, default=60.0,
+                            help="seconds to wait for the outcome (default 60)")
     unwatch = command("unwatch", "stop tracking a watched order id")
     unwatch.add_argument("broker")
     unwatch.add_argument("order_id")
@@ -339,6 +354,47 @@ async def _test_notify(validated: Validated, names: list[str], event: Any,
     return EX_FAIL if failures else EX_OK
 
 
+def cmd_action(args: argparse.Namespace) -> int:
+    """``poller replace`` / ``poller cancel``."""
+    from poller.actions import ActionRefused, submit
+
+    settings, _, validated = _load(args)
+    if args.broker not in validated.brokers:
+        raise ConfigError([_problem(args.broker, validated)])
+    cls = validated.brokers[args.broker][0]
+    kind = args.command
+    qty, price = getattr(args, "qty", None), getattr(args, "price", None)
+    supported = cls.supports_replace if kind == "replace" else cls.supports_cancel
+    if not supported:
+        print(f"poller: {kind}: {cls.kind} cannot {kind} orders through its API"
+              + ("; cancel it and place a new one" if kind == "replace" else ""),
+              file=sys.stderr)
+        return EX_USAGE
+    if args.timeout <= 0:
+        print(f"poller: {kind} --timeout: must be positive", file=sys.stderr)
+        return EX_USAGE
+    try:
+        row = submit(settings.daemon.database, args.broker, args.order_id, kind,
+                     account_id=args.account, qty=qty, price=price, wait=not args.no_wait,
+                     timeout=args.timeout)
+    except ActionRefused as err:
+        print(f"poller: {kind}: {err}", file=sys.stderr)
+        return EX_USAGE
+    what = f"{kind} of {args.broker} order {args.order_id}"
+    if args.no_wait:
+        print(f"{what}: queued as action {row.id}")
+        return EX_OK
+    if not row.done:
+        print(f"{what}: no outcome within {args.timeout:g} s (action {row.id} is {row.state}; "
+              "is `poller run` running?)")
+        return EX_TEMPFAIL
+    if row.state == "succeeded":
+        print(f"{what}: {row.outcome or 'done'} — {row.message}")
+        return EX_OK
+    print(f"{what}: {row.outcome or 'refused'} — {row.message}")
+    return EX_FAIL
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     """``poller watch``."""
     settings, _, validated = _load(args)
@@ -415,6 +471,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "events": cmd_events,
     "plugins": cmd_plugins,
     "test-notify": cmd_test_notify,
+    "replace": cmd_action,
+    "cancel": cmd_action,
     "watch": cmd_watch,
     "unwatch": cmd_unwatch,
 }

@@ -65,4 +65,24 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE outbox ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: order actions queued by `poller replace/cancel` or the local API (issue 7).
+    """
+    CREATE TABLE actions (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        broker     TEXT NOT NULL,
+        account_id TEXT NOT NULL,
+        order_id   TEXT NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('replace', 'cancel')),
+        qty        TEXT,
+        price      TEXT,
+        state      TEXT NOT NULL
+                   CHECK (state IN ('queued', 'sending', 'sent', 'succeeded', 'failed')),
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        outcome    TEXT NOT NULL DEFAULT '',
+        message    TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX actions_state ON actions (state, broker);
+    """,
 ]

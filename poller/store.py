@@ -77,6 +77,30 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class ActionRow:
+    """One order action (replace or cancel) and how far it got."""
+
+    id: int
+    broker: str
+    account_id: str
+    order_id: str
+    kind: str
+    qty: str | None
+    price: str | None
+    state: str
+    attempts: int
+    outcome: str
+    message: str
+    created_at: str
+    updated_at: str
+
+    @property
+    def done(self) -> bool:
+        """True once the outcome is known."""
+        return self.state in ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
 class StoredOrder:
     """A tracked order as ``poller orders`` shows it."""
 
@@ -383,6 +407,47 @@ class Store:
             ]
             result.append((OrderEvent.from_json(json.loads(body)), deliveries))
         return result
+
+    # -- order actions ----------------------------------------------------------------------
+
+    _ACTION_COLUMNS = ("id, broker, account_id, order_id, kind, qty, price, state, attempts, "
+                       "outcome, message, created_at, updated_at")
+
+    def add_action(self, broker: str, account_id: str, order_id: str, kind: str, *,
+                   qty: str | None = None, price: str | None = None) -> int:
+        """Queue a replace or cancel for the daemon; returns the action id."""
+        now = iso(utcnow())
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO actions (broker, account_id, order_id, kind, qty, price, state, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (broker, account_id, order_id, kind, qty, price, now, now))
+            return int(cursor.lastrowid or 0)
+
+    def action(self, action_id: int) -> ActionRow | None:
+        """One action by id."""
+        row = self._conn.execute(
+            f"SELECT {self._ACTION_COLUMNS} FROM actions WHERE id = ?", (action_id,)).fetchone()
+        return ActionRow(*row) if row else None
+
+    def open_actions(self, broker: str | None = None) -> list[ActionRow]:
+        """Actions not finished yet (queued, or interrupted while sending/verifying)."""
+        sql = f"SELECT {self._ACTION_COLUMNS} FROM actions WHERE state IN " \
+              "('queued', 'sending', 'sent')"
+        args: list[Any] = []
+        if broker:
+            sql += " AND broker = ?"
+            args.append(broker)
+        return [ActionRow(*r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+
+    def update_action(self, action_id: int, state: str, *, outcome: str = "",
+                      message: str = "", attempt: bool = False) -> None:
+        """Move an action to ``state`` (and record its outcome)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE actions SET state = ?, outcome = ?, message = ?, updated_at = ?, "
+                "attempts = attempts + ? WHERE id = ?",
+                (state, outcome, message, iso(utcnow()), int(attempt), action_id))
 
     # -- watched orders ---------------------------------------------------------------------
 

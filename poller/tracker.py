@@ -14,26 +14,37 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from poller.actions import (
+    PROCESSING_CODES,
+    RETRIES,
+    VERIFY_WITHIN,
+    Outcome,
+    Pending,
+    action_event,
+)
 from poller.brokers.base import BrokerAdapter, ListScope, first_problem
 from poller.diff import diff
 from poller.errors import (
     BrokerAuthError,
     BrokerError,
     BrokerRateLimited,
+    BrokerRejected,
 )
 from poller.models import (
     OrderEvent,
     OrderSnapshot,
     OrderStatus,
+    SceneType,
     SystemScene,
     iso,
     system_event,
     utcnow,
 )
 from poller.pollqueue import OrderQueue
-from poller.store import Batch
+from poller.store import ActionRow, Batch
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +117,10 @@ class Tracker:
         self.rate_limit_answers = 0
         self.completed = 0
         self._warned: set[str] = set()
+        self._pending: dict[tuple[str, str, str], Pending] = {}
+        #: Set by the app: ask for an early list poll; store an action's progress.
+        self.on_list_wanted: Callable[[], None] | None = None
+        self.on_action_state: Callable[[int, str, bool], Awaitable[None]] | None = None
 
     @property
     def open_orders(self) -> int:
@@ -270,6 +285,8 @@ class Tracker:
             if warning not in self._warned:  # once per distinct problem, not every poll
                 self._warned.add(warning)
                 self.log.warning("%s", warning)
+        if result.snapshot is not None and self._pending:
+            self._judge(snapshot.key, previous, result.snapshot, batch, now)
         if result.snapshot is not None and result.snapshot != previous:
             batch.snapshots.append(result.snapshot)
             self.known[snapshot.key] = result.snapshot
@@ -350,6 +367,129 @@ class Tracker:
                      f"{snapshot.status.value} and is no longer reported by the broker; "
                      "it is not assumed filled or cancelled"),
         ))
+
+    # -- order actions ---------------------------------------------------------------------
+
+    async def perform(self, row: ActionRow, qty: Decimal | None, price: Decimal | None
+                      ) -> Outcome:
+        """Validate, send (through the budget) and verify one replace or cancel."""
+        key = (self.name, row.account_id or self._account_of(row.order_id), row.order_id)
+        known = self.known.get(key) or self._find(row.order_id)
+        if known is None and self.adapter.supports_fetch:
+            try:
+                known = await self.adapter.fetch_order(key[1], row.order_id)
+            except BrokerError as err:
+                return Outcome(False, "", f"could not read the order first: {err}")
+            if known is not None:
+                batch = Batch()
+                await self._apply(known, batch, self._clock())
+                if batch:
+                    await self._commit(batch)
+                known = self.known.get(known.key, known)
+        if known is None:
+            return Outcome(False, "", f"order {row.order_id} is not known on {self.name}")
+        key = known.key
+        failed = SceneType.MODIFY_FAILED if row.kind == "replace" else SceneType.CANCEL_FAILED
+        if known.final:
+            return Outcome(False, "", f"order {row.order_id} is already {known.status.value}")
+        problem = self.adapter.check_action(known, row.kind, qty, price)
+        if problem:
+            return Outcome(False, "", problem)
+        loop = asyncio.get_running_loop()
+        pending = Pending(row, qty, price, loop.create_future())
+        if pending.satisfied(known):
+            return Outcome(True, "", "the order already shows the requested values")
+        self._pending[key] = pending
+        try:
+            sent = await self._send_action(row, known, qty, price)
+            if sent is not None:  # refused by the broker
+                await self._commit(Batch(events=[action_event(
+                    self.known.get(key, known), failed, row.id, sent, self._clock())]))
+                return Outcome(False, failed.value, sent)
+            await self._store_action_state(row, "sent")
+            deadline = loop.time() + VERIFY_WITHIN
+            while not pending.future.done() and loop.time() < deadline:
+                # Look at the order again now (per-order call), or get the list polled soon.
+                if self.adapter.supports_fetch:
+                    self.queue.urgent(key, self._mono())
+                    self._wake.set()
+                elif self.on_list_wanted is not None:
+                    self.on_list_wanted()
+                try:
+                    await asyncio.wait_for(asyncio.shield(pending.future),
+                                           timeout=max(0.5, self.adapter.config.interval))
+                except TimeoutError:
+                    continue
+            if pending.future.done():
+                return pending.future.result()
+            message = (f"the broker accepted the request but the order did not show it "
+                       f"within {VERIFY_WITHIN:g} s")
+            await self._commit(Batch(events=[action_event(
+                self.known.get(key, known), failed, row.id, message, self._clock())]))
+            return Outcome(False, failed.value, message)
+        finally:
+            self._pending.pop(key, None)
+
+    async def _send_action(self, row: ActionRow, known: OrderSnapshot, qty: Decimal | None,
+                           price: Decimal | None) -> str | None:
+        """Send until the broker answers; returns its refusal text, or None when accepted."""
+        for attempt in range(1, RETRIES + 1):
+            await self._store_action_state(row, "sending", attempt=True)
+            try:
+                if row.kind == "replace":
+                    await self.adapter.replace_order(known, qty=qty, price=price)
+                else:
+                    await self.adapter.cancel_order(known)
+                return None
+            except BrokerRejected as err:
+                current = self.known.get(known.key, known)
+                if row.kind == "cancel" and current.final:
+                    return f"{err} (the order is {current.status.value})"
+                return str(err)
+            except BrokerAuthError as err:
+                await self._failed(err, self._clock())
+                return str(err)
+            except BrokerError as err:
+                # "order is processing, try later", a rate-limit pause, a network error:
+                # retried through the budget (replace and cancel are safe to repeat).
+                self.log.info("%s of order %s not accepted yet (attempt %d): %s", row.kind,
+                              row.order_id, attempt, err)
+                if err.code not in PROCESSING_CODES:
+                    await asyncio.sleep(min(5.0, 0.5 * attempt))
+        return f"gave up after {RETRIES} attempts (broker busy or unreachable)"
+
+    async def _store_action_state(self, row: ActionRow, state: str, *,
+                                  attempt: bool = False) -> None:
+        if self.on_action_state is not None:
+            await self.on_action_state(row.id, state, attempt)
+
+    def _find(self, order_id: str) -> OrderSnapshot | None:
+        return next((s for s in self.known.values() if s.order_id == order_id), None)
+
+    def _account_of(self, order_id: str) -> str:
+        found = self._find(order_id)
+        if found is not None:
+            return found.account_id
+        scopes = self.adapter.scopes()
+        return scopes[0].account_id if scopes else ""
+
+    def _judge(self, key: tuple[str, str, str], previous: OrderSnapshot | None,
+               snapshot: OrderSnapshot, batch: Batch, now: datetime) -> None:
+        """Settle a pending action from a new snapshot (before its events are queued)."""
+        pending = self._pending.get(key)
+        if pending is None or pending.future.done():
+            return
+        kind = pending.row.kind
+        if pending.satisfied(snapshot):
+            scene = "MODIFY_SUCCESS" if kind == "replace" else "CANCEL_SUCCESS"
+            pending.future.set_result(Outcome(True, scene, f"the broker shows the order "
+                                                           f"{snapshot.status.value}"))
+        elif snapshot.final:
+            failed = SceneType.MODIFY_FAILED if kind == "replace" else SceneType.CANCEL_FAILED
+            message = f"the order was {snapshot.status.value} before the {kind} took effect"
+            # Announced before the order's own final event (CANCEL_FAILED, then FINAL_FILLED).
+            batch.events.append(action_event(snapshot, failed, pending.row.id, message, now))
+            pending.future.set_result(Outcome(False, failed.value, message))
 
     def _too_old(self, snapshot: OrderSnapshot, now: datetime) -> bool:
         limit = self.adapter.retire_after

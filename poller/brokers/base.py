@@ -12,6 +12,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import httpx
@@ -174,6 +175,39 @@ class BrokerAdapter(ABC):
         groups = self.request_groups.get("detail", ())
         rates = [self.budget.groups[g].rate for g in groups if g in self.budget.groups]
         return min(rates) if rates else 0.0
+
+    # -- order actions (issue 7) -----------------------------------------------------------
+
+    #: Whether the broker can change an open order's quantity/price, and cancel it.
+    supports_replace: ClassVar[bool] = False
+    supports_cancel: ClassVar[bool] = False
+
+    def check_action(self, known: OrderSnapshot, kind: str, qty: Decimal | None,
+                     price: Decimal | None) -> str | None:
+        """Why this action is not allowed for this order at this broker, or None."""
+        if kind == "replace" and not self.supports_replace:
+            return f"{self.kind} cannot modify orders"
+        if kind == "cancel" and not self.supports_cancel:
+            return f"{self.kind} cannot cancel orders through its API"
+        if kind == "replace" and qty is not None and qty <= known.filled_qty:
+            return (f"the new quantity {qty} must exceed the filled quantity "
+                    f"{known.filled_qty}")
+        return None
+
+    async def replace_order(self, known: OrderSnapshot, *, qty: Decimal | None,
+                            price: Decimal | None) -> None:
+        """Ask the broker to change an order (through the budget).
+
+        :raises BrokerRejected: the broker refused the change.
+        """
+        raise NotImplementedError(f"{self.kind} cannot modify orders")
+
+    async def cancel_order(self, known: OrderSnapshot) -> None:
+        """Ask the broker to cancel an order (through the budget).
+
+        :raises BrokerRejected: the broker refused.
+        """
+        raise NotImplementedError(f"{self.kind} cannot cancel orders")
 
     async def request(self, kind: str, request: httpx.Request) -> Answer:
         """Send one request through the rate budget of the groups ``kind`` consumes."""

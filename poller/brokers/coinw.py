@@ -509,12 +509,22 @@ class CoinWAdapter(BrokerAdapter):
         """
         return carry_over(previous, current)
 
-    async def cancel_order(self, account_id: str, order_id: str) -> None:
+    supports_cancel: ClassVar[bool] = True
+
+    def check_action(self, known: OrderSnapshot, kind: str, qty: Decimal | None,
+                     price: Decimal | None) -> str | None:
+        """CoinW spot has no amend endpoint: a replace is refused with the way out."""
+        if kind == "replace":
+            return ("CoinW spot cannot modify an order (there is no amend endpoint); cancel it "
+                    "and place a new one")
+        return super().check_action(known, kind, qty, price)
+
+    async def cancel_order(self, known: OrderSnapshot) -> None:
         """Ask CoinW to cancel an order (``cancelOrder``); the poll reports the outcome.
 
         :raises BrokerRejected: CoinW refused (e.g. the order is already finished).
         """
-        await self._call("cancel", "cancelOrder", {"orderNumber": order_id})
+        await self._call("cancel", "cancelOrder", {"orderNumber": known.order_id})
 
     # -- wire -------------------------------------------------------------------------------
 

@@ -406,21 +406,26 @@ class LongPortAdapter(BrokerAdapter):
 
     # -- order actions ------------------------------------------------------------------
 
-    async def cancel_order(self, order_id: str) -> None:
+    supports_replace: ClassVar[bool] = True
+    supports_cancel: ClassVar[bool] = True
+
+    async def cancel_order(self, known: OrderSnapshot) -> None:
         """Withdraw an order (``order_id`` as a query parameter, as the SDK sends it).
 
         :raises BrokerRejected: when LongPort refuses (e.g. the order is finished).
         """
-        request = self._build("DELETE", ORDER_PATH, params={"order_id": order_id})
+        request = self._build("DELETE", ORDER_PATH, params={"order_id": known.order_id})
         self._check(await self.request("cancel", request), "cancel")
 
-    async def replace_order(self, order_id: str, quantity: Decimal,
-                            price: Decimal | None = None) -> None:
-        """Change an order's total quantity and, optionally, its price.
+    async def replace_order(self, known: OrderSnapshot, *, qty: Decimal | None,
+                            price: Decimal | None) -> None:
+        """``PUT /v1/trade/order``: the total quantity (required; the current one when only
+        the price changes) and, optionally, the price.
 
         :raises BrokerRejected: when LongPort refuses the change.
         """
-        body: dict[str, Any] = {"order_id": order_id, "quantity": decimal_text(quantity)}
+        quantity = qty if qty is not None else known.qty
+        body: dict[str, Any] = {"order_id": known.order_id, "quantity": decimal_text(quantity)}
         if price is not None:
             body["price"] = decimal_text(price)
         self._check(await self.request("replace", self._build("PUT", ORDER_PATH, body=body)),

@@ -157,6 +157,39 @@ class ShioajiAdapter(BrokerAdapter):
                 problems.append(f"trade #{index}: {type(err).__name__}: {err}")
         return ListResult(scope, orders, problems)
 
+    # -- order actions: the orders group (250/10s) covers them too ----------------------------
+
+    supports_replace: ClassVar[bool] = True
+    supports_cancel: ClassVar[bool] = True
+
+    def check_action(self, known: OrderSnapshot, kind: str, qty: Decimal | None,
+                     price: Decimal | None) -> str | None:
+        """Shioaji's update_qty only reduces an order (brokers.md 4.3)."""
+        if kind == "replace" and qty is not None and qty > known.qty:
+            return (f"Shioaji can only decrease an order's quantity ({known.qty} → {qty} is an "
+                    "increase)")
+        return super().check_action(known, kind, qty, price)
+
+    async def replace_order(self, known: OrderSnapshot, *, qty: Decimal | None,
+                            price: Decimal | None) -> None:
+        """``update_price`` and/or ``update_qty`` (the quantity to take away)."""
+        if price is not None and price != known.price:
+            await self._action("update_price", {"trade_id": known.order_id,
+                                                "price": _number(price)})
+        if qty is not None and qty != known.qty:
+            await self._action("update_qty", {"trade_id": known.order_id,
+                                              "quantity": _number(known.qty - qty)})
+
+    async def cancel_order(self, known: OrderSnapshot) -> None:
+        """``cancel_order`` by trade id."""
+        await self._action("cancel", {"trade_id": known.order_id}, path="cancel_order")
+
+    async def _action(self, kind: str, body: dict[str, Any], *, path: str | None = None
+                      ) -> None:
+        request = self.client.build_request(
+            "POST", f"/api/v1/order/{path or kind}", json=body, headers=self.headers())
+        self._check(await self.request(kind, request), kind)
+
     def _check(self, answer: Answer, kind: str) -> Any:
         """Translate an error answer; return the body of a success."""
         if 200 <= answer.status < 300:
@@ -175,6 +208,14 @@ class ShioajiAdapter(BrokerAdapter):
                                     code=str(answer.status))
         raise BrokerRejected(f"HTTP {answer.status}: {message}", connection=self.name,
                              code=str(answer.status))
+
+
+def _number(value: Decimal) -> int | float:
+    """A JSON number for Shioaji, which takes plain numbers. Prices have at most a few
+    decimals, whose shortest float text is exactly the decimal (27.05 → ``27.05``)."""
+    if value == value.to_integral_value():
+        return int(value)
+    return float(value)
 
 
 def _error_message(answer: Answer) -> str:

@@ -681,10 +681,14 @@ def test_sim_seven_day_window(sim: CoinWSim) -> None:
 def test_cancel_order_through_the_sim(sim: CoinWSim) -> None:
     order = sim.book.place("spot", "ETH_USDT", "SELL", "2", "3500")
 
+    known = OrderSnapshot(broker="cw", broker_kind="coinw", account_id="spot",
+                          order_id=order.order_id, status=OrderStatus.SUBMITTED,
+                          broker_status="1")
+
     async def work(adapter: CoinWAdapter) -> None:
-        await adapter.cancel_order("spot", order.order_id)
+        await adapter.cancel_order(known)
         with pytest.raises(BrokerRejected, match="already completed"):
-            await adapter.cancel_order("spot", order.order_id)
+            await adapter.cancel_order(known)
 
     run(sim_adapter(sim), work)
     assert sim.book.get(order.order_id).status == "CANCELLED"

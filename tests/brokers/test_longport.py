@@ -257,8 +257,9 @@ def test_adapter_signs_exactly_what_it_sends() -> None:
     adapter = _adapter(handler, clock=1539095200.123)
 
     async def calls() -> None:
-        await adapter.fetch_order("acc", "701276261045858304")
-        await adapter.replace_order("701276261045858304", Decimal("200"), Decimal("320.4"))
+        known = await adapter.fetch_order("acc", "701276261045858304")
+        assert known is not None
+        await adapter.replace_order(known, qty=Decimal("200"), price=Decimal("320.4"))
 
     asyncio.run(calls())
     get, put = seen
@@ -697,10 +698,12 @@ def test_adapter_order_actions_against_the_simulator(sim: LongPortSim) -> None:
 
     async def actions() -> None:
         try:
-            await adapter.replace_order(placed.order_id, Decimal(12), Decimal("190.25"))
-            await adapter.cancel_order(placed.order_id)
+            known = await adapter.fetch_order(sim.account_no, placed.order_id)
+            assert known is not None
+            await adapter.replace_order(known, qty=Decimal(12), price=Decimal("190.25"))
+            await adapter.cancel_order(known)
             with pytest.raises(BrokerRejected, match="602012"):
-                await adapter.cancel_order(placed.order_id)
+                await adapter.cancel_order(known)
         finally:
             await adapter.aclose()
 
