@@ -24,8 +24,11 @@ from poller.errors import (
     PollerError,
 )
 from poller.hookspecs import hookimpl
+from poller.logsetup import Redactor
 from poller.models import Fill, OrderEvent, OrderSnapshot, OrderStatus, SceneType
-from poller.notifiers import Notifier, NotifierConfig
+from poller.notifiers import Notifier, NotifierConfig, classify, post
+from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
+from poller.templates import Message
 
 __all__ = [
     "BrokerAdapter",
@@ -42,8 +45,11 @@ __all__ = [
     "DeliveryRetryable",
     "DeliveryUncertain",
     "Fill",
+    "LimitGroup",
+    "LimitSpec",
     "ListResult",
     "ListScope",
+    "Message",
     "Notifier",
     "NotifierConfig",
     "NotifierConfigError",
@@ -52,7 +58,11 @@ __all__ = [
     "OrderSnapshot",
     "OrderStatus",
     "PollerError",
+    "RateBudget",
+    "Redactor",
     "SceneType",
     "__version__",
+    "classify",
     "hookimpl",
+    "post",
 ]

@@ -180,6 +180,7 @@ class App:
         self.last_tick = time.monotonic()
         self.health_port: int | None = None
         self.actions: ActionRunner | None = None
+        self.api_port: int | None = None
         self._rng = random.Random()
 
     @classmethod
@@ -278,6 +279,11 @@ class App:
                 seconds=self._rng.uniform(0, min(interval, 1.0))),
             jitter=interval * 0.05,
         )
+
+    def wake_actions(self) -> None:
+        """An action was queued through the API: run it now."""
+        if self.actions is not None:
+            self.actions.wake()
 
     def _poll_soon(self, name: str) -> None:
         """Run a connection's list job now (an action waits for its outcome)."""

@@ -15,6 +15,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 
+from poller.api import ApiServer
 from poller.app import App, Loaded
 from poller.errors import ConfigError
 from poller.health import HealthServer
@@ -87,6 +88,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     deadline = None if duration is None else loop.time() + duration
     health: HealthServer | None = None
+    api: ApiServer | None = None
     try:
         await app.start()
         if app.settings.daemon.health_listen:
@@ -94,6 +96,14 @@ async def serve(
             health = HealthServer(app, host, port, stale_after=3 * STATUS_EVERY + 5)
             health.start()
             app.health_port = health.port
+        daemon = app.settings.daemon
+        if daemon.api_listen and daemon.api_token is not None:
+            host, port = parse_listen(daemon.api_listen)
+            api = ApiServer(daemon.database, daemon.api_token.get_secret_value(), host, port,
+                            connections=lambda: set(app.trackers),
+                            wake=lambda: _call_soon(loop, app.wake_actions))
+            api.start()
+            app.api_port = api.port
         logger.info("poller running: %s", app.status_line())
         systemd.ready(app.status_line())
         if on_started is not None:
@@ -131,9 +141,16 @@ async def serve(
     finally:
         if health is not None:
             health.stop()
+        if api is not None:
+            api.stop()
         lifecycle.uninstall()
         systemd.close()
     return lifecycle
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Run ``callback`` on the loop from another thread (the API server's)."""
+    loop.call_soon_threadsafe(callback)
 
 
 async def _reload(app: App, reloader: Reloader | None, systemd: SystemdNotifier) -> None:

@@ -98,6 +98,6 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(level)
     # httpx logs every request URL at INFO; URLs can carry tokens and are noise anyway.
-    for noisy in ("httpx", "httpcore", "apscheduler"):
+    for noisy in ("httpx", "httpcore", "apscheduler", "apprise", "urllib3", "aiosmtplib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     return redactor

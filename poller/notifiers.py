@@ -20,6 +20,7 @@ from poller.errors import (
     DeliveryRateLimited,
     DeliveryRetryable,
     DeliveryUncertain,
+    NotifierError,
 )
 from poller.httpclient import retry_after_seconds
 from poller.models import OrderEvent, utcnow
@@ -183,17 +184,20 @@ async def post(
     Service URLs often are secrets (Slack webhooks, Telegram bot tokens), so error texts
     name the service and the failure class, never the URL.
     """
+    failure: NotifierError | None = None
     try:
         response = await client.send(request)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
-        raise DeliveryRetryable(f"{service}: cannot connect ({type(err).__name__})") from None
+        failure = DeliveryRetryable(f"{service}: cannot connect ({type(err).__name__})")
     except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError,
             httpx.ReadError, httpx.WriteError) as err:
-        raise DeliveryUncertain(
-            f"{service}: no answer after sending ({type(err).__name__})"
-        ) from None
+        failure = DeliveryUncertain(f"{service}: no answer after sending ({type(err).__name__})")
     except httpx.HTTPError as err:
-        raise DeliveryRetryable(f"{service}: request failed ({type(err).__name__})") from None
+        failure = DeliveryRetryable(f"{service}: request failed ({type(err).__name__})")
+    if failure is not None:
+        # Raised outside the except block: httpx's exception (whose request holds the URL,
+        # maybe a token) must not even be reachable as __context__.
+        raise failure
     classify(response.status_code, service=service,
              retry_after=retry_after_seconds(response.headers.get("retry-after")),
              detail=response.text[:200])

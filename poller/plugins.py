@@ -40,6 +40,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "poller.brokers.longport",
     "poller_plugins.console",
     "poller_plugins.webhook",
+    "poller_plugins.slack",
+    "poller_plugins.telegram",
+    "poller_plugins.apprise_notifier",
 )
 
 HOOK_TIMEOUT = 15.0

@@ -23,7 +23,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from poller.errors import ConfigError, ConfigProblem
@@ -70,17 +78,32 @@ class DaemonSettings(BaseModel):
         description='Serve /healthz and /metrics on this loopback address, e.g. '
                     '"127.0.0.1:9108"; empty (the default) turns them off.',
     )
+    api_listen: str = Field(
+        default="",
+        description='Serve the order-action API on this loopback address, e.g. '
+                    '"127.0.0.1:9109"; empty (the default) turns it off.',
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token the action API requires (needed with "
+                                  "api_listen).")
     give_up_after: float = Field(
         default=24 * 3600.0, gt=0,
         description="Seconds after which an undeliverable message is dead-lettered.",
     )
 
-    @field_validator("health_listen")
+    @field_validator("health_listen", "api_listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         if value:
             parse_listen(value)
         return value
+
+    @model_validator(mode="after")
+    def _api_token(self) -> DaemonSettings:
+        token = self.api_token.get_secret_value() if self.api_token else ""
+        if self.api_listen and len(token) < 16:
+            raise ValueError("api_listen needs an api_token of at least 16 characters")
+        return self
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -202,12 +225,15 @@ def _overlay(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     daemon = merged.get("daemon")
     daemon = dict(daemon) if isinstance(daemon, dict) else {}
+    creds = environ.get("CREDENTIALS_DIRECTORY")
+    token = Path(creds) / "daemon.api_token" if creds else None
+    if token is not None and token.is_file():
+        daemon["api_token"] = token.read_text(encoding="utf-8").rstrip("\r\n")
     for var, value in environ.items():
         if var.upper().startswith("POLLER_DAEMON__"):
             daemon[var[len("POLLER_DAEMON__"):].lower()] = _env_value(value)
     if daemon:
         merged["daemon"] = daemon
-    creds = environ.get("CREDENTIALS_DIRECTORY")
     for section in SECTIONS:
         tables = {name: dict(table) for name, table in merged.get(section, {}).items()}
         for name, table in tables.items():

@@ -19,6 +19,7 @@ from poller.simulator.httpserver import SimRequest, SimResponse
 from poller.simulator.shioaji import ShioajiSim
 from tests.conftest import Receiver, daemon_config
 from tests.test_daemon import _toml
+from tests.test_lifecycle import FakeSystemd
 
 ORDERS = 170
 FILLS_PER_ORDER = 5  # with the acceptance: 6 transitions per order, 1 020 in all
@@ -93,7 +94,11 @@ def test_kill_nine_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
         thread.join(timeout=120)
         assert not thread.is_alive()
         receiver.server.fault = None
+        systemd = FakeSystemd(tmp_path / "notify.sock")
+        env["NOTIFY_SOCKET"] = systemd.path
         proc = start()
+        systemd.wait_for("READY=1")  # signal handlers are in place from here on
+        systemd.close()
 
         def settled(events: list[dict[str, object]]) -> bool:
             finals = {e["payload"]["order_id"] for e in events  # type: ignore[index]

@@ -1,0 +1,443 @@
+"""The Slack notifier against a real HTTP receiver: Block Kit, escaping, outcomes, pacing."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import threading
+import traceback
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from poller.diff import diff
+from poller.errors import (
+    DeliveryFailed,
+    DeliveryRateLimited,
+    DeliveryRetryable,
+    DeliveryUncertain,
+)
+from poller.models import OrderEvent, OrderSnapshot, OrderStatus, SystemScene, system_event
+from poller.settings import problems_from
+from poller.simulator.httpserver import SimRequest, SimResponse, SimServer, SlidingWindow
+from poller.templates import Message
+from poller_plugins.slack import (
+    SECTION_MAX,
+    LogScrubber,
+    SlackConfig,
+    SlackNotifier,
+    escape_mrkdwn,
+    register_notifiers,
+)
+
+NOW = datetime(2026, 5, 20, 3, 24, 31, tzinfo=UTC)
+CANARY = "canary-slack-7d41c9"
+HOOK = f"/services/T0CANARY/B0CANARY/{CANARY}"
+
+
+def order_event(symbol: str = "2890", message: str = "") -> OrderEvent:
+    """A real FINAL_FILLED event, from diff() on two snapshots."""
+    before = OrderSnapshot(broker="tw-main", broker_kind="shioaji", account_id="A",
+                           order_id="a647f23d", status=OrderStatus.SUBMITTED,
+                           broker_status="Submitted", symbol=symbol, side="BUY",
+                           qty=Decimal(2), price=Decimal("27.1"))
+    after = OrderSnapshot(**{**before.__dict__, "status": OrderStatus.FILLED,
+                             "broker_status": "Filled", "filled_qty": Decimal(2),
+                             "avg_fill_price": Decimal("27.1"), "message": message})
+    return diff(before, after, detected_at=NOW).events[-1]
+
+
+EVENT = order_event()
+
+
+class FakeClock:
+    """The notifier's budget clock (and the server's arrival clock): sleeping advances it."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def server() -> Iterator[SimServer]:
+    srv = SimServer("slack")
+    # Answer headers and body without waiting for a delayed ACK (Nagle): ~40 ms a request.
+    srv._httpd.RequestHandlerClass.disable_nagle_algorithm = True  # type: ignore[attr-defined]
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Everything at DEBUG, httpx and httpcore included (they log request URLs)."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    return caplog
+
+
+def notifier(url: str, *, clock: FakeClock | None = None, timeout: float = 2.0,
+             **cfg: Any) -> SlackNotifier:
+    config = SlackConfig.model_validate({"kind": "slack", "webhook_url": url, **cfg})
+    if clock is None:
+        return SlackNotifier("desk", config, httpx.AsyncClient(timeout=timeout))
+    return SlackNotifier("desk", config, httpx.AsyncClient(timeout=timeout),
+                         clock=clock.now, sleep=clock.sleep)
+
+
+def deliver(slack: SlackNotifier, *items: OrderEvent | Message) -> list[Exception | None]:
+    """Send each item in order (events or messages); close the client whatever happens."""
+    async def run() -> list[Exception | None]:
+        outcomes: list[Exception | None] = []
+        try:
+            for item in items:
+                try:
+                    if isinstance(item, Message):
+                        await slack.send_message(item)
+                    else:
+                        await slack.send(item)
+                    outcomes.append(None)
+                except Exception as err:  # collected, asserted by the test
+                    outcomes.append(err)
+        finally:
+            await slack.aclose()
+        return outcomes
+
+    return asyncio.run(run())
+
+
+def reveals(err: BaseException, secret: str) -> bool:
+    """Whether an error's text, repr, chained errors or formatted traceback hold ``secret``."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if secret in str(seen) or secret in repr(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return secret in "".join(traceback.format_exception(err))
+
+
+def leaked(caplog: pytest.LogCaptureFixture, secret: str) -> list[str]:
+    """Log lines holding ``secret`` (the simulator's own access log is the service's side)."""
+    return [r.getMessage() for r in caplog.records
+            if secret in r.getMessage() and not r.name.startswith("poller.simulator")]
+
+
+# --- outcomes --------------------------------------------------------------------------
+
+OUTCOMES: list[tuple[int, str, dict[str, str], type[Exception] | None, str]] = [
+    (200, "ok", {}, None, ""),
+    (400, "invalid_payload", {}, DeliveryFailed, "invalid_payload"),
+    (400, "invalid_blocks", {}, DeliveryFailed, "invalid_blocks"),
+    (403, "action_prohibited", {}, DeliveryFailed, "action_prohibited"),
+    (404, "no_service", {}, DeliveryFailed, "no_service"),
+    (404, "channel_not_found", {}, DeliveryFailed, "channel_not_found"),
+    (410, "channel_is_archived", {}, DeliveryFailed, "channel_is_archived"),
+    (408, "", {}, DeliveryRetryable, "HTTP 408"),
+    (429, "rate_limited", {"Retry-After": "7"}, DeliveryRateLimited, "rate_limited"),
+    (500, "rollup_error", {}, DeliveryRetryable, "HTTP 500"),
+    (502, "", {}, DeliveryRetryable, "HTTP 502"),
+    (503, "", {}, DeliveryRetryable, "HTTP 503"),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "headers", "error", "text"), OUTCOMES,
+                         ids=[f"{o[0]}-{o[1] or 'empty'}" for o in OUTCOMES])
+def test_outcomes(server: SimServer, logs: pytest.LogCaptureFixture, status: int, body: str,
+                  headers: dict[str, str], error: type[Exception] | None, text: str) -> None:
+    server.route("POST", HOOK, lambda r: SimResponse(
+        status, raw=body.encode(), headers={"Content-Type": "text/plain", **headers}))
+    [outcome] = deliver(notifier(server.url + HOOK), EVENT)
+    assert len(server.requests(HOOK)) == 1
+    if error is None:
+        assert outcome is None
+    else:
+        assert type(outcome) is error, outcome
+        assert text in str(outcome) and "slack desk" in str(outcome)
+        assert not reveals(outcome, CANARY)
+    if status == 429:
+        assert isinstance(outcome, DeliveryRateLimited) and outcome.retry_after == 7.0
+    assert not leaked(logs, CANARY)
+
+
+def test_connection_refused_is_retryable_and_hides_the_url(
+        logs: pytest.LogCaptureFixture) -> None:
+    gone = SimServer("gone")
+    port = gone.port
+    gone._httpd.server_close()
+    [outcome] = deliver(notifier(f"http://127.0.0.1:{port}{HOOK}"), EVENT)
+    assert isinstance(outcome, DeliveryRetryable) and "cannot connect" in str(outcome)
+    assert not reveals(outcome, CANARY) and not leaked(logs, CANARY)
+
+
+def test_no_answer_after_sending_is_uncertain(server: SimServer,
+                                              logs: pytest.LogCaptureFixture) -> None:
+    release = threading.Event()
+
+    def hold(_: SimRequest) -> SimResponse:
+        release.wait(5)  # answers only after the client gave up
+        return SimResponse(200, raw=b"ok")
+
+    server.route("POST", HOOK, hold)
+    try:
+        [outcome] = deliver(notifier(server.url + HOOK, timeout=0.2), EVENT)
+    finally:
+        release.set()
+    assert isinstance(outcome, DeliveryUncertain), outcome
+    assert "no answer after sending" in str(outcome)
+    assert not reveals(outcome, CANARY) and not leaked(logs, CANARY)
+
+
+# --- payload ---------------------------------------------------------------------------
+
+
+def received(server: SimServer) -> list[dict[str, Any]]:
+    return [r.json() for r in server.requests(HOOK)]
+
+
+def test_block_kit_payload_and_fallback_text(server: SimServer,
+                                             logs: pytest.LogCaptureFixture) -> None:
+    server.route("POST", HOOK, lambda r: SimResponse(200, raw=b"ok"))
+    slack = notifier(server.url + HOOK, username="poller", icon_emoji=":chart:")
+    message = slack.render(EVENT)
+    assert deliver(slack, EVENT) == [None]
+    [payload] = received(server)
+    assert payload["username"] == "poller" and payload["icon_emoji"] == ":chart:"
+    header, *sections, context = payload["blocks"]
+    assert header == {"type": "header",
+                      "text": {"type": "plain_text", "text": message.title, "emoji": True}}
+    assert message.title == "tw-main: BUY 2 2890 filled @ 27.1"
+    assert [s["type"] for s in sections] == ["section"]
+    assert sections[0]["text"] == {"type": "mrkdwn", "text": message.body, "verbatim": True}
+    assert context == {"type": "context", "elements": [
+        {"type": "mrkdwn", "text": EVENT.short_id, "verbatim": True}]}
+    assert payload["text"] == message.text
+    assert EVENT.short_id in payload["text"]
+    # The webhook URL appears in httpx's request line only in redacted form.
+    lines = [r.getMessage() for r in logs.records if r.name == "httpx"]
+    assert any("HTTP Request: POST" in line and "**********" in line for line in lines)
+    assert not leaked(logs, CANARY)
+
+
+ESCAPES = [
+    ("<b>bold</b>", "&lt;b&gt;bold&lt;/b&gt;"),
+    ("AT&T", "AT&amp;T"),
+    ("<!channel> <@U123> <https://evil.example|click>",
+     "&lt;!channel&gt; &lt;@U123&gt; &lt;https://evil.example|click&gt;"),
+    ("&amp; stays literal", "&amp;amp; stays literal"),
+    ("*_~`> no escape exists for these", "*_~`&gt; no escape exists for these"),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize(("plain", "escaped"), ESCAPES)
+def test_escape_mrkdwn(plain: str, escaped: str) -> None:
+    assert escape_mrkdwn(plain) == escaped
+    assert html.unescape(escaped) == plain
+
+
+def test_broker_text_cannot_inject_markup(server: SimServer) -> None:
+    server.route("POST", HOOK, lambda r: SimResponse(200, raw=b"ok"))
+    event = system_event(SystemScene.ORDER_STALE, broker="tw<b>", detected_at=NOW,
+                         discriminator="x", message="<!channel> filled & <b>done</b>")
+    assert deliver(notifier(server.url + HOOK), event) == [None]
+    [payload] = received(server)
+    header, section, _ = payload["blocks"]
+    assert header["text"]["text"] == "poller: ORDER_STALE (tw<b>)"  # plain_text: no markup
+    assert section["text"]["text"].startswith("&lt;!channel&gt; filled &amp; &lt;b&gt;done")
+    assert "<" not in payload["text"] and "<" not in section["text"]["text"]
+
+
+def test_long_bodies_split_into_sections_without_cutting_entities(server: SimServer) -> None:
+    server.route("POST", HOOK, lambda r: SimResponse(200, raw=b"ok"))
+    body = "".join(f"line {i}: P&L <up> {'x' * (i % 50)}\n" for i in range(400))
+    message = Message(title="T" * 200, body=body, short_id="#ABCD", scene="FILLED",
+                      event_type="TRADE")
+    assert deliver(notifier(server.url + HOOK), message) == [None]
+    [payload] = received(server)
+    header, *sections, _ = payload["blocks"]
+    assert len(header["text"]["text"]) == 150 and header["text"]["text"].endswith("…")
+    texts = [s["text"]["text"] for s in sections]
+    assert len(texts) >= 3 and all(len(t) <= SECTION_MAX for t in texts)
+    assert html.unescape("".join(texts)) == body
+    for text in texts:  # every piece ends on a whole entity
+        assert html.unescape(text) == text.replace("&amp;", "&").replace(
+            "&lt;", "<").replace("&gt;", ">")
+        assert text.count("&") == text.count(";")
+    assert len(payload["blocks"]) <= 50 and len(payload["text"]) <= 3000
+
+
+# --- pacing ----------------------------------------------------------------------------
+
+
+def test_pacing_one_message_per_second_per_webhook(server: SimServer) -> None:
+    clock = FakeClock()
+    server.clock = clock.now
+    server.route("POST", HOOK, lambda r: SimResponse(200, raw=b"ok"))
+    slack = notifier(server.url + HOOK, clock=clock)
+    budget = slack.budget
+    assert deliver(slack, *[EVENT] * 6) == [None] * 6
+    arrivals = [r.arrived for r in server.requests(HOOK)]
+    window = SlidingWindow(1, 1.0)  # Slack: about one message per second per webhook
+    assert all(window.admit(t) for t in arrivals) and window.violations == 0
+    assert budget.group("webhook").admitted == 6
+
+
+def test_pacing_slower_when_configured(server: SimServer) -> None:
+    clock = FakeClock()
+    server.clock = clock.now
+    server.route("POST", HOOK, lambda r: SimResponse(200, raw=b"ok"))
+    assert deliver(notifier(server.url + HOOK, clock=clock, per_second=0.5),
+                   *[EVENT] * 4) == [None] * 4
+    window = SlidingWindow(1, 2.0)
+    assert all(window.admit(r.arrived) for r in server.requests(HOOK))
+
+
+def test_429_pauses_the_webhook_for_retry_after(server: SimServer) -> None:
+    clock = FakeClock()
+    server.clock = clock.now
+    answers = [SimResponse(429, raw=b"rate_limited", headers={"Retry-After": "4"})]
+    server.route("POST", HOOK, lambda r: answers.pop(0) if answers
+                 else SimResponse(200, raw=b"ok"))
+    outcomes = deliver(notifier(server.url + HOOK, clock=clock), EVENT, EVENT)
+    assert isinstance(outcomes[0], DeliveryRateLimited) and outcomes[0].retry_after == 4.0
+    assert outcomes[1] is None
+    first, second = (r.arrived for r in server.requests(HOOK))
+    assert second - first >= 4.0
+
+
+def test_a_long_pause_is_handed_back_to_the_dispatcher(server: SimServer) -> None:
+    clock = FakeClock()
+    server.clock = clock.now
+    answers = [SimResponse(429, raw=b"rate_limited", headers={"Retry-After": "60"})]
+    server.route("POST", HOOK, lambda r: answers.pop(0) if answers
+                 else SimResponse(200, raw=b"ok"))
+    slack = notifier(server.url + HOOK, clock=clock)
+    outcomes = deliver(slack, EVENT, EVENT)
+    assert [type(o) for o in outcomes] == [DeliveryRateLimited, DeliveryRateLimited]
+    held = outcomes[1]
+    assert isinstance(held, DeliveryRateLimited) and held.retry_after is not None
+    assert 55 <= held.retry_after <= 60 and "holding back" in str(held)
+    assert len(server.requests(HOOK)) == 1  # nothing sent while paused
+
+
+# --- configuration ---------------------------------------------------------------------
+
+CONFIGS: list[tuple[dict[str, Any], str | None]] = [
+    ({"webhook_url": f"https://hooks.slack.com{HOOK}"}, None),
+    ({"webhook_url": f"https://hooks.slack-gov.com{HOOK}"}, None),
+    ({"webhook_url": f"http://127.0.0.1:8080/relay/{CANARY}"}, None),
+    ({"webhook_url": f"http://localhost/relay/{CANARY}"}, None),
+    ({"webhook_url": f"http://hooks.slack.com{HOOK}"}, "Slack incoming-webhook URL"),
+    ({"webhook_url": f"https://evil.example{HOOK}"}, "Slack incoming-webhook URL"),
+    ({"webhook_url": f"https://hooks.slack.com/workflows/{CANARY}"}, "path /services/"),
+    ({"webhook_url": "https://hooks.slack.com/services/"}, "path /services/"),
+    ({"webhook_url": f"ftp://127.0.0.1/{CANARY}"}, "http:// or https://"),
+    ({"webhook_url": f"https://hooks.slack.com{HOOK}", "per_second": 2}, "less than or equal"),
+    ({"webhook_url": f"https://hooks.slack.com{HOOK}", "per_second": 0}, "greater than"),
+    ({"webhook_url": f"https://hooks.slack.com{HOOK}", "icon_emoji": "chart"}, ":chart"),
+    ({}, "required key is missing"),
+]
+
+
+@pytest.mark.parametrize(("table", "problem"), CONFIGS)
+def test_config(table: dict[str, Any], problem: str | None) -> None:
+    if problem is None:
+        config = SlackConfig.model_validate({"kind": "slack", **table})
+        assert CANARY not in repr(config) and CANARY not in str(config.model_dump())
+        return
+    with pytest.raises(ValidationError) as caught:
+        SlackConfig.model_validate({"kind": "slack", **table})
+    # What `poller check-config` prints: one line per problem, never a value.
+    lines = [str(p) for p in problems_from(caught.value, "<test>", ("notifiers", "desk"))]
+    assert any(problem in line and "notifiers.desk" in line for line in lines), lines
+    assert CANARY not in str(caught.value) and not any(CANARY in line for line in lines)
+
+
+def test_registers_the_notifier() -> None:
+    registered: list[type[object]] = []
+    register_notifiers(register=registered.append)
+    assert registered == [SlackNotifier] and SlackNotifier.kind == "slack"
+
+
+def test_payload_is_json_serialisable_for_every_scene(server: SimServer) -> None:
+    server.route("POST", HOOK, lambda r: SimResponse(200, raw=b"ok"))
+    events = [order_event(symbol="<x>&", message="m & <n>"),
+              system_event(SystemScene.BROKER_AUTH_FAILED, broker="tw", detected_at=NOW,
+                           discriminator="a", message="refused")]
+    slack = notifier(server.url + HOOK, clock=FakeClock())  # paced on a fake clock: no wait
+    assert deliver(slack, *events) == [None, None]
+    for request in server.requests(HOOK):
+        payload = json.loads(request.body)
+        assert request.headers["content-type"] == "application/json"
+        assert payload["blocks"][0]["type"] == "header"
+
+
+def test_a_huge_body_is_cut_to_slacks_50_blocks(server: SimServer) -> None:
+    server.route("POST", HOOK, lambda r: SimResponse(200, raw=b"ok"))
+    body = "&" * (60 * SECTION_MAX)  # every character escapes to five
+    message = Message(title="T", body=body, short_id="#ABCD", scene="FILLED",
+                      event_type="TRADE")
+    assert deliver(notifier(server.url + HOOK), message) == [None]
+    [payload] = received(server)
+    blocks = payload["blocks"]
+    assert len(blocks) == 50 and blocks[-1]["type"] == "context"
+    last = blocks[-2]["text"]["text"]
+    assert last.endswith("\n… (truncated)") and len(last) <= SECTION_MAX
+    assert last.removesuffix("\n… (truncated)").replace("&amp;", "") == ""
+
+
+def test_digest_message_without_short_id(server: SimServer) -> None:
+    server.route("POST", HOOK, lambda r: SimResponse(200, raw=b"ok"))
+    digest = Message(title="3 messages held", body="• a <1>\n• b", short_id="",
+                     scene="DIGEST", event_type="DIGEST")
+    assert deliver(notifier(server.url + HOOK), digest) == [None]
+    [payload] = received(server)
+    assert [b["type"] for b in payload["blocks"]] == ["header", "section"]
+    assert payload["blocks"][1]["text"]["text"] == "• a &lt;1&gt;\n• b"
+
+
+def test_preview_is_the_json_body() -> None:
+    slack = notifier(f"https://hooks.slack.com{HOOK}")
+    try:
+        preview = json.loads(slack.preview(EVENT))
+    finally:
+        asyncio.run(slack.aclose())
+    assert preview["blocks"][0]["text"]["text"] == slack.render(EVENT).title
+    assert CANARY not in json.dumps(preview)
+
+
+def test_without_a_client_nothing_is_sent() -> None:
+    config = SlackConfig.model_validate({"kind": "slack",
+                                         "webhook_url": f"http://127.0.0.1{HOOK}"})
+    slack = SlackNotifier("desk", config, None)
+    [outcome] = deliver(slack, EVENT)
+    assert isinstance(outcome, DeliveryFailed) and "no HTTP client" in str(outcome)
+
+
+def test_an_unparseable_url_is_refused_without_echo() -> None:
+    with pytest.raises(ValidationError) as caught:
+        SlackConfig.model_validate({"kind": "slack", "webhook_url": f"http://\x00{CANARY}/"})
+    lines = [str(p) for p in problems_from(caught.value, "<test>", ("notifiers", "desk"))]
+    assert lines == ["<test>: notifiers.desk.webhook_url: not a URL"]
+    assert CANARY not in str(caught.value)
+
+
+def test_closing_removes_the_httpx_log_filter(server: SimServer) -> None:
+    slack = notifier(server.url + HOOK)
+    assert any(isinstance(f, LogScrubber) for f in logging.getLogger("httpx").filters)
+    asyncio.run(slack.aclose())
+    assert not any(isinstance(f, LogScrubber) for f in logging.getLogger("httpx").filters)
