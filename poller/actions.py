@@ -194,7 +194,7 @@ def submit(database: Path, broker: str, order_id: str, kind: str, *, account_id:
     if kind not in ("replace", "cancel"):
         raise ActionRefused(f"unknown action {kind!r} (replace or cancel)")
     if kind == "replace" and qty is None and price is None:
-        raise ActionRefused("replace needs --qty and/or --price")
+        raise ActionRefused("replace needs a new quantity and/or price")
     parse_decimal(qty, "quantity")
     parse_decimal(price, "price")
     store = Store.open(database)
