@@ -189,3 +189,4 @@ def test_local_validation(tmp_path: Path, receiver: Receiver,
         capsys.readouterr().err
     assert main(["cancel", "-c", str(path), "cw", "123", "--no-wait"]) == 0
     assert "queued as action" in capsys.readouterr().out
+    sim.stop()

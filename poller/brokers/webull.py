@@ -89,6 +89,11 @@ _THROTTLE_PENALTY = 10.0
 #: Pause after REQUEST_TOTAL_COUNT_EXCEEDED: a quota, not a window; its period is not
 #: documented, so retry rarely rather than spend requests against a closed quota.
 _QUOTA_PENALTY = 1800.0
+#: Seed 003: quantities are whole numbers, at most 1,000,000.
+MAX_QTY = 1_000_000
+#: Order types that carry a limit price (seed 003, ``limit_price``).
+LIMIT_ORDER_TYPES = frozenset({"LIMIT", "STOP_LOSS_LIMIT", "ENHANCED_LIMIT",
+                               "AT_AUCTION_LIMIT"})
 #: Pages read per list call at most (100 orders a page): a cursor that never ends must not
 #: keep a poll busy for ever.
 MAX_PAGES = 50
@@ -227,6 +232,8 @@ class WebullAdapter(BrokerAdapter):
         "cancel": ("cancel",),
     }
     supports_fetch: ClassVar[bool] = True
+    supports_replace: ClassVar[bool] = True
+    supports_cancel: ClassVar[bool] = True
 
     def __init__(self, name: str, config: BrokerConfig, client: httpx.AsyncClient,
                  budget: RateBudget) -> None:
@@ -515,33 +522,54 @@ class WebullAdapter(BrokerAdapter):
             self._not_today.add((account_id, order_id))
         return order_id, None
 
-    async def cancel_order(self, account_id: str, order_id: str) -> str:
-        """Ask Webull to cancel an order; returns the client_order_id it acknowledged.
+    # -- order actions ----------------------------------------------------------------
 
-        :raises BrokerError: refused (e.g. already finished), processing, rate limited...
+    def check_action(self, known: OrderSnapshot, kind: str, qty: Decimal | None,
+                     price: Decimal | None) -> str | None:
+        """Seed 003's rules for a replace, besides the generic ones."""
+        problem = super().check_action(known, kind, qty, price)
+        if problem or kind != "replace":
+            return problem
+        if qty is not None and (qty != qty.to_integral_value() or not 0 < qty <= MAX_QTY):
+            return f"Webull quantities are whole numbers from 1 to {MAX_QTY:,}"
+        if price is not None and known.order_type not in LIMIT_ORDER_TYPES:
+            return f"a {known.order_type or 'non-limit'} order has no limit price to change"
+        return None
+
+    async def _client_id_of(self, known: OrderSnapshot) -> str:
+        if known.client_order_id:
+            return known.client_order_id
+        client_id, _ = await self._resolve(known.account_id, known.order_id)
+        return client_id
+
+    async def cancel_order(self, known: OrderSnapshot) -> None:
+        """``POST /trade/order/cancel`` with the order's client_order_id (1 per second).
+
+        :raises BrokerRejected: Webull refused (e.g. the order is finished).
+        :raises BrokerUnavailable: ``TRADE_WEBULL_REQUEST_PROCESSING``: a replace or cancel of
+            this order is still in progress; try again later.
         """
-        client_id, _ = await self._resolve(account_id, order_id)
-        body = {"account_id": account_id, "client_order_id": client_id}
-        return _acknowledged(await self._post("cancel", "/trade/order/cancel", body),
-                             self.name)
+        body = {"account_id": known.account_id,
+                "client_order_id": await self._client_id_of(known)}
+        _acknowledged(await self._post("cancel", "/trade/order/cancel", body), self.name)
 
-    async def replace_order(self, account_id: str, order_id: str, *,
-                            qty: Decimal | None = None, limit_price: Decimal | None = None
-                            ) -> str:
-        """Change quantity and/or limit price; every other field echoes the original.
+    async def replace_order(self, known: OrderSnapshot, *, qty: Decimal | None,
+                            price: Decimal | None) -> None:
+        """``POST /trade/order/replace`` (1 per second): new qty and/or limit price.
 
-        Seed 003: only qty and price may change and every original field must be passed
-        unchanged, so the order's detail is read first (one order query).
+        Seed 003: every other field must be passed unchanged, so the order's detail is read
+        first (one order query) and echoed; a field we do not model is never lost.
+
+        :raises BrokerRejected: Webull refused the change, or no longer knows the order.
         """
-        client_id, _ = await self._resolve(account_id, order_id)
-        raw = await self._detail(account_id, client_id)
+        client_id = await self._client_id_of(known)
+        raw = await self._detail(known.account_id, client_id)
         if raw is None:
-            raise BrokerRejected(f"order {order_id} not found", connection=self.name,
+            raise BrokerRejected(f"order {known.order_id} not found", connection=self.name,
                                  code="404")
-        stock_order = replace_body(raw, qty=qty, limit_price=limit_price)
-        body = {"account_id": account_id, "stock_order": stock_order}
-        return _acknowledged(await self._post("replace", "/trade/order/replace", body),
-                             self.name)
+        body = {"account_id": known.account_id,
+                "stock_order": replace_body(raw, qty=qty, limit_price=price)}
+        _acknowledged(await self._post("replace", "/trade/order/replace", body), self.name)
 
 
 class WebullAuth(httpx.Auth):
@@ -557,10 +585,10 @@ class WebullAuth(httpx.Auth):
         yield request
 
 
-def _acknowledged(data: Any, connection: str) -> str:
-    if isinstance(data, dict) and data.get("client_order_id") not in (None, ""):
-        return str(data["client_order_id"])
-    raise BrokerMalformed("answer lacks client_order_id", connection=connection)
+def _acknowledged(data: Any, connection: str) -> None:
+    """A replace or cancel is accepted when Webull echoes the client_order_id."""
+    if not (isinstance(data, dict) and data.get("client_order_id") not in (None, "")):
+        raise BrokerMalformed("answer lacks client_order_id", connection=connection)
 
 
 def _keep_id(snapshot: OrderSnapshot, asked: str) -> OrderSnapshot:
