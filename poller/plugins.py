@@ -38,6 +38,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "poller.brokers.shioaji",
     "poller.brokers.coinw",
     "poller.brokers.longport",
+    "poller.brokers.webull",
     "poller_plugins.console",
     "poller_plugins.webhook",
     "poller_plugins.slack",

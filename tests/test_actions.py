@@ -21,6 +21,7 @@ from poller.simulator.coinw import CoinWSim
 from poller.simulator.httpserver import SimRequest, SimResponse
 from poller.simulator.longport import LongPortSim
 from poller.simulator.shioaji import ShioajiSim
+from poller.simulator.webull import WebullSim
 from poller.store import ActionRow
 from tests.conftest import Receiver, daemon_config, running_app
 from tests.test_daemon import _toml
@@ -51,6 +52,13 @@ def _longport_refusal(request: SimRequest) -> SimResponse | None:
     return None
 
 
+def _webull_refusal(request: SimRequest) -> SimResponse | None:
+    if request.path in ("/trade/order/cancel", "/trade/order/replace"):
+        return SimResponse(400, {"error_code": "ORDER_NOT_MODIFIABLE",
+                                 "message": "The order cannot be modified now"})
+    return None
+
+
 def _coinw_refusal(request: SimRequest) -> SimResponse | None:
     if request.param("command") == "cancelOrder":
         return SimResponse(200, {"code": -103, "msg": "Order cannot be cancelled"})
@@ -61,6 +69,7 @@ BROKERS = {
     "shioaji": Broker(ShioajiSim, {"interval": 0.2}, _shioaji_refusal, {"price": "27.05"}),
     "longport": Broker(LongPortSim, {"interval": 1.3}, _longport_refusal,
                        {"price": "189.9", "qty": "12"}),
+    "webull": Broker(WebullSim, {}, _webull_refusal, {"price": "385.1"}),
     "coinw": Broker(CoinWSim, {"interval": 0.3}, _coinw_refusal, {}, can_replace=False),
 }
 

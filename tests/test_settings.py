@@ -50,8 +50,11 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         assert f"\n{name} =" in text or f"\n# {name} =" in text, \
             f"daemon.{name} is not documented"
     for _, (_cls, cfg) in validated.brokers.items():
-        for name in type(cfg).model_fields:
-            assert f"{name}" in text, f"broker key {name} is not documented"
+        for name, field in type(cfg).model_fields.items():
+            key = field.alias or name
+            assert f"\n{key} =" in text, f"broker key {key} is not documented"
+    kinds = {cls.kind for cls, _ in validated.brokers.values()}
+    assert kinds == {"shioaji", "longport", "webull", "coinw"}
     for _, (_ncls, ncfg) in validated.notifiers.items():
         for name in type(ncfg).model_fields:
             assert f"{name}" in text, f"notifier key {name} is not documented"

@@ -6,9 +6,11 @@ from poller.simulator.base import BrokerSim
 from poller.simulator.coinw import CoinWSim
 from poller.simulator.longport import LongPortSim
 from poller.simulator.shioaji import ShioajiSim
+from poller.simulator.webull import WebullSim
 
 SIMULATORS: dict[str, type[BrokerSim]] = {
     "shioaji": ShioajiSim,
     "longport": LongPortSim,
+    "webull": WebullSim,
     "coinw": CoinWSim,
 }

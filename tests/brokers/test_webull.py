@@ -37,7 +37,7 @@ from poller.errors import (
     BrokerUnavailable,
     ConfigError,
 )
-from poller.models import OrderStatus
+from poller.models import OrderSnapshot, OrderStatus
 from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
 from poller.settings import load_settings
@@ -257,9 +257,9 @@ def test_requests_carry_the_signature_of_what_is_sent() -> None:
     adapter = make_adapter(handler, signature_algorithm="HMAC-SHA1", page_size=50)
 
     async def work(a: WebullAdapter) -> None:
-        await a.list_orders(ListScope(ACCOUNT, open_only=True))
+        listed = await a.list_orders(ListScope(ACCOUNT, open_only=True))
         # Cancel names the order by the client_order_id the list paired with its order_id.
-        await a.cancel_order(ACCOUNT, HK_ORDER["order_id"])
+        await a.cancel_order(listed.orders[0])
 
     run(adapter, work)
     get, post = seen
@@ -564,15 +564,37 @@ def test_detail_answers(status: int, body: Any, error: type[BrokerError] | None)
     ("replace", err("ORDER_NOT_FOUND"), BrokerRejected),  # detail says no such order
 ])
 def test_action_answers(call: str, body: Any, error: type[BrokerError]) -> None:
-    adapter = make_adapter(answer(body, 200 if call == "cancel" else 404), list="today")
+    adapter = make_adapter(answer(body, 200 if call == "cancel" else 404))
+    known = parse_order(order(), broker="wb", account_id=ACCOUNT)
 
-    async def work(a: WebullAdapter) -> str:
+    async def work(a: WebullAdapter) -> None:
         if call == "cancel":
-            return await a.cancel_order(ACCOUNT, "c1")
-        return await a.replace_order(ACCOUNT, "c1", qty=Decimal(5))
+            await a.cancel_order(known)
+        else:
+            await a.replace_order(known, qty=Decimal(500), price=None)
 
     with pytest.raises(error):
         run(adapter, work)
+
+
+@pytest.mark.parametrize(("fields", "qty", "price", "problem"), [
+    ({}, Decimal(200), Decimal("385"), None),
+    ({}, Decimal("150.5"), None, "whole numbers"),
+    ({}, Decimal(1_000_001), None, "whole numbers"),
+    ({"filled_qty": "60"}, Decimal(50), None, "must exceed the filled quantity"),
+    ({"order_type": "MARKET", "limit_price": None}, None, Decimal(1), "no limit price"),
+    ({"order_type": "MARKET", "limit_price": None}, Decimal(200), None, None),
+    ({"order_type": "STOP_LOSS_LIMIT", "stop_price": "380"}, None, Decimal("381"), None),
+])
+def test_check_action(fields: dict[str, Any], qty: Decimal | None, price: Decimal | None,
+                      problem: str | None) -> None:
+    adapter = make_adapter(answer({}))
+    known = parse_order(order(**fields), broker="wb", account_id=ACCOUNT)
+    found = adapter.check_action(known, "replace", qty, price)
+    assert (found is None) if problem is None else (problem in (found or ""))
+    assert adapter.check_action(known, "cancel", None, None) is None
+    assert adapter.supports_replace and adapter.supports_cancel
+    asyncio.run(adapter.aclose())
 
 
 def test_one_bad_order_does_not_hide_the_others() -> None:
@@ -674,6 +696,11 @@ def test_replace_body_echoes_every_original_field() -> None:
 
 # -- against the simulator -----------------------------------------------------------------
 
+def snapshot(sim: WebullSim, sim_order: engine.SimOrder) -> OrderSnapshot:
+    """What the daemon would know of a simulated order."""
+    return parse_order(sim.render(sim_order), broker="wb", account_id=sim_order.account_id)
+
+
 def sim_adapter(sim: WebullSim, **cfg: Any) -> WebullAdapter:
     table = {**sim.broker_config("wb"), **cfg}
     table.pop("kind")
@@ -691,7 +718,7 @@ def test_sim_signatures_both_algorithms_and_auth_failures() -> None:
         async def work(a: WebullAdapter) -> None:
             result = await a.list_orders(a.scopes()[0])
             assert [s.order_id for s in result.orders] == [placed.order_id]
-            await a.cancel_order(account, placed.order_id)  # POST: MD5 body digest
+            await a.cancel_order(result.orders[0])  # POST: MD5 body digest
 
         run(sim_adapter(with_sim, signature_algorithm="HMAC-SHA1"), work)
         assert with_sim.book.get(placed.order_id).status == engine.CANCELLED
@@ -734,7 +761,7 @@ def test_sim_replace_echo_rules_and_its_one_per_second_limit() -> None:
             # Our budget runs on a fake clock here, so a second replace goes out at once:
             # the simulator enforces 1 per second on arrival and answers like Webull.
             with pytest.raises(BrokerRateLimited) as limited:
-                await a.replace_order(account, o.order_id, limit_price=Decimal("82.3"))
+                await a.replace_order(snapshot(sim, o), qty=None, price=Decimal("82.3"))
             assert limited.value.code == "TOO_MANY_REQUESTS"
 
         run(sim_adapter(sim), work)
@@ -752,12 +779,10 @@ def test_sim_replace_applies_and_processing_blocks_a_cancel() -> None:
         sim.book.accept(o.order_id)
 
         async def work(a: WebullAdapter) -> None:
-            await a.list_orders(a.scopes()[0])  # learns the client_order_id
-            ack = await a.replace_order(account, o.order_id, qty=Decimal(300),
-                                        limit_price=Decimal("64.05"))
-            assert ack == o.client_order_id
+            (known,) = (await a.list_orders(a.scopes()[0])).orders
+            await a.replace_order(known, qty=Decimal(300), price=Decimal("64.05"))
             with pytest.raises(BrokerUnavailable) as busy:
-                await a.cancel_order(account, o.order_id)
+                await a.cancel_order(known)
             assert busy.value.code == "TRADE_WEBULL_REQUEST_PROCESSING"
             # Webull shows no pending status while the change is processed.
             assert sim.render(o)["order_status"] == "SUBMITTED"
@@ -789,16 +814,17 @@ def test_sim_place_replace_and_parameter_checks() -> None:
                 with pytest.raises(BrokerRejected, match=text):
                     await a._post("place", "/trade/order/place",
                                   {"account_id": account, "stock_order": stock | change})
-            # list=today: "wb0001" is taken as a client_order_id, one detail call, no scan.
-            await a.replace_order(account, "wb0001", qty=Decimal(300),
-                                  limit_price=Decimal("64.05"))
+            placed = sim.find(account, "wb0001")
+            assert placed is not None
+            await a.replace_order(snapshot(sim, placed), qty=Decimal(300),
+                                  price=Decimal("64.05"))
             with pytest.raises(BrokerRejected, match="page_size"):
                 await a._get("list", "/trade/orders/list-open",
                              [("account_id", account), ("page_size", "500")])
             with pytest.raises(BrokerRejected, match="NOT_FOUND"):
                 await a._get("other", "/trade/nowhere", [])
 
-        run(sim_adapter(sim, list="today"), work)
+        run(sim_adapter(sim), work)
         placed = sim.find(account, "wb0001")
         assert placed is not None and placed.status == engine.SUBMITTED
         assert (placed.symbol, placed.qty, placed.price) == ("00005", 300, Decimal("64.05"))
