@@ -150,7 +150,9 @@ class ActionRunner:
                 pass
 
     async def _run(self, row: ActionRow) -> None:
-        lock = self._locks.setdefault(row.broker, asyncio.Lock())
+        # One action at a time per order; different orders' actions overlap (each still
+        # waits for the connection's budget, and sending is serialised per connection).
+        lock = self._locks.setdefault(f"{row.broker}/{row.order_id}", asyncio.Lock())
         try:
             async with lock:
                 outcome = await self.execute(row)

@@ -287,6 +287,8 @@ class App:
 
     def _poll_soon(self, name: str) -> None:
         """Run a connection's list job now (an action waits for its outcome)."""
+        if any(t.get_name() == f"poll-{name}" for t in self._running):
+            return  # a poll of this connection is under way; its answer will do
         if self.scheduler is not None and self.scheduler.get_job(name):
             self.scheduler.modify_job(name, next_run_time=datetime.now(UTC))
 

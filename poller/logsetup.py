@@ -98,6 +98,9 @@ def setup_logging(
     root.addHandler(handler)
     root.setLevel(level)
     # httpx logs every request URL at INFO; URLs can carry tokens and are noise anyway.
-    for noisy in ("httpx", "httpcore", "apscheduler", "apprise", "urllib3", "aiosmtplib"):
+    for noisy in ("httpx", "httpcore", "apprise", "urllib3", "aiosmtplib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # APScheduler warns whenever a run is skipped because the previous one still runs: with
+    # max_instances=1 that is the design (a poll waiting for its budget), not a problem.
+    logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))
     return redactor

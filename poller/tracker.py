@@ -118,6 +118,7 @@ class Tracker:
         self.completed = 0
         self._warned: set[str] = set()
         self._pending: dict[tuple[str, str, str], Pending] = {}
+        self._send_lock = asyncio.Lock()
         #: Set by the app: ask for an early list poll; store an action's progress.
         self.on_list_wanted: Callable[[], None] | None = None
         self.on_action_state: Callable[[int, str, bool], Awaitable[None]] | None = None
@@ -401,7 +402,8 @@ class Tracker:
             return Outcome(True, "", "the order already shows the requested values")
         self._pending[key] = pending
         try:
-            sent = await self._send_action(row, known, qty, price)
+            async with self._send_lock:
+                sent = await self._send_action(row, self.known.get(key, known), qty, price)
             if sent is not None:  # refused by the broker
                 await self._commit(Batch(events=[action_event(
                     self.known.get(key, known), failed, row.id, sent, self._clock())]))
@@ -409,8 +411,11 @@ class Tracker:
             await self._store_action_state(row, "sent")
             deadline = loop.time() + VERIFY_WITHIN
             while not pending.future.done() and loop.time() < deadline:
-                # Look at the order again now (per-order call), or get the list polled soon.
-                if self.adapter.supports_fetch:
+                # Look at the order again: with the per-order call where orders are polled
+                # one by one, else through the list (one list answer settles every pending
+                # action of the connection; a finished order that left an open-orders list
+                # is confirmed with the per-order call by the list poll itself).
+                if self.adapter.polls_each_order:
                     self.queue.urgent(key, self._mono())
                     self._wake.set()
                 elif self.on_list_wanted is not None:
