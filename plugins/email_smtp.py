@@ -13,10 +13,16 @@ quote; ``Auto-Submitted: auto-generated`` (RFC 3834) keeps vacation responders q
 
 One SMTP connection is kept open and reused for the following messages (design.md §6:
 providers throttle or block clients that log in once per message). It is opened lazily
-inside the running loop, closed after :data:`MAX_IDLE` seconds without use (servers and NAT
+inside the running loop; closed after :data:`MAX_IDLE` seconds without use (servers and NAT
 boxes drop idle sessions, and a write into a silently dropped one only fails at the
-timeout), replaced once at once when the server turns out to have closed it before the
-message was handed over, and closed with ``QUIT`` in :meth:`EmailNotifier.aclose`.
+timeout); replaced by a fresh one, once and at once, when the server turns out to have
+closed it (silently, or with a 421 reply) before the message was handed over; dropped after
+any failure or cancellation; and closed with ``QUIT`` in :meth:`EmailNotifier.aclose`.
+
+Pacing: at most ``max_per_minute`` messages in any 60 s (an exact sliding window, see
+:mod:`poller.ratelimit`). A wait of up to :data:`MAX_PACING_SLEEP` seconds is slept through;
+a longer one raises ``DeliveryRateLimited`` with ``retry_after``, and the dispatcher keeps
+the message queued until then.
 
 How each outcome is reported (reliability.md §1, G1.2)::
 
@@ -24,6 +30,8 @@ How each outcome is reported (reliability.md §1, G1.2)::
     some recipients refused, at least one accepted ....... delivered; the refused ones are
                                                            logged (WARNING) — retrying would
                                                            send the others a duplicate
+    every recipient refused .............................. DeliveryRetryable if any refusal
+                                                           is 4xx, else DeliveryFailed
     4xx reply anywhere (421, 450, 451, 452, 454 ...) ..... DeliveryRetryable
     cannot connect, timeout or connection lost before
       the message was sent, TLS failure .................. DeliveryRetryable
@@ -417,25 +425,27 @@ class EmailNotifier(Notifier):
         )
         step = "connect"
         failure: NotifierError | None = None
+        # Held here as well: aiosmtplib forgets the transport when it closes it itself.
+        self._smtp = smtp
         try:
             await smtp.connect()
+            self._transport = smtp.transport
             if cfg.security == "starttls":
                 step = "STARTTLS"
                 await smtp.starttls()
+                self._transport = smtp.transport
             if cfg.username is not None and cfg.password is not None:
                 step = "AUTH"
                 await smtp.login(cfg.username, cfg.password.get_secret_value())
         except Exception as err:
-            smtp.close()
+            self._drop()
             failure = self._error(err, step)
         except BaseException:
-            smtp.close()
+            self._drop()
             raise
         if failure is not None:
             raise failure  # outside the except block: no library exception chained
         self.connections += 1
-        self._smtp = smtp
-        self._transport = smtp.transport
         self._last_used = self._clock()
         logger.debug("%s: opened SMTP connection %d (%s)", self.service, self.connections,
                      cfg.security)
@@ -500,7 +510,7 @@ class EmailNotifier(Notifier):
                 return DeliveryRetryable(text)
             return DeliveryFailed(text)
         if isinstance(err, aiosmtplib.SMTPResponseException):
-            what = "the login" if step == "AUTH" else f"{step}"
+            what = {"connect": "the connection", "AUTH": "the login"}.get(step, step)
             text = f"{service}: the server refused {what}: {self._reply(err)}"
             if 500 <= err.code < 600:
                 return DeliveryFailed(text)

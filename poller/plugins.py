@@ -41,6 +41,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "poller.brokers.webull",
     "poller_plugins.console",
     "poller_plugins.webhook",
+    "poller_plugins.email_smtp",
     "poller_plugins.slack",
     "poller_plugins.telegram",
     "poller_plugins.apprise_notifier",

@@ -31,14 +31,18 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pydantic import ValidationError
 
+from poller.app import validate
 from poller.diff import diff
 from poller.errors import (
+    ConfigError,
     DeliveryFailed,
     DeliveryRateLimited,
     DeliveryRetryable,
     DeliveryUncertain,
 )
 from poller.models import OrderEvent, OrderSnapshot, OrderStatus, SystemScene, system_event
+from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
+from poller.settings import load_settings
 from poller_plugins.email_smtp import MAX_IDLE, EmailConfig, EmailNotifier
 
 NOW = datetime(2026, 5, 20, 3, 24, 31, tzinfo=UTC)
@@ -548,9 +552,9 @@ OUTCOMES: list[tuple[str, dict[str, Any], dict[str, Any], type[Exception], str]]
      DeliveryRetryable, "TLS handshake failed"),
     ("connection-refused", {"closed": True}, {},
      DeliveryRetryable, "cannot connect (ConnectionRefusedError)"),
-    ("no-answer-to-MAIL", {"hang": {"MAIL"}}, {"timeout": 0.3},
+    ("no-answer-to-MAIL", {"hang": {"MAIL"}}, {"timeout": 1.0},
      DeliveryRetryable, "no answer to MAIL FROM (timeout)"),
-    ("no-answer-after-DATA", {"hang": {"DATA"}}, {"timeout": 0.3},
+    ("no-answer-after-DATA", {"hang": {"DATA"}}, {"timeout": 1.0},
      DeliveryUncertain, "no answer after sending the message (timeout)"),
     ("dropped-after-DATA", {"drop_after_data": True}, {},
      DeliveryUncertain, "no answer after sending the message"),
@@ -672,6 +676,32 @@ def test_default_port_follows_security(keys: dict[str, Any], port: int) -> None:
     cfg = EmailConfig.model_validate({"kind": "email", "host": "smtp.example.com",
                                       "sender": SENDER, "recipients": [DESK], **keys})
     assert cfg.port == port
+
+
+def test_registered_and_validated_like_any_notifier(tmp_path: Path) -> None:
+    """Through the plugin hook and the app's validation: per-key problems, secrets known."""
+    plugins = get_plugin_manager(builtins=(*DEFAULT_PLUGINS, "poller_plugins.email_smtp"))
+    registry = plugins.registry()
+    assert registry.notifiers["email"] is EmailNotifier and not EmailNotifier.uses_http
+
+    def table(**kw: Any) -> dict[str, Any]:
+        return {"daemon": {"database": str(tmp_path / "p.db")}, "brokers": {},
+                "notifiers": {"mail": {"kind": "email", "host": "smtp.example.com",
+                                       "sender": SENDER, "recipients": [DESK], **kw}}}
+
+    validated = validate(load_settings(data=table(username=USER, password="canary-pw-app")),
+                         registry, "<test>")
+    assert "canary-pw-app" in validated.secrets()  # so the log redactor masks it too
+    for keys, where, problem in [
+        ({"sender": "nobody"}, "notifiers.mail.sender", "not an e-mail address"),
+        ({"recipients": [DESK, "x@"]}, "notifiers.mail.recipients.1", "not an e-mail address"),
+        ({"password": "canary-pw-app2"}, "notifiers.mail", "username and password go together"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            validate(load_settings(data=table(**keys)), registry, "<test>")
+        (found,) = caught.value.problems
+        assert found.key == where and problem in found.message, found
+        assert "canary-pw-app2" not in str(caught.value)
 
 
 # -- the canary password --------------------------------------------------------------------
