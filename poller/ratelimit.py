@@ -57,8 +57,8 @@ class LimitGroup:
 
     :param share: the part of the documented limit we may use (the rest is left for network
         jitter and the user's own programs on the same key).
-    :param pad: seconds added to the window (default 2 % of it, at most 0.1 s), so requests
-        spaced exactly by us cannot arrive compressed into one server-side window.
+    :param pad: seconds added to the window (default 3 % of it, between 50 and 250 ms), so
+        requests spaced exactly by us cannot arrive compressed into one server-side window.
     """
 
     def __init__(
@@ -77,7 +77,7 @@ class LimitGroup:
         self.base_window = base
         # The pad covers network jitter compressing our spacing at the broker; `share`
         # already leaves 20 % of the limit unused, so a small pad keeps utilisation high.
-        self.window = base + (pad if pad is not None else min(0.02 * base, 0.1))
+        self.window = base + (pad if pad is not None else max(0.05, min(0.03 * base, 0.25)))
         self.spacing = spec.spacing
         self._starts: deque[float] = deque()
         self.paused_until = 0.0

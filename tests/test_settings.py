@@ -152,7 +152,7 @@ def test_check_config_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["check-config", "-c", str(path)]) == 0
     out = capsys.readouterr().out
     assert "broker tw-main: shioaji at https://sj.example.com" in out
-    assert "limit orders: documented 250/10s; poller uses 200 per 10 s (19.80/s)" in out
+    assert "limit orders: documented 250/10s; poller uses 200 per 10 s (19.51/s)" in out
     assert "notifier hook: webhook" in out and CANARY not in out
 
 
@@ -165,4 +165,4 @@ def test_list_calls_that_alone_exceed_a_budget_are_refused(
     assert main(["check-config", "-c", str(write(tmp_path, text))]) == 78
     err = capsys.readouterr().err
     assert "brokers.tw-main.interval: list calls every 1 s need 30.00 requests/s of limit " \
-           "group orders, but it allows 19.80/s" in err
+           "group orders, but it allows 19.51/s" in err

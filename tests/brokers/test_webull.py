@@ -351,7 +351,7 @@ def test_region_limits() -> None:
     _validate({**table, "limits": {"order_query": "10/30s"}})
     _validate({**table, "region": "hk", "interval": 2.2})
     # 8 US queries per 30.25 s cannot carry a list call every 2 s (HK's 1 per 2.1 s could).
-    with pytest.raises(ConfigError, match="0.27/s"):
+    with pytest.raises(ConfigError, match="0.26/s"):
         _validate({**table, "interval": 2.2})
     with pytest.raises(ConfigError, match="above the documented limit 10/30s for region us"):
         _validate({**table, "limits": {"order_query": "2/2s"}})
