@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -39,7 +38,7 @@ from poller import (
     OrderEvent,
     hookimpl,
 )
-from poller.logsetup import Redactor
+from poller.logsetup import LogScrubber
 from poller.templates import Message
 
 if TYPE_CHECKING:
@@ -83,35 +82,6 @@ def url_fragments(url: str) -> list[str]:
         found.update({password, unquote(password)})
     return sorted(f for f in found if f.strip())
 
-
-class LogScrubber(logging.Filter):
-    """Redacts given secrets from the records of third-party loggers that print URLs.
-
-    Installed on the loggers themselves, so the records are clean for every handler —
-    including ones poller did not set up (a test's caplog, a user's own logging config).
-    """
-
-    def __init__(self, secrets: Iterable[str], loggers: Iterable[str]) -> None:
-        super().__init__()
-        self.redactor = Redactor(secrets)
-        self.loggers = tuple(loggers)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = self.redactor(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-    def install(self) -> None:
-        """Start scrubbing."""
-        for name in self.loggers:
-            logging.getLogger(name).addFilter(self)
-
-    def remove(self) -> None:
-        """Stop scrubbing."""
-        for name in self.loggers:
-            logging.getLogger(name).removeFilter(self)
 
 
 @contextmanager

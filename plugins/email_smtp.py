@@ -52,7 +52,6 @@ import asyncio
 import email.policy
 import email.utils
 import html
-import ipaddress
 import logging
 import re
 import ssl
@@ -76,6 +75,7 @@ from poller.errors import (
     NotifierConfigError,
     NotifierError,
 )
+from poller.httpclient import is_loopback
 from poller.models import utcnow
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
 from poller.templates import Message
@@ -206,19 +206,12 @@ class EmailConfig(NotifierConfig):
     def _credentials(self) -> EmailConfig:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together: set both or neither")
-        if self.username is not None and self.security == "none" and not _loopback(self.host):
+        if self.username is not None and self.security == "none" and not is_loopback(self.host):
             raise ValueError('refusing to send the password unencrypted: use security = '
                              '"starttls" or "tls" ("none" is allowed only to a loopback host)')
         return self
 
 
-def _loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def one_line(text: str) -> str:

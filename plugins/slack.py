@@ -9,11 +9,9 @@ exact sliding-window :class:`~poller.ratelimit.RateBudget` and honours 429 ``Ret
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -28,7 +26,8 @@ from poller import (
     OrderEvent,
     hookimpl,
 )
-from poller.logsetup import Redactor
+from poller.httpclient import is_loopback
+from poller.logsetup import LogScrubber, Redactor
 from poller.notifiers import post
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
 from poller.templates import Message
@@ -93,15 +92,6 @@ class SlackConfig(NotifierConfig):
             raise ValueError('must look like ":chart_with_upwards_trend:"')
         return value
 
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def escape_mrkdwn(text: str) -> str:
@@ -189,35 +179,6 @@ def payload_for(message: Message, config: SlackConfig) -> dict[str, Any]:
         payload["icon_emoji"] = config.icon_emoji
     return payload
 
-
-class LogScrubber(logging.Filter):
-    """Redacts given secrets from the records of loggers that print URLs (httpx).
-
-    Installed on the loggers themselves, so the records are clean for every handler —
-    including ones poller did not set up (a test's caplog, a user's own logging config).
-    """
-
-    def __init__(self, secrets: Iterable[str], loggers: Iterable[str]) -> None:
-        super().__init__()
-        self.redactor = Redactor(secrets)
-        self.loggers = tuple(loggers)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = self.redactor(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-    def install(self) -> None:
-        """Start scrubbing."""
-        for name in self.loggers:
-            logging.getLogger(name).addFilter(self)
-
-    def remove(self) -> None:
-        """Stop scrubbing (the notifier is closed)."""
-        for name in self.loggers:
-            logging.getLogger(name).removeFilter(self)
 
 
 def url_secrets(url: str) -> list[str]:

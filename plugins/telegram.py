@@ -24,11 +24,10 @@ import asyncio
 import hashlib
 import html
 import json
-import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -47,7 +46,7 @@ from poller import (
     hookimpl,
 )
 from poller.httpclient import retry_after_seconds
-from poller.logsetup import Redactor
+from poller.logsetup import LogScrubber, Redactor
 from poller.notifiers import classify
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
 from poller.templates import Message
@@ -271,35 +270,6 @@ class _Pending:
     parts: list[str]
     done: set[tuple[str, int]] = field(default_factory=set)
 
-
-class LogScrubber(logging.Filter):
-    """Redacts given secrets from the records of loggers that print URLs (httpx).
-
-    Installed on the loggers themselves, so the records are clean for every handler —
-    including ones poller did not set up (a test's caplog, a user's own logging config).
-    """
-
-    def __init__(self, secrets: Iterable[str], loggers: Iterable[str]) -> None:
-        super().__init__()
-        self.redactor = Redactor(secrets)
-        self.loggers = tuple(loggers)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = self.redactor(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
-
-    def install(self) -> None:
-        """Start scrubbing."""
-        for name in self.loggers:
-            logging.getLogger(name).addFilter(self)
-
-    def remove(self) -> None:
-        """Stop scrubbing (the notifier is closed)."""
-        for name in self.loggers:
-            logging.getLogger(name).removeFilter(self)
 
 
 def is_group(chat_id: str) -> bool:

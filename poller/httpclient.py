@@ -8,6 +8,7 @@ Everything httpx can raise is translated here into :mod:`poller.errors` types.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import time
@@ -110,6 +111,16 @@ async def send(
                     connection=connection,
                 ) from err
     return Answer(response.status_code, response.headers, body, text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:

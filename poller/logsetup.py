@@ -59,6 +59,36 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class LogScrubber(logging.Filter):
+    """Redacts given secrets from the records of loggers that print URLs (httpx).
+
+    Installed on the loggers themselves, so the records are clean for every handler —
+    including ones poller did not set up (a test's caplog, a user's own logging config).
+    """
+
+    def __init__(self, secrets: Iterable[str], loggers: Iterable[str]) -> None:
+        super().__init__()
+        self.redactor = Redactor(secrets)
+        self.loggers = tuple(loggers)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self.redactor(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+    def install(self) -> None:
+        """Start scrubbing."""
+        for name in self.loggers:
+            logging.getLogger(name).addFilter(self)
+
+    def remove(self) -> None:
+        """Stop scrubbing (the notifier is closed)."""
+        for name in self.loggers:
+            logging.getLogger(name).removeFilter(self)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message (+ connection, traceback)."""
 

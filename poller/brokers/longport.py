@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -35,7 +34,7 @@ from poller.errors import (
     BrokerUnavailable,
 )
 from poller.hookspecs import hookimpl
-from poller.httpclient import Answer, send
+from poller.httpclient import Answer, is_loopback, send
 from poller.models import Fill, OrderSnapshot, OrderStatus, decimal_text, to_decimal
 from poller.ratelimit import LimitSpec, RateBudget
 
@@ -194,13 +193,6 @@ class LongPortConfig(BrokerConfig):
         return self
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class LongPortAdapter(BrokerAdapter):
@@ -252,7 +244,7 @@ class LongPortAdapter(BrokerAdapter):
         problems: list[tuple[str, str]] = []
         url = httpx.URL(config.base_url)
         host = url.host
-        if url.scheme == "http" and not _is_loopback(host):
+        if url.scheme == "http" and not is_loopback(host):
             problems.append(("base_url", "must be https:// (the access token would travel "
                                          "unencrypted); plain http is only for loopback"))
         if (host.endswith(("longportapp.com", "longport.cn", "longbridge.com", "longbridge.cn",

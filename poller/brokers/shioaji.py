@@ -8,7 +8,6 @@ no per-order call. Bound to localhost the server needs no auth; elsewhere it wan
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -25,7 +24,7 @@ from poller.errors import (
     BrokerUnavailable,
 )
 from poller.hookspecs import hookimpl
-from poller.httpclient import Answer
+from poller.httpclient import Answer, is_loopback
 from poller.models import Fill, OrderSnapshot, OrderStatus, to_decimal
 from poller.ratelimit import LimitSpec
 
@@ -81,21 +80,13 @@ class ShioajiConfig(BrokerConfig):
         if has_key != has_secret:
             missing = "secret_key" if has_key else "api_key"
             raise ValueError(f"{missing} is required when the other key is set")
-        if not has_key and not _is_loopback(self.base_url):
+        if not has_key and not is_loopback(httpx.URL(self.base_url).host):
             raise ValueError(
                 "api_key and secret_key are required when base_url is not on localhost"
             )
         return self
 
 
-def _is_loopback(url: str) -> bool:
-    host = httpx.URL(url).host
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ShioajiAdapter(BrokerAdapter):
