@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,36 @@ def test_local_validation(tmp_path: Path, receiver: Receiver,
     assert main(["cancel", "-c", str(path), "cw", "123", "--no-wait"]) == 0
     assert "queued as action" in capsys.readouterr().out
     sim.stop()
+
+
+def test_webull_processing_answer_is_retried_within_the_budget(tmp_path: Path,
+                                                               receiver: Receiver) -> None:
+    """Another client's replace is in progress: Webull answers "order is processing" and the
+    cancel is retried at the cancel limit (1 per second) until it goes through."""
+    attempts: list[float] = []
+
+    def script(sim: BrokerSim, order_id: str, db: Path) -> ActionRow:
+        assert isinstance(sim, WebullSim)
+        order = sim.book.get(order_id)
+        with sim.book.lock:  # a replace sent by the user's own program, not yet applied
+            order.extra["before_replace"] = order.status
+            order.extra["pending_replace"] = (order.qty, order.price - Decimal("0.1"))
+            order.status = "PENDING_REPLACE"
+
+        def release(request: SimRequest) -> SimResponse | None:
+            if request.path == "/trade/order/cancel":
+                attempts.append(request.arrived)
+                if len(attempts) == 3:
+                    sim.finish_replace(order_id)
+            return None
+
+        sim.server.fault = release
+        return submit(db, "b", order_id, "cancel", timeout=60)
+
+    row, order_id, sim = run_case(tmp_path, receiver, "webull", script,
+                                  until="CANCEL_SUCCESS")
+    assert isinstance(row, ActionRow)
+    assert (row.state, row.outcome) == ("succeeded", "CANCEL_SUCCESS"), row.message
+    assert len(attempts) == 3 and row.attempts == 3
+    assert min(b - a for a, b in zip(attempts, attempts[1:], strict=False)) >= 1.0
+    assert sim.windows["cancel"].violations == 0
