@@ -125,6 +125,9 @@ async def run_one(kind: str, n: int, duration: float, change_every: float, seed:
             while len(tracker.known) < n:
                 await asyncio.sleep(0.05)
             cpu = ThreadCpu(app._executor)
+            # Let the per-order budget reach its steady state first: right after the baseline
+            # its window is empty, and a first burst would flatter the rate.
+            await asyncio.sleep(5.0)
             cpu0, polls0, t0 = await cpu.sample(), tracker.order_polls, time.monotonic()
             log0 = len(sim.server.log)
             stop = threading.Event()
