@@ -136,9 +136,14 @@ def _limit_problems(cls: type[BrokerAdapter], config: BrokerConfig, source: str,
             continue
         documented = cls.limits[group]
         if spec.count / spec.window > documented.count / documented.window:
-            problems.append(ConfigProblem(
-                source, key, f"{text} is above the documented limit {documented}; "
-                "poller never exceeds a broker's documented limit"))
+            if config.limits_above_documented:
+                logger.warning("%s: limit %s = %s is ABOVE the documented %s "
+                               "(limits_above_documented = true): the broker may throttle or "
+                               "ban this key", name, group, text, documented)
+            else:
+                problems.append(ConfigProblem(
+                    source, key, f"{text} is above the documented limit {documented}; set "
+                    "limits_above_documented = true only if the broker granted it"))
     return problems
 
 

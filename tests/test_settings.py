@@ -101,7 +101,8 @@ BAD_CASES = [
      ["notifiers.hook.url: must be an http:// or https:// URL"]),
     ("limit above documented", GOOD.replace('accounts =', 'limits = {{ orders = "500/10s" }}\n'
                                             'accounts ='),
-     ["brokers.tw-main.limits.orders: 500/10s is above the documented limit"]),
+     ["brokers.tw-main.limits.orders: 500/10s is above the documented limit 250/10s; set "
+      "limits_above_documented = true only if the broker granted it"]),
     ("bad TOML", "[daemon\n", ["invalid TOML"]),
 ]
 
@@ -166,3 +167,13 @@ def test_list_calls_that_alone_exceed_a_budget_are_refused(
     err = capsys.readouterr().err
     assert "brokers.tw-main.interval: list calls every 1 s need 30.00 requests/s of limit " \
            "group orders, but it allows 19.51/s" in err
+
+
+def test_raising_a_limit_needs_an_explicit_override_and_warns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    text = GOOD.format(db=tmp_path / "p.db", secret=CANARY).replace(
+        'accounts =', 'limits = { orders = "500/10s" }\nlimits_above_documented = true\naccounts =')
+    settings = load_settings(write(tmp_path, text))
+    validated = validate(settings, get_plugin_manager().registry(), "c")
+    assert validated.brokers["tw-main"][1].limits == {"orders": "500/10s"}
+    assert "limit orders = 500/10s is ABOVE the documented 250/10s" in caplog.text

@@ -47,6 +47,11 @@ class BrokerConfig(BaseModel):
         default_factory=dict,
         description='Lower a documented limit group, e.g. {order_status = "20/2s"}.',
     )
+    limits_above_documented: bool = Field(
+        default=False,
+        description="Allow `limits` above the documented ones (e.g. a limit your broker raised "
+                    "for you in writing); poller warns at every start.",
+    )
     enabled: bool = Field(default=True, description="Set false to keep the section but not poll.")
     per_order_polling: bool | None = Field(
         default=None,
