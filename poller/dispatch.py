@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from poller.errors import DeliveryFailed, DeliveryRetryable, StoreError
+from poller.errors import DeliveryFailed, DeliveryRateLimited, DeliveryRetryable, StoreError
 from poller.logsetup import Redactor
 from poller.models import OrderEvent, SystemScene, system_event, utcnow
 from poller.notifiers import Notifier
@@ -169,7 +169,9 @@ class Dispatcher:
         except (DeliveryRetryable, TimeoutError) as err:
             message = self._redact(str(err) or f"no answer within {notifier.config.timeout:g} s")
             retry_after = getattr(err, "retry_after", None)
-            return await self._retry(notifier, row, message, retry_after)
+            # Pacing to the service's limits is expected, not a failure worth a warning.
+            return await self._retry(notifier, row, message, retry_after,
+                                     quiet=isinstance(err, DeliveryRateLimited))
         except Exception as err:  # a notifier bug must not kill its worker
             logger.exception("notifier %s raised unexpectedly", notifier.name)
             message = self._redact(f"{type(err).__name__}: {err}")
@@ -212,7 +214,7 @@ class Dispatcher:
         self.stats[notifier.name].delivered += len(rows)
 
     async def _retry(self, notifier: Notifier, row: OutboxRow, message: str,
-                     retry_after: float | None) -> bool:
+                     retry_after: float | None, *, quiet: bool = False) -> bool:
         stats = self.stats[notifier.name]
         stats.last_error = message
         age = (utcnow() - row.created_at).total_seconds()
@@ -223,7 +225,7 @@ class Dispatcher:
         if retry_after is not None:
             delay = max(delay, retry_after)
         stats.retried += 1
-        level = logging.WARNING if row.attempts == 0 else logging.INFO
+        level = logging.WARNING if row.attempts == 0 and not quiet else logging.INFO
         logger.log(level, "notifier %s: delivery of %s failed (attempt %d), retrying in %.1f s: %s",
                    notifier.name, row.event.short_id, row.attempts + 1, delay, message)
         await self._db(self.store.mark_retry, row.id, next_attempt_at=time.time() + delay,

@@ -212,10 +212,10 @@ class Tracker:
 
     async def _poll_one(self, key: tuple[str, str, str]) -> None:
         _, account_id, order_id = key
-        now = self._clock()
         try:
             found = await self.adapter.fetch_order(account_id, order_id)
         except BrokerError as err:
+            now = self._clock()
             if isinstance(err, BrokerAuthError | BrokerRateLimited):
                 await self._failed(err, now)
             else:
@@ -223,6 +223,7 @@ class Tracker:
                 self.log.info("order %s: poll failed (%s): %s", order_id, err.category, err)
                 self.queue.urgent(key, self._mono() + self.recheck_after())
             return
+        now = self._clock()  # when the answer was read, not when the budget let us ask
         self.order_polls += 1
         batch = Batch()
         if found is None:
@@ -234,13 +235,13 @@ class Tracker:
 
     async def poll_scope(self, scope: ListScope) -> None:
         """One list call, the probes it implies, and one atomic commit."""
-        now = self._clock()
         self.polls += 1
         try:
             result = await self.adapter.list_orders(scope)
         except BrokerError as err:
-            await self._failed(err, now)
+            await self._failed(err, self._clock())
             return
+        now = self._clock()  # when the answer was read
         batch = Batch()
         # The baseline is per list call (CoinW lists one pair per call), so a pair or account
         # added later is also recorded silently on its first poll.
