@@ -38,8 +38,9 @@ async def run_demo(*, duration: float | None, seed: int | None, kinds: list[str]
     """Start the simulators and the daemon; return the number of events delivered."""
     sims: dict[str, BrokerSim] = {}
     try:
-        for kind in kinds:
-            sim = SIMULATORS[kind](seed=seed)
+        for index, kind in enumerate(kinds):
+            # Each simulator gets its own sequence, so the four do not move in lockstep.
+            sim = SIMULATORS[kind](seed=None if seed is None else seed + index)
             sim.start()
             sim.autopilot(every=every)
             sims[kind] = sim
