@@ -170,3 +170,33 @@ def test_bad_answers_are_logged_once_and_polling_goes_on(
         assert not any(r.exc_info or r.exc_text for r in caplog.records)
     finally:
         sim.stop()
+
+
+def test_a_damaged_database_is_replaced_with_an_operator_event(tmp_path: Path,
+                                                               receiver: Receiver) -> None:
+    sim = ShioajiSim()
+    sim.start()
+    try:
+        account = sim.accounts()[0]
+        sim.book.accept(sim.book.place(account, "2890", "BUY", 1, "27.1").order_id)
+        (tmp_path / "poller.db").write_bytes(b"garbage, not sqlite" * 200)
+        config = daemon_config(tmp_path, {"tw": sim.broker_config("tw") | {"interval": 0.2}},
+                               receiver.url)
+
+        async def scenario() -> None:
+            async with running_app(config) as app:
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 1)
+                while not app.trackers["tw"].known_accounts:  # the baseline poll is done
+                    await asyncio.sleep(0.05)
+                later = sim.book.place(account, "2330", "SELL", 1, "1085")
+                await asyncio.to_thread(receiver.wait_for,
+                                        lambda e: bool(receiver.scenes(later.order_id)))
+
+        asyncio.run(scenario())
+    finally:
+        sim.stop()
+    first = receiver.events[0]["payload"]
+    assert first["scene_type"] == "DATABASE_RECOVERED" and "moved to" in first["message"]
+    # The existing order was taken as the silent baseline; only the new one is announced.
+    assert [e["payload"]["scene_type"] for e in receiver.events[1:]] == ["PLACED"]
+    assert list(tmp_path.glob("poller.db.corrupt-*"))
