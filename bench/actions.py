@@ -82,6 +82,9 @@ async def run(replaces: int, orders: int, region: str) -> list[str]:
         lines.append(f"  verified MODIFY_SUCCESS: {succeeded}/{replaces}; rate-limit answers: "
                      f"{tracker.rate_limit_answers}; list polls during the batch: "
                      f"{tracker.polls}")
+        for message in sorted({r.message for r in rows if r is not None
+                               and r.outcome != "MODIFY_SUCCESS"}):
+            lines.append(f"  not verified: {message}")
         return lines
     finally:
         sim.stop()

@@ -28,8 +28,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Seconds the daemon waits for the broker to show the outcome of an accepted action.
+#: Seconds the daemon waits for the broker to show the outcome of an accepted action (and at
+#: least three reads of the broker since sending); never longer than VERIFY_AT_MOST.
 VERIFY_WITHIN = 30.0
+VERIFY_AT_MOST = 600.0
 #: Attempts for an answer like Webull's "order is processing, try later".
 RETRIES = 10
 #: Broker error codes that mean "busy with this order, try again shortly".

@@ -20,6 +20,7 @@ from typing import Any
 from poller.actions import (
     PROCESSING_CODES,
     RETRIES,
+    VERIFY_AT_MOST,
     VERIFY_WITHIN,
     Outcome,
     Pending,
@@ -116,6 +117,8 @@ class Tracker:
         self.order_polls = 0
         self.rate_limit_answers = 0
         self.completed = 0
+        #: Successful reads of the broker (list answers and per-order answers).
+        self.looks = 0
         self._warned: set[str] = set()
         self._pending: dict[tuple[str, str, str], Pending] = {}
         self._send_lock = asyncio.Lock()
@@ -225,6 +228,7 @@ class Tracker:
             return
         now = self._clock()  # when the answer was read, not when the budget let us ask
         self.order_polls += 1
+        self.looks += 1
         batch = Batch()
         if found is None:
             self._count_missing(self.known.get(key), key, batch, now)
@@ -270,6 +274,7 @@ class Tracker:
                               "(set daemon.announce_existing to announce them)", scope.label,
                               len(result.orders))
         self.last_success = now
+        self.looks += 1
 
     async def _apply(self, snapshot: OrderSnapshot, batch: Batch, now: datetime, *,
                      announce: bool = True) -> None:
@@ -410,8 +415,13 @@ class Tracker:
                     self.known.get(key, known), failed, row.id, sent, self._clock())]))
                 return Outcome(False, failed.value, sent)
             await self._store_action_state(row, "sent")
-            deadline = loop.time() + VERIFY_WITHIN
-            while not pending.future.done() and loop.time() < deadline:
+            # Give up only after the broker was actually looked at a few times without showing
+            # the change (a busy budget can delay those looks well past VERIFY_WITHIN), and
+            # never later than VERIFY_AT_MOST.
+            started, looks = loop.time(), self.looks
+            while not pending.future.done() and not (
+                    (loop.time() - started >= VERIFY_WITHIN and self.looks - looks >= 3)
+                    or loop.time() - started >= VERIFY_AT_MOST):
                 # Look at the order again: with the per-order call where orders are polled
                 # one by one, else through the list (one list answer settles every pending
                 # action of the connection; a finished order that left an open-orders list
@@ -429,7 +439,7 @@ class Tracker:
             if pending.future.done():
                 return pending.future.result()
             message = (f"the broker accepted the request but the order did not show it "
-                       f"within {VERIFY_WITHIN:g} s")
+                       f"in {self.looks - looks} look(s) over {loop.time() - started:.0f} s")
             await self._commit(Batch(events=[action_event(
                 self.known.get(key, known), failed, row.id, message, self._clock())]))
             return Outcome(False, failed.value, message)
