@@ -205,9 +205,9 @@ def _new_fills(
         cumulative = Decimal(0)
         for fill in current.fills:
             cumulative += fill.qty
-            # Without deal ids from before (the previous snapshot came from a call that lists
-            # no deals), a deal is new only if it lies beyond the quantity already announced.
-            if fill.fill_id not in known and (known or cumulative > previous_filled):
+            # A deal is new only if it lies beyond the quantity already announced: fills
+            # announced from a call that lists no deals (or lagging deal lists) had no ids.
+            if fill.fill_id not in known and cumulative > previous_filled:
                 result.append((fill, cumulative))
         if result and cumulative < current.filled_qty:
             # The deal list lags the order's own filled quantity: the last new deal carries

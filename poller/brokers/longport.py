@@ -195,6 +195,10 @@ class LongPortConfig(BrokerConfig):
 
 
 
+#: Longest wait for the trade budget worth spending on a detail that only splits fills.
+DETAIL_WAIT = 2.0
+
+
 class LongPortAdapter(BrokerAdapter):
     """Polls one LongPort account: today's orders, plus order details for fills and probes.
 
@@ -390,6 +394,11 @@ class LongPortAdapter(BrokerAdapter):
         need_time_in_force = (current.status is OrderStatus.EXPIRED
                               and (current.account_id, current.order_id) not in self._details)
         if not (need_fills or need_time_in_force):
+            return current
+        if not need_time_in_force and \
+                self.budget.group("trade").wait_time(self.budget.now()) > DETAIL_WAIT:
+            # The trade budget is busy: the list answer's growth is announced as one fill now
+            # rather than delaying the lists (a later detail adds no duplicate).
             return current
         detail = await self.fetch_order(current.account_id, current.order_id)
         if detail is None:

@@ -114,6 +114,9 @@ class LongPortSim(BrokerSim):
     def accounts(self) -> list[str]:
         return [self.account_no]
 
+    def is_list_request(self, request: Any) -> bool:
+        return bool(request.path == "/v1/trade/order/today")
+
     def broker_config(self, name: str) -> dict[str, Any]:
         table: dict[str, Any] = {
             "kind": "longport",

@@ -135,6 +135,9 @@ class WebullSim(BrokerSim):
     def accounts(self) -> list[str]:
         return list(self.account_list)
 
+    def is_list_request(self, request: Any) -> bool:
+        return str(request.path) in ("/trade/orders/list-open", "/trade/orders/list-today")
+
     def broker_config(self, name: str) -> dict[str, Any]:
         # With share 0.8 the budget allows floor(0.8 * 2) = 1 order query per 2.1 s (HK/JP)
         # or floor(0.8 * 10) = 8 per 30.25 s (US, one per 3.8 s). The interval leaves room
