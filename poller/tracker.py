@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 Commit = Callable[[Batch], Awaitable[list[OrderEvent]]]
 Watched = Callable[[], Awaitable[list[tuple[str, str]]]]
 
+#: Orders diffed between two yields to the event loop.
+YIELD_EVERY = 100
 #: Statuses in which an order is about to change: polled again soon.
 _IN_FLIGHT = frozenset({OrderStatus.PENDING, OrderStatus.PENDING_CANCEL,
                         OrderStatus.PENDING_REPLACE})
@@ -258,7 +260,11 @@ class Tracker:
                 self._warned.add(text)
                 self.log.warning("%s", text)
         present: set[tuple[str, str, str]] = set()
-        for snapshot in result.orders:
+        for index, snapshot in enumerate(result.orders):
+            if index and not index % YIELD_EVERY:
+                # A long answer (thousands of orders) must not hold the loop: requests the
+                # budget already admitted would leave late and reach the broker bunched up.
+                await asyncio.sleep(0)
             present.add(snapshot.key)
             await self._apply(snapshot, batch, now, announce=announce)
         await self._probe_missing(scope, present, batch, now)
