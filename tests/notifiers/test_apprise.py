@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import traceback
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from poller_plugins.apprise_notifier import (
     register_notifiers,
     url_fragments,
 )
+from tests.notifiers.helpers import deliver, leaked, reveals
 
 # apprise loads its plugins lazily; its e-mail plugin imports the deprecated stdlib imghdr
 # (a third-party warning that the suite's filterwarnings=error would turn into a failure).
@@ -114,41 +114,10 @@ def notifier(*urls: str, **cfg: Any) -> AppriseNotifier:
     return AppriseNotifier("phone", config)
 
 
-def deliver(notif: AppriseNotifier, *items: OrderEvent | Message) -> list[Exception | None]:
-    """Send each item in order (events or messages); close the notifier whatever happens."""
-    async def run() -> list[Exception | None]:
-        outcomes: list[Exception | None] = []
-        try:
-            for item in items:
-                try:
-                    if isinstance(item, Message):
-                        await notif.send_message(item)
-                    else:
-                        await notif.send(item)
-                    outcomes.append(None)
-                except Exception as err:  # collected, asserted by the test
-                    outcomes.append(err)
-        finally:
-            await notif.aclose()
-        return outcomes
-
-    return asyncio.run(run())
 
 
-def reveals(err: BaseException, secret: str) -> bool:
-    """Whether an error's text, repr, chained errors or formatted traceback hold ``secret``."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if secret in str(seen) or secret in repr(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return secret in "".join(traceback.format_exception(err))
 
 
-def leaked(caplog: pytest.LogCaptureFixture, secret: str) -> list[str]:
-    """Log lines holding ``secret`` (the simulator's own access log is the service's side)."""
-    return [r.getMessage() for r in caplog.records
-            if secret in r.getMessage() and not r.name.startswith("poller.simulator")]
 
 
 # --- delivery --------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import html
 import json
 import logging
 import threading
-import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -36,6 +35,7 @@ from poller_plugins.slack import (
     escape_mrkdwn,
     register_notifiers,
 )
+from tests.notifiers.helpers import deliver, leaked, reveals
 
 NOW = datetime(2026, 5, 20, 3, 24, 31, tzinfo=UTC)
 CANARY = "canary-slack-7d41c9"
@@ -99,41 +99,10 @@ def notifier(url: str, *, clock: FakeClock | None = None, timeout: float = 2.0,
                          clock=clock.now, sleep=clock.sleep)
 
 
-def deliver(slack: SlackNotifier, *items: OrderEvent | Message) -> list[Exception | None]:
-    """Send each item in order (events or messages); close the client whatever happens."""
-    async def run() -> list[Exception | None]:
-        outcomes: list[Exception | None] = []
-        try:
-            for item in items:
-                try:
-                    if isinstance(item, Message):
-                        await slack.send_message(item)
-                    else:
-                        await slack.send(item)
-                    outcomes.append(None)
-                except Exception as err:  # collected, asserted by the test
-                    outcomes.append(err)
-        finally:
-            await slack.aclose()
-        return outcomes
-
-    return asyncio.run(run())
 
 
-def reveals(err: BaseException, secret: str) -> bool:
-    """Whether an error's text, repr, chained errors or formatted traceback hold ``secret``."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if secret in str(seen) or secret in repr(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return secret in "".join(traceback.format_exception(err))
 
 
-def leaked(caplog: pytest.LogCaptureFixture, secret: str) -> list[str]:
-    """Log lines holding ``secret`` (the simulator's own access log is the service's side)."""
-    return [r.getMessage() for r in caplog.records
-            if secret in r.getMessage() and not r.name.startswith("poller.simulator")]
 
 
 # --- outcomes --------------------------------------------------------------------------

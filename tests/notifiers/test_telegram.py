@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import traceback
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -45,6 +44,7 @@ from poller_plugins.telegram import (
     render_parts,
     units,
 )
+from tests.notifiers.helpers import deliver, leaked, reveals
 
 NOW = datetime(2026, 5, 20, 3, 24, 31, tzinfo=UTC)
 SECRET = "canary-TG_9f3a2b7c1d0e"
@@ -155,41 +155,10 @@ def notifier(base: str, *, chats: tuple[str, ...] = ("4242",), clock: FakeClock 
                             clock=clock.now, sleep=clock.sleep)
 
 
-def deliver(tg: TelegramNotifier, *items: OrderEvent | Message) -> list[Exception | None]:
-    """Send each item in order (events or messages); close the client whatever happens."""
-    async def run() -> list[Exception | None]:
-        outcomes: list[Exception | None] = []
-        try:
-            for item in items:
-                try:
-                    if isinstance(item, Message):
-                        await tg.send_message(item)
-                    else:
-                        await tg.send(item)
-                    outcomes.append(None)
-                except Exception as err:  # collected, asserted by the test
-                    outcomes.append(err)
-        finally:
-            await tg.aclose()
-        return outcomes
-
-    return asyncio.run(run())
 
 
-def reveals(err: BaseException, secret: str) -> bool:
-    """Whether an error's text, repr, chained errors or formatted traceback hold ``secret``."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if secret in str(seen) or secret in repr(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return secret in "".join(traceback.format_exception(err))
 
 
-def leaked(caplog: pytest.LogCaptureFixture, secret: str) -> list[str]:
-    """Log lines holding ``secret`` (the simulator's own access log is the service's side)."""
-    return [r.getMessage() for r in caplog.records
-            if secret in r.getMessage() and not r.name.startswith("poller.simulator")]
 
 
 # --- outcomes --------------------------------------------------------------------------

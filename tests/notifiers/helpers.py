@@ -1,0 +1,49 @@
+"""Helpers shared by the notifier test files: send and collect outcomes, look for leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+
+import pytest
+
+from poller.models import OrderEvent
+from poller.notifiers import Notifier
+from poller.templates import Message
+
+
+def deliver(notifier: Notifier, *items: OrderEvent | Message) -> list[Exception | None]:
+    """Send each item in order (events or messages); close the notifier whatever happens."""
+    async def run() -> list[Exception | None]:
+        outcomes: list[Exception | None] = []
+        try:
+            for item in items:
+                try:
+                    if isinstance(item, Message):
+                        await notifier.send_message(item)
+                    else:
+                        await notifier.send(item)
+                    outcomes.append(None)
+                except Exception as err:  # collected, asserted by the test
+                    outcomes.append(err)
+        finally:
+            await notifier.aclose()
+        return outcomes
+
+    return asyncio.run(run())
+
+
+def reveals(err: BaseException, secret: str) -> bool:
+    """Whether an error's text, repr, chained errors or formatted traceback hold ``secret``."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if secret in str(seen) or secret in repr(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return secret in "".join(traceback.format_exception(err))
+
+
+def leaked(caplog: pytest.LogCaptureFixture, secret: str) -> list[str]:
+    """Log lines holding ``secret`` (the simulator's own access log is the service's side)."""
+    return [r.getMessage() for r in caplog.records
+            if secret in r.getMessage() and not r.name.startswith("poller.simulator")]
