@@ -26,6 +26,8 @@ class OrderQueue(Generic[K]):
         self._uheap: list[tuple[float, int, K]] = []
         self._seq = itertools.count()
         self._taken: set[K] = set()
+        #: Whether the key :meth:`pop` returned last came from the urgent tier.
+        self.last_was_urgent = False
 
     def __len__(self) -> int:
         return len(self._members)
@@ -67,11 +69,13 @@ class OrderQueue(Generic[K]):
             _, _, key = heapq.heappop(self._uheap)
             del self._urgent[key]
             self._taken.add(key)
+            self.last_was_urgent = True
             return key
         while self._rr:
             last, _, key = heapq.heappop(self._rr)
             if self._members.get(key) == last and key not in self._taken:
                 self._taken.add(key)
+                self.last_was_urgent = False
                 return key
         return None
 

@@ -12,6 +12,8 @@ at the same instant, without awaiting in between.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import itertools
 import math
 import re
 import time
@@ -50,6 +52,15 @@ class LimitSpec:
         window = f"{self.window:g}s"
         spacing = f", >= {self.spacing * 1000:g} ms apart" if self.spacing else ""
         return f"{self.count}/{window}{spacing}"
+
+
+#: The priority of the requests made in this context (higher goes first; see acquire).
+#: Per-order polls of orders that just changed or left a list, and order actions, raise it.
+PRIORITY: contextvars.ContextVar[int] = contextvars.ContextVar("poller_priority", default=0)
+
+PRIORITY_ROUTINE = -1  # round-robin refresh of idle orders
+PRIORITY_URGENT = 1  # orders that just changed or left a list answer
+PRIORITY_ACTION = 2  # a replace or cancel someone asked for
 
 
 class LimitGroup:
@@ -130,25 +141,50 @@ class RateBudget:
         self.groups = {g.name: g for g in groups}
         self._clock = clock
         self._sleep = sleep
+        self._waiting: dict[tuple[int, int], list[LimitGroup]] = {}
+        self._tickets = itertools.count()
 
     def group(self, name: str) -> LimitGroup:
         """The group called ``name`` (KeyError names the group when it does not exist)."""
         return self.groups[name]
 
-    async def acquire(self, *names: str) -> float:
+    async def acquire(self, *names: str, priority: int | None = None) -> float:
         """Wait until every named group has room, then record the request in all of them.
+
+        When several requests wait for the same group, the one with the highest ``priority``
+        goes first, then the one that has waited longest. ``priority`` defaults to the
+        context's :data:`PRIORITY` (the tracker raises it for orders that matter now).
 
         :returns: the (budget clock) time the request was admitted.
         """
         groups = [self.groups[n] for n in names]
-        while True:
-            now = self._clock()
-            wait = max((g.wait_time(now) for g in groups), default=0.0)
-            if wait <= 0:
-                for g in groups:
-                    g.record(now)
-                return now
-            await self._sleep(wait)
+        rank = PRIORITY.get() if priority is None else priority
+        ticket = (-rank, next(self._tickets))
+        self._waiting[ticket] = groups
+        try:
+            while True:
+                now = self._clock()
+                wait = max((g.wait_time(now) for g in groups), default=0.0)
+                if wait <= 0:
+                    if self._someone_ahead(ticket, groups, now):
+                        await self._sleep(0)  # let the request ahead take this slot
+                        continue
+                    for g in groups:
+                        g.record(now)
+                    return now
+                await self._sleep(wait)
+        finally:
+            del self._waiting[ticket]
+
+    def _someone_ahead(self, ticket: tuple[int, int], groups: list[LimitGroup],
+                       now: float) -> bool:
+        """Whether a request ahead of ``ticket`` shares a group and could start now too."""
+        mine = {id(g) for g in groups}
+        for other, their in self._waiting.items():
+            if other < ticket and mine & {id(g) for g in their} and max(
+                    (g.wait_time(now) for g in their), default=0.0) <= 0:
+                return True
+        return False
 
     def pause(self, names: Iterable[str], seconds: float) -> None:
         """Pause the named groups for ``seconds`` from now."""

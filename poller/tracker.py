@@ -45,6 +45,7 @@ from poller.models import (
     utcnow,
 )
 from poller.pollqueue import OrderQueue
+from poller.ratelimit import PRIORITY, PRIORITY_ACTION, PRIORITY_ROUTINE, PRIORITY_URGENT
 from poller.store import ActionRow, Batch
 
 logger = logging.getLogger(__name__)
@@ -200,11 +201,15 @@ class Tracker:
                 due = self.queue.next_due()
                 await self._idle(None if due is None else due - self._mono())
                 continue
+            # Orders that just changed or left a list go before the round-robin refresh.
+            token = PRIORITY.set(PRIORITY_URGENT if self.queue.last_was_urgent
+                                 else PRIORITY_ROUTINE)
             try:
                 await self._poll_one(key)
             except Exception:  # the loop must survive anything one order's answer does
                 self.log.exception("per-order poll of %s failed unexpectedly", key[2])
             finally:
+                PRIORITY.reset(token)
                 self.queue.polled(key, self._mono())
                 self.completed += 1
 
@@ -386,6 +391,14 @@ class Tracker:
     async def perform(self, row: ActionRow, qty: Decimal | None, price: Decimal | None
                       ) -> Outcome:
         """Validate, send (through the budget) and verify one replace or cancel."""
+        token = PRIORITY.set(PRIORITY_ACTION)  # someone is waiting for this one
+        try:
+            return await self._perform(row, qty, price)
+        finally:
+            PRIORITY.reset(token)
+
+    async def _perform(self, row: ActionRow, qty: Decimal | None, price: Decimal | None
+                       ) -> Outcome:
         key = (self.name, row.account_id or self._account_of(row.order_id), row.order_id)
         known = self.known.get(key) or self._find(row.order_id)
         if known is None and self.adapter.supports_fetch:

@@ -74,13 +74,14 @@ SPECS = [LimitSpec(30, 2.0), LimitSpec(1, 1.0), LimitSpec(30, 30.0, spacing=0.02
     spec_b=st.sampled_from(SPECS),
     share=st.sampled_from([0.5, 0.8, 1.0]),
     arrivals=st.lists(st.tuples(st.floats(0, 20), st.sampled_from(["a", "b", "ab"]),
-                                st.one_of(st.none(), st.floats(0, 25))),
+                                st.one_of(st.none(), st.floats(0, 25)),
+                                st.integers(-1, 2)),
                       min_size=1, max_size=120),
     pause=st.one_of(st.none(), st.tuples(st.floats(0, 20), st.floats(0.1, 10))),
 )
 def test_no_window_ever_holds_more_than_the_share(
         spec_a: LimitSpec, spec_b: LimitSpec, share: float,
-        arrivals: list[tuple[float, str, float | None]],
+        arrivals: list[tuple[float, str, float | None, int]],
         pause: tuple[float, float] | None) -> None:
     fake = FakeTime()
     groups = [LimitGroup("a", spec_a, share=share), LimitGroup("b", spec_b, share=share)]
@@ -88,9 +89,9 @@ def test_no_window_ever_holds_more_than_the_share(
     admitted: dict[str, list[float]] = {"a": [], "b": []}
     paused: list[tuple[float, float]] = []
 
-    async def request(at: float, names: str) -> None:
+    async def request(at: float, names: str, priority: int) -> None:
         await fake.sleep(at)
-        when = await budget.acquire(*names)
+        when = await budget.acquire(*names, priority=priority)
         for name in names:
             admitted[name].append(when)
 
@@ -100,11 +101,12 @@ def test_no_window_ever_holds_more_than_the_share(
         paused.append((fake.now, fake.now + seconds))
 
     async def main() -> None:
-        coros: list[Coroutine[Any, Any, None]] = [request(at, names) for at, names, _ in arrivals]
+        coros: list[Coroutine[Any, Any, None]] = [
+            request(at, names, priority) for at, names, _, priority in arrivals]
         if pause:
             coros.append(pauser(*pause))
         tasks = [asyncio.ensure_future(c) for c in coros]
-        cancels = [(at, tasks[i]) for i, (_, _, at) in enumerate(arrivals) if at is not None]
+        cancels = [(at, tasks[i]) for i, (_, _, at, _) in enumerate(arrivals) if at is not None]
         await fake.run(tasks, cancels)
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -182,3 +184,24 @@ def test_limit_spec_parsing(text: str, spec: LimitSpec) -> None:
 def test_limit_spec_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         LimitSpec.parse(text)
+
+
+def test_higher_priority_goes_first_then_first_come() -> None:
+    fake = FakeTime()
+    budget = RateBudget([LimitGroup("g", LimitSpec(1, 1.0), share=1.0, pad=0.0)],
+                        clock=fake.clock, sleep=fake.sleep)
+    order: list[str] = []
+
+    async def request(name: str, priority: int) -> None:
+        await budget.acquire("g", priority=priority)
+        order.append(name)
+
+    async def main() -> None:
+        await budget.acquire("g")  # the slot is taken: everyone below has to wait
+        tasks = [asyncio.ensure_future(request(n, p)) for n, p in
+                 [("routine-1", -1), ("list", 0), ("urgent", 1), ("routine-2", -1),
+                  ("action", 2), ("list-2", 0)]]
+        await fake.run(tasks, [])
+
+    asyncio.run(main())
+    assert order == ["action", "urgent", "list", "list-2", "routine-1", "routine-2"]
