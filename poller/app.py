@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -423,8 +423,3 @@ class App:
         if stopped:
             text += f", stopped: {', '.join(stopped)}"
         return text
-
-
-def all_secrets(validated: Validated, extra: Sequence[str] = ()) -> list[str]:
-    """Secrets to redact: every configured one plus ``extra``."""
-    return [*validated.secrets(), *extra]
