@@ -58,6 +58,9 @@ class LimitSpec:
 #: Per-order polls of orders that just changed or left a list, and order actions, raise it.
 PRIORITY: contextvars.ContextVar[int] = contextvars.ContextVar("poller_priority", default=0)
 
+#: How long a waiter steps back for a request ahead of it that can start now.
+YIELD_TO_AHEAD = 0.001
+
 PRIORITY_ROUTINE = -1  # round-robin refresh of idle orders
 PRIORITY_URGENT = 1  # orders that just changed or left a list answer
 PRIORITY_ACTION = 2  # a replace or cancel someone asked for
@@ -167,7 +170,9 @@ class RateBudget:
                 wait = max((g.wait_time(now) for g in groups), default=0.0)
                 if wait <= 0:
                     if self._someone_ahead(ticket, groups, now):
-                        await self._sleep(0)  # let the request ahead take this slot
+                        # Let the request ahead take this slot. A short nap, not a bare
+                        # yield: it may still be asleep until its own timer fires.
+                        await self._sleep(YIELD_TO_AHEAD)
                         continue
                     for g in groups:
                         g.record(now)

@@ -30,14 +30,21 @@ class FakeTime:
 
     async def sleep(self, delay: float) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._timers, (self.now + max(0.0, delay), next(self._seq), future))
+        due = self.now + max(0.0, delay)
+        if delay > 0 and due <= self.now:
+            # A delay below the clock's resolution must still move time forward (a real
+            # monotonic clock always has), or a sub-ulp wait would be retried for ever.
+            due = math.nextafter(self.now, math.inf)
+        heapq.heappush(self._timers, (due, next(self._seq), future))
         await future
 
     async def run(self, tasks: list[asyncio.Task[Any]],
                   cancels: list[tuple[float, asyncio.Task[Any]]]) -> None:
         """Advance time from timer to timer until every task is done."""
         cancels = sorted(cancels, key=lambda c: c[0])
-        while not all(t.done() for t in tasks):
+        for _ in range(1_000_000):  # bounded: a scheduling bug fails instead of hanging
+            if all(t.done() for t in tasks):
+                return
             for _ in range(5):  # let ready tasks run up to their next sleep
                 await asyncio.sleep(0)
             if not self._timers:
@@ -52,6 +59,7 @@ class FakeTime:
             self.now = max(self.now, due)
             if not future.done():
                 future.set_result(None)
+        raise AssertionError(f"tasks still waiting after a million steps at t={self.now}")
 
 
 def max_in_window(times: list[float], window: float) -> int:
