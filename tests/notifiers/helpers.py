@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import traceback
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 import pytest
 
-from poller.models import OrderEvent
+from poller.diff import diff
+from poller.models import OrderEvent, OrderSnapshot, OrderStatus
 from poller.notifiers import Notifier
 from poller.templates import Message
+
+NOW = datetime(2026, 5, 20, 3, 24, 31, tzinfo=UTC)
+
+
+def order_event(status: OrderStatus = OrderStatus.FILLED, filled: int = 2, *,
+                symbol: str = "2890", **changes: Any) -> OrderEvent:
+    """A real event from diff() on two snapshots of a BUY 2 @ 27.1 order (the last event the
+    change implies: FINAL_FILLED by default)."""
+    before = OrderSnapshot(broker="tw-main", broker_kind="shioaji", account_id="A",
+                           order_id="a647f23d", status=OrderStatus.SUBMITTED,
+                           broker_status="Submitted", symbol=symbol, side="BUY",
+                           qty=Decimal(2), price=Decimal("27.1"))
+    after = OrderSnapshot(**{**before.__dict__, "status": status, "broker_status": status.value,
+                             "filled_qty": Decimal(filled), "avg_fill_price": Decimal("27.1"),
+                             **changes})
+    return diff(before, after, detected_at=NOW).events[-1]
 
 
 def deliver(notifier: Notifier, *items: OrderEvent | Message) -> list[Exception | None]:

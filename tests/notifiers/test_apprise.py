@@ -11,17 +11,14 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import apprise
 import pytest
 from pydantic import ValidationError
 
-from poller.diff import diff
 from poller.errors import DeliveryRetryable, NotifierConfigError
-from poller.models import OrderEvent, OrderSnapshot, OrderStatus, SystemScene, system_event
+from poller.models import SystemScene, system_event
 from poller.settings import problems_from
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer
 from poller.templates import Message
@@ -33,26 +30,15 @@ from poller_plugins.apprise_notifier import (
     register_notifiers,
     url_fragments,
 )
-from tests.notifiers.helpers import deliver, leaked, reveals
+from tests.notifiers.helpers import NOW, deliver, leaked, order_event, reveals
 
 # apprise loads its plugins lazily; its e-mail plugin imports the deprecated stdlib imghdr
 # (a third-party warning that the suite's filterwarnings=error would turn into a failure).
 pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
 
-NOW = datetime(2026, 5, 20, 3, 24, 31, tzinfo=UTC)
 CANARY = "canaryApprise5e8f1"
 
 
-def order_event(symbol: str = "2890") -> OrderEvent:
-    """A real FINAL_FILLED event, from diff() on two snapshots."""
-    before = OrderSnapshot(broker="tw-main", broker_kind="shioaji", account_id="A",
-                           order_id="a647f23d", status=OrderStatus.SUBMITTED,
-                           broker_status="Submitted", symbol=symbol, side="BUY",
-                           qty=Decimal(2), price=Decimal("27.1"))
-    after = OrderSnapshot(**{**before.__dict__, "status": OrderStatus.FILLED,
-                             "broker_status": "Filled", "filled_qty": Decimal(2),
-                             "avg_fill_price": Decimal("27.1")})
-    return diff(before, after, detected_at=NOW).events[-1]
 
 
 EVENT = order_event()

@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
-from poller.diff import diff
-from poller.models import OrderEvent, OrderSnapshot, OrderStatus, SystemScene, system_event
+from poller.models import OrderEvent, OrderStatus, SystemScene, system_event
 from poller_plugins.console import ConsoleConfig, ConsoleNotifier, format_line
-
-NOW = datetime(2026, 5, 20, 3, 24, 31, tzinfo=UTC)
-
-
-def order_event(status: OrderStatus, filled: int, **kw: Any) -> OrderEvent:
-    before = OrderSnapshot(broker="tw-main", broker_kind="shioaji", account_id="A",
-                           order_id="a647f23d", status=OrderStatus.SUBMITTED,
-                           broker_status="Submitted", symbol="2890", side="BUY",
-                           qty=Decimal(2), price=Decimal("27.1"))
-    after = OrderSnapshot(**{**before.__dict__, "status": status, "broker_status": status.value,
-                             "filled_qty": Decimal(filled), "avg_fill_price": Decimal("27.1"),
-                             **kw})
-    return diff(before, after, detected_at=NOW).events[-1]
+from tests.notifiers.helpers import NOW, order_event
 
 
 class Tty(io.StringIO):

@@ -20,8 +20,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, cast
@@ -32,7 +30,6 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pydantic import ValidationError
 
 from poller.app import validate
-from poller.diff import diff
 from poller.errors import (
     ConfigError,
     DeliveryFailed,
@@ -40,12 +37,12 @@ from poller.errors import (
     DeliveryRetryable,
     DeliveryUncertain,
 )
-from poller.models import OrderEvent, OrderSnapshot, OrderStatus, SystemScene, system_event
+from poller.models import OrderEvent, OrderStatus, SystemScene, system_event
 from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
 from poller.settings import load_settings
 from poller_plugins.email_smtp import MAX_IDLE, EmailConfig, EmailNotifier
+from tests.notifiers.helpers import NOW, order_event
 
-NOW = datetime(2026, 5, 20, 3, 24, 31, tzinfo=UTC)
 SENDER = "poller <alerts@example.com>"
 DESK = "desk@example.com"
 USER = "alice@example.com"
@@ -54,15 +51,6 @@ NASTY_SYMBOL = "台積電<script>alert(1)</script>\r\nBcc: evil@example.net"
 NASTY_MESSAGE = "margin & <b>limits</b>\r\nX-Injected: yes"
 
 
-def order_event(status: OrderStatus, filled: int, **kw: Any) -> OrderEvent:
-    before = OrderSnapshot(broker="tw-main", broker_kind="shioaji", account_id="A",
-                           order_id="a647f23d", status=OrderStatus.SUBMITTED,
-                           broker_status="Submitted", symbol=kw.pop("symbol", "2890"),
-                           side="BUY", qty=Decimal(2), price=Decimal("27.1"))
-    after = OrderSnapshot(**{**before.__dict__, "status": status, "broker_status": status.value,
-                             "filled_qty": Decimal(filled), "avg_fill_price": Decimal("27.1"),
-                             **kw})
-    return diff(before, after, detected_at=NOW).events[-1]
 
 
 FILLED = order_event(OrderStatus.FILLED, 2)

@@ -8,22 +8,19 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import ValidationError
 
-from poller.diff import diff
 from poller.errors import (
     DeliveryFailed,
     DeliveryRateLimited,
     DeliveryRetryable,
     DeliveryUncertain,
 )
-from poller.models import OrderEvent, OrderSnapshot, OrderStatus, SystemScene, system_event
+from poller.models import SystemScene, system_event
 from poller.settings import problems_from
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer, SlidingWindow
 from poller.templates import Message
@@ -35,23 +32,12 @@ from poller_plugins.slack import (
     escape_mrkdwn,
     register_notifiers,
 )
-from tests.notifiers.helpers import deliver, leaked, reveals
+from tests.notifiers.helpers import NOW, deliver, leaked, order_event, reveals
 
-NOW = datetime(2026, 5, 20, 3, 24, 31, tzinfo=UTC)
 CANARY = "canary-slack-7d41c9"
 HOOK = f"/services/T0CANARY/B0CANARY/{CANARY}"
 
 
-def order_event(symbol: str = "2890", message: str = "") -> OrderEvent:
-    """A real FINAL_FILLED event, from diff() on two snapshots."""
-    before = OrderSnapshot(broker="tw-main", broker_kind="shioaji", account_id="A",
-                           order_id="a647f23d", status=OrderStatus.SUBMITTED,
-                           broker_status="Submitted", symbol=symbol, side="BUY",
-                           qty=Decimal(2), price=Decimal("27.1"))
-    after = OrderSnapshot(**{**before.__dict__, "status": OrderStatus.FILLED,
-                             "broker_status": "Filled", "filled_qty": Decimal(2),
-                             "avg_fill_price": Decimal("27.1"), "message": message})
-    return diff(before, after, detected_at=NOW).events[-1]
 
 
 EVENT = order_event()

@@ -11,8 +11,6 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -21,14 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from poller.diff import diff
 from poller.errors import (
     DeliveryFailed,
     DeliveryRateLimited,
     DeliveryRetryable,
     DeliveryUncertain,
 )
-from poller.models import OrderEvent, OrderSnapshot, OrderStatus, SystemScene, system_event
+from poller.models import OrderEvent, SystemScene, system_event
 from poller.settings import problems_from
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer, SlidingWindow
 from poller.templates import Message
@@ -44,24 +41,13 @@ from poller_plugins.telegram import (
     render_parts,
     units,
 )
-from tests.notifiers.helpers import deliver, leaked, reveals
+from tests.notifiers.helpers import NOW, deliver, leaked, order_event, reveals
 
-NOW = datetime(2026, 5, 20, 3, 24, 31, tzinfo=UTC)
 SECRET = "canary-TG_9f3a2b7c1d0e"
 TOKEN = f"123456789:{SECRET}"
 PATH = f"/bot{TOKEN}/sendMessage"
 
 
-def order_event(symbol: str = "2890", message: str = "") -> OrderEvent:
-    """A real FINAL_FILLED event, from diff() on two snapshots."""
-    before = OrderSnapshot(broker="tw-main", broker_kind="shioaji", account_id="A",
-                           order_id="a647f23d", status=OrderStatus.SUBMITTED,
-                           broker_status="Submitted", symbol=symbol, side="BUY",
-                           qty=Decimal(2), price=Decimal("27.1"))
-    after = OrderSnapshot(**{**before.__dict__, "status": OrderStatus.FILLED,
-                             "broker_status": "Filled", "filled_qty": Decimal(2),
-                             "avg_fill_price": Decimal("27.1"), "message": message})
-    return diff(before, after, detected_at=NOW).events[-1]
 
 
 def stale_event(n: int, message: str = "order gone") -> OrderEvent:
