@@ -1,12 +1,13 @@
 """poller: watch orders at several brokers and notify once per transition.
 
-The public surface for plugins: import from here, never from submodules.
+The public surface for plugins and adapters (ours too): import from here, never from
+submodules. A test scans ``plugins/`` and ``poller/brokers/`` for imports of private modules.
 """
 
 from __future__ import annotations
 
 from poller.__about__ import __version__
-from poller.brokers.base import BrokerAdapter, BrokerConfig, ListResult, ListScope
+from poller.adapter import BrokerAdapter, BrokerConfig, ListResult, ListScope, first_problem
 from poller.errors import (
     BrokerAuthError,
     BrokerError,
@@ -19,18 +20,31 @@ from poller.errors import (
     DeliveryRateLimited,
     DeliveryRetryable,
     DeliveryUncertain,
+    NeedsHuman,
     NotifierConfigError,
     NotifierError,
     PollerError,
+    Retryable,
 )
 from poller.hookspecs import hookimpl
-from poller.logsetup import Redactor
-from poller.models import Fill, OrderEvent, OrderSnapshot, OrderStatus, SceneType
+from poller.httpclient import Answer, is_loopback, retry_after_seconds, send
+from poller.logsetup import LogScrubber, Redactor
+from poller.models import (
+    Fill,
+    OrderEvent,
+    OrderSnapshot,
+    OrderStatus,
+    SceneType,
+    decimal_text,
+    to_decimal,
+    utcnow,
+)
 from poller.notifiers import Notifier, NotifierConfig, classify, post
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
 from poller.templates import Message
 
 __all__ = [
+    "Answer",
     "BrokerAdapter",
     "BrokerAuthError",
     "BrokerConfig",
@@ -49,7 +63,9 @@ __all__ = [
     "LimitSpec",
     "ListResult",
     "ListScope",
+    "LogScrubber",
     "Message",
+    "NeedsHuman",
     "Notifier",
     "NotifierConfig",
     "NotifierConfigError",
@@ -60,9 +76,17 @@ __all__ = [
     "PollerError",
     "RateBudget",
     "Redactor",
+    "Retryable",
     "SceneType",
     "__version__",
     "classify",
+    "decimal_text",
+    "first_problem",
     "hookimpl",
+    "is_loopback",
     "post",
+    "retry_after_seconds",
+    "send",
+    "to_decimal",
+    "utcnow",
 ]

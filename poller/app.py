@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from poller import budgetplan
 from poller.actions import ActionRunner
-from poller.brokers.base import BrokerAdapter, BrokerConfig, secret_values
+from poller.adapter import BrokerAdapter, BrokerConfig, secret_values
 from poller.dispatch import DeliveryPolicy, Dispatcher
 from poller.errors import ConfigError, ConfigProblem
 from poller.httpclient import build_client

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from poller.brokers.base import BrokerAdapter, BrokerConfig
+from poller.adapter import BrokerAdapter, BrokerConfig
 from poller.ratelimit import RateBudget
 
 

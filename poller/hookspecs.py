@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from poller.brokers.base import BrokerAdapter
+    from poller.adapter import BrokerAdapter
     from poller.models import OrderEvent
     from poller.notifiers import Notifier
 

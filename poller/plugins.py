@@ -26,7 +26,7 @@ from typing import Any
 import pluggy
 
 from poller import hookspecs
-from poller.brokers.base import BrokerAdapter
+from poller.adapter import BrokerAdapter
 from poller.errors import ConfigError, ConfigProblem
 from poller.notifiers import Notifier
 

@@ -26,7 +26,7 @@ from poller.actions import (
     Pending,
     action_event,
 )
-from poller.brokers.base import BrokerAdapter, ListScope, first_problem
+from poller.adapter import BrokerAdapter, ListScope, first_problem
 from poller.diff import diff
 from poller.errors import (
     BrokerAuthError,

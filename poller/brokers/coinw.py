@@ -34,7 +34,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import httpx
 from pydantic import AfterValidator, Field, SecretStr, field_validator
 
-from poller.brokers.base import BrokerAdapter, BrokerConfig, ListResult, ListScope
+from poller.adapter import BrokerAdapter, BrokerConfig, ListResult, ListScope
 from poller.errors import (
     BrokerAuthError,
     BrokerError,

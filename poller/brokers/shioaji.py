@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from poller.brokers.base import BrokerAdapter, BrokerConfig, ListResult, ListScope
+from poller.adapter import BrokerAdapter, BrokerConfig, ListResult, ListScope
 from poller.errors import (
     BrokerAuthError,
     BrokerMalformed,

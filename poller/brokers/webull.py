@@ -27,7 +27,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from poller.brokers.base import BrokerAdapter, BrokerConfig, ListResult, ListScope
+from poller.adapter import BrokerAdapter, BrokerConfig, ListResult, ListScope
 from poller.errors import (
     BrokerAuthError,
     BrokerError,

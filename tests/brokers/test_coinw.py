@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from poller.app import build_budget, validate
-from poller.brokers.base import ListScope
+from poller.adapter import ListScope
 from poller.brokers.coinw import (
     PRIVATE_PATH,
     STATUS_TABLE,

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from poller.brokers.base import ListResult, ListScope
+from poller.adapter import ListResult, ListScope
 from poller.brokers.longport import (
     STATUS_TABLE,
     LongPortAdapter,

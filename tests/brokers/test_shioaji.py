@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from poller.brokers.base import ListScope
+from poller.adapter import ListScope
 from poller.brokers.shioaji import STATUS_TABLE, ShioajiAdapter, ShioajiConfig, parse_trade
 from poller.errors import (
     BrokerAuthError,

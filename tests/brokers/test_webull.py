@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from poller.app import validate
-from poller.brokers.base import ListScope
+from poller.adapter import ListScope
 from poller.brokers.webull import (
     STATUS_TABLE,
     WebullAdapter,
