@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from poller.app import build_budget, validate
 from poller.adapter import ListScope
+from poller.app import build_budget, validate
 from poller.brokers.coinw import (
     PRIVATE_PATH,
     STATUS_TABLE,

@@ -17,8 +17,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from poller.app import validate
 from poller.adapter import ListScope
+from poller.app import validate
 from poller.brokers.webull import (
     STATUS_TABLE,
     WebullAdapter,
