@@ -18,7 +18,8 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from poller.app import App, validate
+from poller.app import App
+from poller.compose import validate
 from poller.logsetup import Redactor
 from poller.plugins import get_plugin_manager
 from poller.settings import load_settings

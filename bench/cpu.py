@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
                 status=OrderStatus.SUBMITTED, broker_status="1", symbol="BTC_USDT",
                 side="BUY", qty=Decimal(1_000_000), price=Decimal("67000"))
             filled[oid] = 0
-        store.commit(Batch(snapshots=list(known.values())), lambda e: ["hook"])
+        store.commit(Batch(snapshots=list(known.values())))
         ids = list(known)
         cpu0, wall0 = time.process_time(), time.perf_counter()
         changes = 0
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
             result = diff(known[oid], current, detected_at=utcnow())
             if result.snapshot is not None and result.snapshot != known[oid]:
                 known[oid] = result.snapshot
-                store.commit(Batch(snapshots=[result.snapshot], events=result.events),
-                             lambda e: ["hook"])
+                store.commit(Batch(snapshots=[result.snapshot], events=result.events,
+                                   routes={e.id: ("hook",) for e in result.events}))
         cpu = time.process_time() - cpu0
         wall = time.perf_counter() - wall0
         store.close()

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poller.app import App, validate
+from poller.app import App
+from poller.compose import validate
 from poller.logsetup import Redactor
 from poller.models import OrderEvent
 from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager

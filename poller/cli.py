@@ -13,12 +13,12 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from poller import budgetplan
 from poller.__about__ import __version__
-from poller.app import App, Loaded, Validated, build_budget, validate
+from poller.app import App
+from poller.compose import Validated, build_budget, load
 from poller.errors import ConfigError, DeliveryFailed, PollerError, StoreError
 from poller.logsetup import Redactor, setup_logging
 from poller.plugins import Plugins, get_plugin_manager
@@ -125,16 +125,8 @@ def _settings(args: argparse.Namespace) -> tuple[str, Settings]:
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, Plugins, Validated]:
-    loaded = load_all(config_path(getattr(args, "config", None)))
+    loaded = load(config_path(getattr(args, "config", None)))
     return loaded.settings, loaded.plugins, loaded.validated
-
-
-def load_all(path: Path) -> Loaded:
-    """Read, validate and load plugins for the config at ``path`` (start and SIGHUP)."""
-    settings = load_settings(path)
-    plugins = get_plugin_manager(entry_point_names=settings.daemon.plugins,
-                                 plugin_dirs=settings.daemon.plugins_dirs)
-    return Loaded(settings, plugins, validate(settings, plugins.registry(), str(path)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -142,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from poller.daemon import serve
 
     path = config_path(args.config)
-    loaded = load_all(path)
+    loaded = load(path)
     settings, validated = loaded.settings, loaded.validated
     redactor = setup_logging(level=args.log_level or settings.daemon.log_level,
                              fmt=args.log_format or settings.daemon.log_format,
@@ -150,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = Store.open(settings.daemon.database, lock=True)
     try:
         app = App.create(settings, loaded.plugins, validated, redactor=redactor, store=store)
-        asyncio.run(serve(app, reloader=lambda: load_all(path)))
+        asyncio.run(serve(app, reloader=lambda: load(path)))
     finally:
         store.close()
     return EX_OK

@@ -16,7 +16,8 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from poller.api import ApiServer
-from poller.app import App, Loaded
+from poller.app import App
+from poller.compose import Loaded
 from poller.errors import ConfigError
 from poller.health import HealthServer
 from poller.settings import parse_listen
@@ -72,47 +73,68 @@ class Lifecycle:
             loop.remove_signal_handler(sig)
 
 
-async def serve(
-    app: App,
-    *,
-    duration: float | None = None,
-    on_started: Callable[[], Awaitable[None] | None] | None = None,
-    lifecycle: Lifecycle | None = None,
-    reloader: Reloader | None = None,
-    systemd: SystemdNotifier | None = None,
-) -> Lifecycle:
-    """Start ``app``, run until a signal or ``duration`` seconds, then stop it."""
-    lifecycle = lifecycle or Lifecycle()
-    systemd = systemd or SystemdNotifier()
-    lifecycle.install(reload=reloader is not None)
-    loop = asyncio.get_running_loop()
-    deadline = None if duration is None else loop.time() + duration
-    health: HealthServer | None = None
-    api: ApiServer | None = None
-    try:
+class Server:
+    """One run of the daemon, in uvicorn's shape: :meth:`startup`, :meth:`main_loop` (one
+    :meth:`on_tick` every few seconds, reloads on SIGHUP), :meth:`shutdown`."""
+
+    def __init__(self, app: App, *, lifecycle: Lifecycle | None = None,
+                 reloader: Reloader | None = None,
+                 systemd: SystemdNotifier | None = None) -> None:
+        self.app = app
+        self.lifecycle = lifecycle or Lifecycle()
+        self.reloader = reloader
+        self.systemd = systemd or SystemdNotifier()
+        self.health: HealthServer | None = None
+        self.api: ApiServer | None = None
+        self._watchdog = watchdog_interval()
+        self._last_beat = -1
+        self._last_status = ""
+
+    async def serve(self, *, duration: float | None = None,
+                    on_started: Callable[[], Awaitable[None] | None] | None = None) -> None:
+        """Start, run until a signal or ``duration`` seconds, then stop."""
+        self.lifecycle.install(reload=self.reloader is not None)
+        try:
+            await self.startup()
+            if on_started is not None:
+                result = on_started()
+                if result is not None:
+                    await result
+            await self.main_loop(duration)
+            await self.shutdown()
+        finally:
+            if self.health is not None:
+                self.health.stop()
+            if self.api is not None:
+                self.api.stop()
+            self.lifecycle.uninstall()
+            self.systemd.close()
+
+    async def startup(self) -> None:
+        """Start the app and its HTTP servers, then tell systemd we are ready."""
+        app = self.app
         await app.start()
-        if app.settings.daemon.health_listen:
-            host, port = parse_listen(app.settings.daemon.health_listen)
-            health = HealthServer(app, host, port, stale_after=3 * STATUS_EVERY + 5)
-            health.start()
-            app.health_port = health.port
         daemon = app.settings.daemon
+        if daemon.health_listen:
+            host, port = parse_listen(daemon.health_listen)
+            self.health = HealthServer(app, host, port, stale_after=3 * STATUS_EVERY + 5)
+            self.health.start()
         if daemon.api_listen and daemon.api_token is not None:
+            loop = asyncio.get_running_loop()
             host, port = parse_listen(daemon.api_listen)
-            api = ApiServer(daemon.database, daemon.api_token.get_secret_value(), host, port,
-                            connections=lambda: set(app.trackers),
-                            wake=lambda: _call_soon(loop, app.wake_actions))
-            api.start()
-            app.api_port = api.port
+            self.api = ApiServer(daemon.database, daemon.api_token.get_secret_value(), host,
+                                 port, connections=lambda: set(app.trackers),
+                                 wake=lambda: _call_soon(loop, app.wake_actions))
+            self.api.start()
         logger.info("poller running: %s", app.status_line())
-        systemd.ready(app.status_line())
-        if on_started is not None:
-            result = on_started()
-            if result is not None:
-                await result
-        watchdog = watchdog_interval()
-        tick = min(STATUS_EVERY, watchdog) if watchdog else STATUS_EVERY
-        last_beat, last_status = -1, ""
+        self.systemd.ready(app.status_line())
+
+    async def main_loop(self, duration: float | None) -> None:
+        """Tick until a signal (or the duration is over); reload on SIGHUP."""
+        loop = asyncio.get_running_loop()
+        deadline = None if duration is None else loop.time() + duration
+        tick = min(STATUS_EVERY, self._watchdog) if self._watchdog else STATUS_EVERY
+        lifecycle = self.lifecycle
         while not lifecycle.should_exit.is_set():
             timeout = tick if deadline is None else min(tick, deadline - loop.time())
             if timeout <= 0:
@@ -125,45 +147,59 @@ async def serve(
             await asyncio.gather(*waiters, return_exceptions=True)
             if lifecycle.reload.is_set() and not lifecycle.should_exit.is_set():
                 lifecycle.reload.clear()
-                await _reload(app, reloader, systemd)
-            beat = app.heartbeat
-            if watchdog and beat != last_beat:
-                systemd.watchdog()  # only while polls keep completing
-                last_beat = beat
-            await app.refresh_backlog()
-            status = app.status_line()
-            if status != last_status:
-                systemd.status(status)
-                last_status = status
-        systemd.stopping()
-        lifecycle.on_force = app.abort
-        await app.stop(grace=0.0 if lifecycle.force_exit else None)
-    finally:
-        if health is not None:
-            health.stop()
-        if api is not None:
-            api.stop()
-        lifecycle.uninstall()
-        systemd.close()
-    return lifecycle
+                await self.reload()
+            await self.on_tick()
+
+    async def on_tick(self) -> None:
+        """Ping the watchdog while polls keep completing; refresh the status line."""
+        beat = self.app.heartbeat
+        if self._watchdog and beat != self._last_beat:
+            self.systemd.watchdog()  # only while polls keep completing
+            self._last_beat = beat
+        await self.app.refresh_backlog()
+        status = self.app.status_line()
+        if status != self._last_status:
+            self.systemd.status(status)
+            self._last_status = status
+
+    async def reload(self) -> None:
+        """Re-read and fully validate the configuration; keep the running one if it is bad."""
+        if self.reloader is None:
+            return
+        self.systemd.reloading()
+        try:
+            loaded = await asyncio.to_thread(self.reloader)
+        except ConfigError as err:
+            for problem in err.problems:
+                logger.error("reload refused, keeping the running configuration: %s", problem)
+            self.systemd.ready(self.app.status_line())
+            return
+        await self.app.reconfigure(loaded)
+        logger.info("configuration reloaded: %s", self.app.status_line())
+        self.systemd.ready(self.app.status_line())
+
+    async def shutdown(self) -> None:
+        """Tell systemd, then stop the app (a second SIGINT stops waiting for deliveries)."""
+        self.systemd.stopping()
+        self.lifecycle.on_force = self.app.abort
+        await self.app.stop(grace=0.0 if self.lifecycle.force_exit else None)
+
+
+async def serve(
+    app: App,
+    *,
+    duration: float | None = None,
+    on_started: Callable[[], Awaitable[None] | None] | None = None,
+    lifecycle: Lifecycle | None = None,
+    reloader: Reloader | None = None,
+    systemd: SystemdNotifier | None = None,
+) -> Lifecycle:
+    """Start ``app``, run until a signal or ``duration`` seconds, then stop it."""
+    server = Server(app, lifecycle=lifecycle, reloader=reloader, systemd=systemd)
+    await server.serve(duration=duration, on_started=on_started)
+    return server.lifecycle
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
     """Run ``callback`` on the loop from another thread (the API server's)."""
     loop.call_soon_threadsafe(callback)
-
-
-async def _reload(app: App, reloader: Reloader | None, systemd: SystemdNotifier) -> None:
-    if reloader is None:
-        return
-    systemd.reloading()
-    try:
-        loaded = await asyncio.to_thread(reloader)
-    except ConfigError as err:
-        for problem in err.problems:
-            logger.error("reload refused, keeping the running configuration: %s", problem)
-        systemd.ready(app.status_line())
-        return
-    await app.reconfigure(loaded)
-    logger.info("configuration reloaded: %s", app.status_line())
-    systemd.ready(app.status_line())

@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from poller.app import App, validate
+from poller.app import App
+from poller.compose import validate
 from poller.daemon import serve
 from poller.logsetup import Redactor
 from poller.plugins import get_plugin_manager

@@ -12,28 +12,43 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from poller.dispatch import Dispatcher
 from poller.models import iso
-
-if TYPE_CHECKING:
-    from poller.app import App
+from poller.tracker import Tracker
 
 logger = logging.getLogger(__name__)
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
+class DaemonView(Protocol):
+    """What ``/healthz`` and ``/metrics`` read of the running daemon (:class:`poller.app.App`
+    has it all); read from the server's thread, so only snapshots of plain containers."""
+
+    @property
+    def trackers(self) -> Mapping[str, Tracker]: ...
+    @property
+    def dispatcher(self) -> Dispatcher | None: ...
+    @property
+    def backlog(self) -> Mapping[str, int]: ...
+    @property
+    def events_by_scene(self) -> Mapping[str, int]: ...
+    @property
+    def last_tick(self) -> float: ...
+
+
 class AppCollector(Collector):
     """Reads the running daemon's counters when Prometheus scrapes."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: DaemonView) -> None:
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
@@ -96,7 +111,7 @@ class AppCollector(Collector):
         yield from (deliveries, latency, backlog)
 
 
-def health(app: App, *, stale_after: float) -> tuple[bool, dict[str, Any]]:
+def health(app: DaemonView, *, stale_after: float) -> tuple[bool, dict[str, Any]]:
     """Whether the daemon is alive, and the details ``/healthz`` shows."""
     alive = time.monotonic() - app.last_tick < stale_after
     return alive, {
@@ -118,7 +133,7 @@ class _QuietHandler(WSGIRequestHandler):
 class HealthServer:
     """Serves ``/healthz`` and ``/metrics`` for ``app`` on ``host:port`` in a thread."""
 
-    def __init__(self, app: App, host: str, port: int, *, stale_after: float = 60.0) -> None:
+    def __init__(self, app: DaemonView, host: str, port: int, *, stale_after: float = 60.0) -> None:
         self.app = app
         self.stale_after = stale_after
         self.registry = CollectorRegistry(auto_describe=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 from urllib.parse import quote
 
@@ -87,6 +87,16 @@ class LogScrubber(logging.Filter):
         """Stop scrubbing (the notifier is closed)."""
         for name in self.loggers:
             logging.getLogger(name).removeFilter(self)
+
+
+class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes every line with the connection's name and tags it for JSON logs."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]
+                ) -> tuple[Any, MutableMapping[str, Any]]:
+        name = (self.extra or {}).get("connection", "")
+        kwargs.setdefault("extra", {})["connection"] = name
+        return f"{name}: {msg}", kwargs
 
 
 class JsonFormatter(logging.Formatter):

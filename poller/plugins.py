@@ -147,10 +147,6 @@ class Plugins:
 
         await asyncio.gather(*(guarded(n, a) for n, a in pending))
 
-    def hook_names(self) -> list[str]:
-        """Names of all hooks poller defines."""
-        return sorted(name for name in dir(self.pm.hook) if not name.startswith("_"))
-
 
 def get_plugin_manager(
     *,

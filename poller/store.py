@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +37,9 @@ class Batch:
     ``snapshots`` replace the stored snapshot of their order; ``seen`` only refreshes the
     last-seen time of unchanged orders; ``missing`` sets the count of consecutive polls an
     order was absent; ``baselined`` records accounts whose first poll has been stored.
+    ``routes`` names the notifiers of each event (by event id), computed before the commit
+    so the store never calls back into the daemon. ``effects`` are in-memory changes that
+    run only once the commit succeeded: memory follows the disk, never leads it.
     """
 
     snapshots: list[OrderSnapshot] = field(default_factory=list)
@@ -45,6 +48,24 @@ class Batch:
     missing: dict[tuple[str, str, str], int] = field(default_factory=dict)
     stale: list[tuple[str, str, str]] = field(default_factory=list)
     baselined: list[tuple[str, str]] = field(default_factory=list)
+    routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    effects: list[Callable[[], None]] = field(default_factory=list)
+    _latest: dict[tuple[str, str, str], OrderSnapshot] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for snapshot in self.snapshots:
+            self._latest[snapshot.key] = snapshot
+
+    def put(self, snapshot: OrderSnapshot) -> None:
+        """Record a new snapshot of an order (the latest one of a key wins)."""
+        self.snapshots.append(snapshot)
+        self._latest[snapshot.key] = snapshot
+
+    def latest(self, key: tuple[str, str, str]) -> OrderSnapshot | None:
+        """The snapshot this batch records for ``key``, if any (later reads in one poll
+        must see what earlier ones found, before it is committed)."""
+        return self._latest.get(key)
 
     def __bool__(self) -> bool:
         return bool(
@@ -228,12 +249,11 @@ class Store:
 
     # -- the one write path --------------------------------------------------------------
 
-    def commit(
-        self, batch: Batch, route: Callable[[OrderEvent], Sequence[str]]
-    ) -> list[OrderEvent]:
+    def commit(self, batch: Batch) -> list[OrderEvent]:
         """Write a poll's snapshots, events and outbox rows in one transaction.
 
-        :param route: names of the notifiers that should receive an event.
+        Each new event gets one outbox row per notifier ``batch.routes`` names for it.
+
         :returns: the events that were new (an event id already stored is a replay of a
             known fact and is neither stored nor routed again).
         """
@@ -285,7 +305,7 @@ class Store:
                     if cursor.rowcount != 1:
                         continue
                     fresh.append(event)
-                    for notifier in route(event):
+                    for notifier in batch.routes.get(event.id, ()):
                         db.execute(
                             "INSERT INTO outbox (event_seq, notifier, state, next_attempt_at, "
                             "created_at) VALUES (?, ?, 'pending', ?, ?)",

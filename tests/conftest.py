@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from poller.app import App, validate
+from poller.app import App
+from poller.compose import validate
 from poller.logsetup import Redactor
 from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
 from poller.settings import load_settings

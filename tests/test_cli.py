@@ -33,7 +33,7 @@ def config(tmp_path: Path, receiver: Receiver) -> Path:
                          filled_qty=Decimal(4))
     event = system_event(SystemScene.ORDER_STALE, broker="lp", order_id="701", discriminator="x",
                          detected_at=datetime(2026, 5, 20, tzinfo=UTC), message="gone quiet")
-    store.commit(Batch(snapshots=[snap], events=[event]), lambda e: ["hook"])
+    store.commit(Batch(snapshots=[snap], events=[event], routes={event.id: ("hook",)}))
     row = store.due("hook")[0]
     store.mark_dead(row.id, error="webhook hook: HTTP 400")
     store.close()
@@ -105,7 +105,7 @@ def test_json_logs_name_the_connection() -> None:
     stream = io.StringIO()
     setup_logging(level="INFO", fmt="json", stream=stream)
     try:
-        from poller.tracker import ConnectionLog
+        from poller.logsetup import ConnectionLog
 
         ConnectionLog(logging.getLogger("poller.tracker"), {"connection": "tw"}).warning(
             "poll failed (%s)", "unavailable")

@@ -17,6 +17,7 @@ from poller.errors import DeliveryFailed, DeliveryRetryable
 from poller.logsetup import Redactor
 from poller.models import OrderEvent, SystemScene, system_event
 from poller.notifiers import Notifier, NotifierConfig, QuietHours
+from poller.routing import route
 from poller.store import Batch, Store
 from poller.templates import Message
 
@@ -90,9 +91,7 @@ class Harness:
         return fn(*args, **kw)
 
     async def commit(self, batch: Batch) -> list[OrderEvent]:
-        skip = lambda e: e.payload.get("notifier")  # noqa: E731
-        return self.store.commit(batch, lambda e: [n.name for n in self.notifiers
-                                                    if n.name != skip(e) and n.accepts(e)])
+        return self.store.commit(route(batch, self.notifiers))
 
     def dispatcher(self) -> Dispatcher:
         return Dispatcher(self.store, self.notifiers, db=self.db, commit=self.commit,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from poller.app import validate
+from poller.compose import validate
 from poller.cli import main
 from poller.errors import ConfigError
 from poller.plugins import get_plugin_manager

@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from poller.adapter import ListScope
-from poller.app import build_budget, validate
 from poller.brokers.coinw import (
     PRIVATE_PATH,
     STATUS_TABLE,
@@ -31,6 +30,7 @@ from poller.brokers.coinw import (
     signed_query,
     signing_payload,
 )
+from poller.compose import build_budget, validate
 from poller.diff import diff
 from poller.errors import (
     BrokerAuthError,

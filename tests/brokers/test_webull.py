@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from poller.adapter import ListScope
-from poller.app import validate
 from poller.brokers.webull import (
     STATUS_TABLE,
     WebullAdapter,
@@ -28,6 +27,7 @@ from poller.brokers.webull import (
     replace_body,
     sign,
 )
+from poller.compose import validate
 from poller.errors import (
     BrokerAuthError,
     BrokerError,

@@ -29,7 +29,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from pydantic import ValidationError
 
-from poller.app import validate
+from poller.compose import validate
 from poller.errors import (
     ConfigError,
     DeliveryFailed,

@@ -1,0 +1,168 @@
+"""Composition: from settings and plugins to validated, typed parts — apart from runtime.
+
+:func:`validate` checks every ``[brokers.*]`` / ``[notifiers.*]`` table against its kind's
+``Config`` model and the broker's documented limits (used by ``check-config``, at start and
+at every reload, so all three judge a file the same way); :func:`build_budget` makes a
+connection's rate budget; :func:`load` reads a file with its plugins; :func:`build_adapter`
+and :func:`build_notifier` make the parts, each with its own httpx client.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from poller import budgetplan
+from poller.adapter import BrokerAdapter, BrokerConfig, secret_values
+from poller.errors import ConfigError, ConfigProblem
+from poller.httpclient import build_client
+from poller.notifiers import Notifier, NotifierConfig
+from poller.plugins import Plugins, Registry, get_plugin_manager
+from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
+from poller.settings import Settings, load_settings, problems_from
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Validated:
+    """Typed configs of every connection and notifier, checked against their plugins."""
+
+    brokers: dict[str, tuple[type[BrokerAdapter], BrokerConfig]]
+    notifiers: dict[str, tuple[type[Notifier], NotifierConfig]]
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the configuration, for redaction."""
+        found: list[str] = []
+        for cls, cfg in self.brokers.values():
+            found.extend(cls.secrets(cfg))
+        for _, ncfg in self.notifiers.values():
+            found.extend(secret_values(ncfg))
+        return found
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A fully validated configuration with its plugins: what a start or a reload needs."""
+
+    settings: Settings
+    plugins: Plugins
+    validated: Validated
+
+
+def validate(settings: Settings, registry: Registry, source: str) -> Validated:
+    """Check every connection and notifier table against its kind's ``Config`` model.
+
+    :raises ConfigError: with one problem per offending key, across all tables at once.
+    """
+    problems: list[ConfigProblem] = []
+    brokers: dict[str, tuple[type[BrokerAdapter], BrokerConfig]] = {}
+    notifiers: dict[str, tuple[type[Notifier], NotifierConfig]] = {}
+    for section, tables, kinds in (
+        ("brokers", settings.brokers, registry.brokers),
+        ("notifiers", settings.notifiers, registry.notifiers),
+    ):
+        for name, table in tables.items():
+            kind = table.get("kind")
+            if not kind:
+                problems.append(ConfigProblem(source, f"{section}.{name}.kind",
+                                              "required key is missing"))
+                continue
+            cls = kinds.get(str(kind))
+            if cls is None:
+                known = ", ".join(sorted(kinds)) or "none"
+                problems.append(ConfigProblem(source, f"{section}.{name}.kind",
+                                              f"unknown kind {kind!r} (known: {known})"))
+                continue
+            try:
+                config = cls.Config.model_validate(table)
+            except ValidationError as err:
+                problems.extend(problems_from(err, source, (section, name)))
+                continue
+            if section == "brokers":
+                assert isinstance(config, BrokerConfig)
+                broker_cls: Any = cls
+                for key, message in broker_cls.check(config):
+                    problems.append(ConfigProblem(source, f"{section}.{name}.{key}", message))
+                limit_problems = _limit_problems(broker_cls, config, source, name)
+                if config.per_order_polling and not broker_cls.supports_fetch:
+                    problems.append(ConfigProblem(
+                        source, f"{section}.{name}.per_order_polling",
+                        f"{broker_cls.kind} has no per-order call"))
+                problems.extend(limit_problems)
+                if not limit_problems:
+                    for key, message in budgetplan.problems(broker_cls, config,
+                                                            build_budget(broker_cls, config)):
+                        problems.append(ConfigProblem(source, f"{section}.{name}.{key}",
+                                                      message))
+                brokers[name] = (broker_cls, config)
+            else:
+                assert isinstance(config, NotifierConfig)
+                notifier_cls: Any = cls
+                notifiers[name] = (notifier_cls, config)
+    if problems:
+        raise ConfigError(problems)
+    return Validated(brokers, notifiers)
+
+
+def _limit_problems(cls: type[BrokerAdapter], config: BrokerConfig, source: str,
+                    name: str) -> list[ConfigProblem]:
+    problems = []
+    for group, text in config.limits.items():
+        key = f"brokers.{name}.limits.{group}"
+        if group not in cls.limits:
+            known = ", ".join(sorted(cls.limits)) or "none"
+            problems.append(ConfigProblem(source, key, f"unknown limit group (known: {known})"))
+            continue
+        try:
+            spec = LimitSpec.parse(text)
+        except ValueError as err:
+            problems.append(ConfigProblem(source, key, str(err)))
+            continue
+        documented = cls.limits[group]
+        if spec.count / spec.window > documented.count / documented.window:
+            if config.limits_above_documented:
+                logger.warning("%s: limit %s = %s is ABOVE the documented %s "
+                               "(limits_above_documented = true): the broker may throttle or "
+                               "ban this key", name, group, text, documented)
+            else:
+                problems.append(ConfigProblem(
+                    source, key, f"{text} is above the documented limit {documented}; set "
+                    "limits_above_documented = true only if the broker granted it"))
+    return problems
+
+
+def build_budget(cls: type[BrokerAdapter], config: BrokerConfig) -> RateBudget:
+    """The rate budget of one connection: documented limits, lowered by the config."""
+    groups = []
+    for group, documented in cls.limits.items():
+        spec = documented
+        if group in config.limits:
+            lowered = LimitSpec.parse(config.limits[group])
+            spec = LimitSpec(lowered.count, lowered.window, documented.spacing)
+        groups.append(LimitGroup(group, spec, share=config.share))
+    return RateBudget(groups)
+
+
+def load(path: Path) -> Loaded:
+    """Read, validate and load plugins for the config at ``path`` (start and SIGHUP)."""
+    settings = load_settings(path)
+    plugins = get_plugin_manager(entry_point_names=settings.daemon.plugins,
+                                 plugin_dirs=settings.daemon.plugins_dirs)
+    return Loaded(settings, plugins, validate(settings, plugins.registry(), str(path)))
+
+
+def build_adapter(name: str, cls: type[BrokerAdapter], config: BrokerConfig) -> BrokerAdapter:
+    """One connection's adapter with its own httpx client and rate budget."""
+    client = build_client(config.base_url, timeout=config.timeout)
+    return cls(name, config, client, build_budget(cls, config))
+
+
+def build_notifier(name: str, cls: type[Notifier], config: NotifierConfig) -> Notifier:
+    """One notifier with its own httpx client (none for notifiers that never use HTTP)."""
+    client = build_client("", timeout=config.timeout) if cls.uses_http else None
+    return cls(name, config, client)

@@ -1,0 +1,105 @@
+"""The per-order poll loop of one connection (design.md §5).
+
+:class:`OrderDrain` takes order keys from the connection's :class:`~poller.pollqueue.OrderQueue`
+— urgent ones first (just changed, in flight, left a list, watched), then round-robin — and
+polls each through the connection's rate budget. Terminal orders are never queued. Nothing
+one order's answer does can end the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from poller.coordinator import Coordinator
+from poller.logsetup import ConnectionLog
+from poller.orderbook import Key
+from poller.pollqueue import OrderQueue
+from poller.ratelimit import PRIORITY, PRIORITY_ROUTINE, PRIORITY_URGENT
+
+logger = logging.getLogger(__name__)
+
+
+class OrderDrain:
+    """Drains one connection's per-order queue at the budget's pace."""
+
+    def __init__(
+        self,
+        name: str,
+        queue: OrderQueue[Key],
+        wake: asyncio.Event,
+        poll_one: Callable[[Key], Awaitable[None]],
+        coordinator: Coordinator,
+        *,
+        stop_within: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        log: ConnectionLog | None = None,
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self._wake = wake
+        self._poll_one = poll_one
+        self._coordinator = coordinator
+        self._stop_within = stop_within
+        self._mono = monotonic
+        self.log = log or ConnectionLog(logger, {"connection": name})
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        #: Per-order polls finished, whatever their outcome (the watchdog's heartbeat).
+        self.completed = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop was started and has not been stopped."""
+        return self._task is not None
+
+    def start(self) -> None:
+        """Start the loop (once)."""
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._loop(), name=f"orders-{self.name}")
+
+    async def stop(self) -> None:
+        """Finish the per-order poll in progress (bounded by the request deadline), then stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=self._stop_within)
+        except TimeoutError:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            if self._coordinator.paused:
+                await self._idle(self._coordinator.breaker_wait())
+                continue
+            key = self.queue.pop(self._mono())
+            if key is None:
+                due = self.queue.next_due()
+                await self._idle(None if due is None else due - self._mono())
+                continue
+            # Orders that just changed or left a list go before the round-robin refresh.
+            token = PRIORITY.set(PRIORITY_URGENT if self.queue.last_was_urgent
+                                 else PRIORITY_ROUTINE)
+            try:
+                await self._poll_one(key)
+            except Exception:  # the loop must survive anything one order's answer does
+                self.log.exception("per-order poll of %s failed unexpectedly", key[2])
+            finally:
+                PRIORITY.reset(token)
+                self.queue.polled(key, self._mono())
+                self.completed += 1
+
+    async def _idle(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=None if timeout is None
+                                   else max(0.0, timeout))
+        except TimeoutError:
+            pass

@@ -1,0 +1,325 @@
+"""One connection's polls: list calls and per-order answers, diffed, probed, committed.
+
+:class:`ConnectionPoller` turns each answer into one :class:`~poller.store.Batch`: the diff of
+every order against what the :class:`~poller.orderbook.OrderBook` knows (seeing the batch's
+own pending snapshots first), probes of orders a list stopped showing, retirement of orders
+older than the broker answers for, and stale marking. The batch is committed in one
+transaction; only then do the book, the per-order queue and pending actions change.
+Broker errors go to the connection's :class:`~poller.coordinator.Coordinator`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Protocol
+
+from poller.adapter import BrokerAdapter, ListScope, first_problem
+from poller.coordinator import Coordinator
+from poller.diff import diff
+from poller.errors import BrokerError
+from poller.logsetup import ConnectionLog
+from poller.models import (
+    OrderEvent,
+    OrderSnapshot,
+    OrderStatus,
+    SystemScene,
+    iso,
+    system_event,
+    utcnow,
+)
+from poller.orderbook import Key, OrderBook
+from poller.pollqueue import OrderQueue
+from poller.store import Batch
+
+logger = logging.getLogger(__name__)
+
+Commit = Callable[[Batch], Awaitable[list[OrderEvent]]]
+Watched = Callable[[], Awaitable[list[tuple[str, str]]]]
+
+#: Orders diffed between two yields to the event loop.
+YIELD_EVERY = 100
+#: Statuses in which an order is about to change: polled again soon.
+IN_FLIGHT = frozenset({OrderStatus.PENDING, OrderStatus.PENDING_CANCEL,
+                       OrderStatus.PENDING_REPLACE})
+
+
+class Judge(Protocol):
+    """Settles pending order actions from a new snapshot (see :mod:`poller.actions`)."""
+
+    def __call__(self, key: Key, snapshot: OrderSnapshot, batch: Batch,
+                 now: datetime) -> None: ...
+
+
+def recheck_after(queued: int, rate: float) -> float:
+    """Seconds before an order that just changed is polled again.
+
+    About one round-robin period (``queued`` orders at ``rate`` per-order calls a second),
+    but at least one budget slot and at most 5 s, so an order that just partly filled is
+    looked at again well within two per-order intervals.
+    """
+    if not rate:
+        return 5.0
+    return min(5.0, max(1.0 / rate, queued / rate))
+
+
+class ConnectionPoller:
+    """Polls one broker connection and commits what changed."""
+
+    def __init__(
+        self,
+        adapter: BrokerAdapter,
+        book: OrderBook,
+        coordinator: Coordinator,
+        queue: OrderQueue[Key],
+        *,
+        commit: Commit,
+        wake: Callable[[], None],
+        judge: Judge | None = None,
+        announce_existing: bool,
+        stale_after: int,
+        watched: Watched | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+        log: ConnectionLog | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.name = adapter.name
+        self.book = book
+        self.coordinator = coordinator
+        self.queue = queue
+        self.announce_existing = announce_existing
+        self.stale_after = stale_after
+        self._commit = commit
+        self._wake = wake
+        self._judge = judge
+        self._watched = watched
+        self._clock = clock
+        self._mono = monotonic
+        self.log = log or ConnectionLog(logger, {"connection": self.name})
+        #: List calls made, per-order calls answered, and successful reads of the broker.
+        self.polls = 0
+        self.order_polls = 0
+        self.looks = 0
+        self._warned: set[str] = set()
+
+    def recheck_after(self) -> float:
+        """Seconds before an order that just changed is polled again (see
+        :func:`recheck_after`)."""
+        return recheck_after(len(self.queue), self.adapter.detail_rate())
+
+    # -- list calls --------------------------------------------------------------------
+
+    async def poll(self) -> None:
+        """Run every list call of the connection once (an APScheduler job)."""
+        if self.coordinator.paused:
+            return
+        for scope in self.adapter.scopes():
+            if self.coordinator.stopped_reason:
+                return
+            await self.poll_scope(scope)
+        if self._watched is not None and self.adapter.supports_fetch \
+                and not self.coordinator.stopped_reason:
+            now = self._mono()
+            for account_id, order_id in await self._watched():
+                key = (self.name, account_id, order_id)
+                known = self.book.known.get(key)
+                if (known is None or not known.final) and \
+                        self.book.missing.get(key, 0) < self.stale_after:
+                    self.queue.urgent(key, now)
+            self._wake()
+
+    async def poll_scope(self, scope: ListScope) -> None:
+        """One list call, the probes it implies, and one atomic commit."""
+        self.polls += 1
+        try:
+            result = await self.adapter.list_orders(scope)
+        except BrokerError as err:
+            await self.commit(Batch(events=self.coordinator.failed(err, self._clock())))
+            return
+        now = self._clock()  # when the answer was read, not when the budget let us ask
+        batch = Batch()
+        # The baseline is per list call (CoinW lists one pair per call), so a pair or account
+        # added later is also recorded silently on its first poll.
+        first = scope.label not in self.book.baselined
+        announce = self.announce_existing or not first
+        if result.problems:
+            self._warn_once(f"{len(result.problems)} order(s) in {scope.label} could not be "
+                            f"read: {first_problem(result.problems)}")
+        present: set[Key] = set()
+        for index, snapshot in enumerate(result.orders):
+            if index and not index % YIELD_EVERY:
+                # A long answer (thousands of orders) must not hold the loop: requests the
+                # budget already admitted would leave late and reach the broker bunched up.
+                await asyncio.sleep(0)
+            present.add(snapshot.key)
+            await self.apply(snapshot, batch, now, announce=announce)
+        self._probe_missing(scope, present, batch, now)
+        if first:
+            batch.baselined.append((self.name, scope.label))
+        batch.events.extend(self.coordinator.succeeded(now))
+        await self.commit(batch)
+        if first and not announce:
+            self.log.info("%s: recorded %d existing order(s) as the baseline "
+                          "(set daemon.announce_existing to announce them)", scope.label,
+                          len(result.orders))
+        self.looks += 1
+
+    # -- per-order calls ---------------------------------------------------------------
+
+    async def poll_order(self, key: Key) -> None:
+        """Read one order with the per-order call and commit what changed."""
+        _, account_id, order_id = key
+        try:
+            found = await self.adapter.fetch_order(account_id, order_id)
+        except BrokerError as err:
+            if self.coordinator.concerns_connection(err):
+                await self.commit(Batch(events=self.coordinator.failed(err, self._clock())))
+            else:
+                self.coordinator.order_failed(err)
+                self.log.info("order %s: poll failed (%s): %s", order_id, err.category, err)
+                self.queue.urgent(key, self._mono() + self.recheck_after())
+            return
+        now = self._clock()  # when the answer was read, not when the budget let us ask
+        self.order_polls += 1
+        self.looks += 1
+        batch = Batch()
+        if found is None:
+            self._count_missing(self.book.view(key), key, batch, now)
+        else:
+            await self.apply(found, batch, now)
+        await self.commit(batch)
+
+    # -- what an answer means ----------------------------------------------------------
+
+    async def apply(self, snapshot: OrderSnapshot, batch: Batch, now: datetime, *,
+                    announce: bool = True) -> None:
+        """Diff one order's new snapshot into ``batch`` (nothing in memory changes yet)."""
+        key = snapshot.key
+        previous = self.book.view(key, batch)
+        if announce and previous is not None and not previous.final and (
+            snapshot.status != previous.status or snapshot.filled_qty != previous.filled_qty
+        ):
+            try:
+                snapshot = await self.adapter.refine(previous, snapshot)
+            except BrokerError as err:
+                self.log.info("could not read details of order %s (%s); using the list answer",
+                              snapshot.order_id, err)
+        result = diff(previous, snapshot, detected_at=now, announce=announce)
+        for warning in result.warnings:
+            self._warn_once(warning)
+        if result.snapshot is not None and self._judge is not None:
+            self._judge(key, result.snapshot, batch, now)
+        if result.snapshot is not None and result.snapshot != previous:
+            batch.put(result.snapshot)
+            batch.effects.append(self._requeue_effect(key, result.snapshot,
+                                                      changed=previous is not None))
+        elif previous is not None and self.book.missing_count(key, batch):
+            batch.seen.append(key)
+        batch.events.extend(result.events)
+
+    def _requeue_effect(self, key: Key, snapshot: OrderSnapshot, *,
+                        changed: bool) -> Callable[[], None]:
+        """Keep the per-order queue in step with what we now know of an order (once the
+        change is committed)."""
+        def requeue() -> None:
+            if not self.adapter.supports_fetch:
+                return
+            if snapshot.final:
+                self.queue.discard(key)
+                return
+            if not self.adapter.polls_each_order:
+                # The list calls report this order's next change; spending the shared
+                # budget on re-reading it would only slow the lists down.
+                return
+            self.queue.add(key, self._mono())
+            if changed or snapshot.status in IN_FLIGHT:
+                self.queue.urgent(key, self._mono() + self.recheck_after())
+                self._wake()
+        return requeue
+
+    def _probe_missing(self, scope: ListScope, present: set[Key], batch: Batch,
+                       now: datetime) -> None:
+        """Orders we track that the list no longer shows: confirm before concluding."""
+        absent = [s for key, s in self.book.known.items()
+                  if key not in present and not s.final and scope.covers(s)
+                  and self.book.missing.get(key, 0) < self.stale_after]
+        for snapshot in absent:
+            if self._too_old(snapshot, now):
+                self._retire(snapshot, batch, now)
+            elif self.adapter.supports_fetch:
+                # Confirm with the per-order call before concluding anything.
+                self.queue.urgent(snapshot.key, self._mono())
+                self._wake()
+            else:
+                self._count_missing(snapshot, snapshot.key, batch, now)
+
+    def _retire(self, snapshot: OrderSnapshot, batch: Batch, now: datetime) -> None:
+        """Stop tracking an order older than the broker answers for (CoinW: 7 days)."""
+        batch.missing[snapshot.key] = self.stale_after
+        batch.stale.append(snapshot.key)
+        batch.effects.append(lambda: self.queue.discard(snapshot.key))
+        self.log.warning("order %s is older than the broker answers for; retiring it",
+                         snapshot.order_id)
+        batch.events.append(system_event(
+            SystemScene.ORDER_RETIRED, broker=self.name, account_id=snapshot.account_id,
+            order_id=snapshot.order_id, detected_at=now, discriminator="retired",
+            message=(f"order {snapshot.order_id} ({snapshot.symbol}, last seen "
+                     f"{snapshot.status.value}) is older than the broker reports on; "
+                     "poller stopped tracking it"),
+        ))
+
+    def _count_missing(self, snapshot: OrderSnapshot | None, key: Key, batch: Batch,
+                       now: datetime) -> None:
+        """One more poll in which the broker did not report an order we track."""
+        count = self.book.missing_count(key, batch) + 1
+        batch.missing[key] = count
+        if snapshot is None:
+            if count == self.stale_after:
+                self.log.warning("watched order %s is unknown to the broker", key[2])
+            return
+        if count < self.stale_after:
+            if self.adapter.supports_fetch:
+                self.queue.urgent(key, self._mono() + self.recheck_after())
+            return
+        batch.stale.append(key)
+        batch.effects.append(lambda: self.queue.discard(key))
+        self.log.warning("order %s has been missing for %d polls; marking it stale",
+                         snapshot.order_id, count)
+        batch.events.append(system_event(
+            SystemScene.ORDER_STALE, broker=self.name, account_id=snapshot.account_id,
+            order_id=snapshot.order_id, detected_at=now,
+            discriminator=iso(snapshot.updated_at) or snapshot.broker_status,
+            message=(f"order {snapshot.order_id} ({snapshot.symbol}) was last seen "
+                     f"{snapshot.status.value} and is no longer reported by the broker; "
+                     "it is not assumed filled or cancelled"),
+        ))
+
+    def _too_old(self, snapshot: OrderSnapshot, now: datetime) -> bool:
+        limit = self.adapter.retire_after
+        placed = snapshot.placed_at
+        return limit is not None and placed is not None and (
+            (now - placed).total_seconds() > limit)
+
+    def _warn_once(self, text: str) -> None:
+        """Log a problem once per distinct text, not at every poll."""
+        if text not in self._warned:
+            self._warned.add(text)
+            self.log.warning("%s", text)
+
+    # -- the commit --------------------------------------------------------------------
+
+    async def commit(self, batch: Batch) -> list[OrderEvent]:
+        """Commit ``batch``; only once that succeeded does memory take its changes.
+
+        :raises StoreError: the commit failed; the book, the queue and pending actions are
+            as they were, so the next answer derives the same facts again.
+        """
+        fresh = await self._commit(batch) if batch else []
+        self.book.apply(batch)
+        for effect in batch.effects:
+            effect()
+        return fresh
