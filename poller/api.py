@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from poller.actions import ActionRefused, submit
+from poller.actionqueue import ActionRefused, submit
 from poller.errors import StoreError
 from poller.store import ActionRow, Store
 

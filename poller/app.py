@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from poller.actions import ActionExecutor, ActionRunner
+from poller.actionqueue import ActionRunner
+from poller.actions import ActionExecutor
 from poller.adapter import BrokerAdapter
 from poller.compose import Loaded, Validated, build_adapter, build_notifier
 from poller.dispatch import DeliveryPolicy, Dispatcher

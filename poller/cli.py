@@ -348,7 +348,7 @@ async def _test_notify(validated: Validated, names: list[str], event: Any,
 
 def cmd_action(args: argparse.Namespace) -> int:
     """``poller replace`` / ``poller cancel``."""
-    from poller.actions import ActionRefused, submit
+    from poller.actionqueue import ActionRefused, submit
 
     settings, _, validated = _load(args)
     if args.broker not in validated.brokers:

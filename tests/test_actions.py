@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from poller.actions import ActionRefused, submit
+from poller.actionqueue import ActionRefused, submit
 from poller.cli import main
 from poller.simulator.base import BrokerSim
 from poller.simulator.coinw import CoinWSim

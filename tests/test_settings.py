@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from poller.compose import validate
 from poller.cli import main
+from poller.compose import validate
 from poller.errors import ConfigError
 from poller.plugins import get_plugin_manager
 from poller.settings import config_path, load_settings
