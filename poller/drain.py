@@ -96,6 +96,9 @@ class OrderDrain:
                 PRIORITY.reset(token)
                 self.queue.polled(key, self._mono())
                 self.completed += 1
+            # A poll that finished without suspending (an answer from a cache, an error
+            # raised before any I/O) must not let this loop starve the event loop.
+            await asyncio.sleep(0)
 
     async def _idle(self, timeout: float | None) -> None:
         try:

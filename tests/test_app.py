@@ -1,0 +1,74 @@
+"""The running daemon in-process: commits routed before the store, observers told, a reload
+that keeps unchanged connections and rebuilds changed ones, and the status line."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from poller.compose import Loaded, validate
+from poller.models import OrderEvent, SystemScene, system_event
+from poller.plugins import get_plugin_manager
+from poller.settings import load_settings
+from poller.simulator.shioaji import ShioajiSim
+from poller.store import Batch
+from tests.conftest import Receiver, daemon_config, running_app
+from tests.scripted import T0
+
+
+def loaded(config: dict[str, Any]) -> Loaded:
+    settings = load_settings(data=config)
+    plugins = get_plugin_manager()
+    return Loaded(settings, plugins, validate(settings, plugins.registry(), "<test>"))
+
+
+def test_commit_routes_stores_wakes_delivery_and_tells_listeners(tmp_path: Path,
+                                                                receiver: Receiver) -> None:
+    config = daemon_config(tmp_path, {}, receiver.url)
+    heard: list[OrderEvent] = []
+
+    async def run() -> tuple[list[OrderEvent], list[OrderEvent], dict[str, int]]:
+        async with running_app(config) as app:
+            app.event_listeners.append(heard.extend)
+            event = system_event(SystemScene.ORDER_STALE, broker="x", message="m",
+                                 discriminator="1", detected_at=T0)
+            first = await app.commit(Batch(events=[event]))
+            again = await app.commit(Batch(events=[event]))  # a replay: not new
+            await asyncio.to_thread(receiver.wait_for, lambda e: len(e) == 1)
+            return first, again, dict(app.events_by_scene)
+
+    first, again, counts = asyncio.run(run())
+    assert len(first) == 1 and again == [] and heard == first
+    assert counts == {"ORDER_STALE": 1}
+    assert [e["payload"]["scene_type"] for e in receiver.events] == ["ORDER_STALE"]
+
+
+def test_reload_keeps_unchanged_connections_and_rebuilds_changed_ones(
+        tmp_path: Path, receiver: Receiver) -> None:
+    sims = [ShioajiSim(seed=1), ShioajiSim(seed=2)]
+    for sim in sims:
+        sim.start()
+    try:
+        brokers = {"a": sims[0].broker_config("a") | {"interval": 0.2},
+                   "b": sims[1].broker_config("b") | {"interval": 0.2}}
+        config = daemon_config(tmp_path, brokers, receiver.url)
+
+        async def run() -> tuple[bool, bool, list[str], str]:
+            async with running_app(config) as app:
+                kept, changed = app.trackers["a"], app.trackers["b"]
+                while not (kept.polls and changed.polls):
+                    await asyncio.sleep(0.05)
+                new = daemon_config(tmp_path, {
+                    "a": brokers["a"], "b": brokers["b"] | {"interval": 0.3},
+                    "c": sims[1].broker_config("c") | {"interval": 0.2}}, receiver.url)
+                await app.reconfigure(loaded(new))
+                return (app.trackers["a"] is kept, app.trackers["b"] is changed,
+                        sorted(app.trackers), app.status_line())
+
+        same, rebuilt_same, names, status = asyncio.run(run())
+    finally:
+        for sim in sims:
+            sim.stop()
+    assert same and not rebuilt_same and names == ["a", "b", "c"]
+    assert status.startswith("3 connection(s), ") and "queued notification(s)" in status
