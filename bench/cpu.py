@@ -24,7 +24,8 @@ from pathlib import Path
 from poller.brokers.coinw import parse_order_status
 from poller.diff import diff
 from poller.models import OrderSnapshot, OrderStatus, utcnow
-from poller.store import Batch, Store
+from poller.records import Batch
+from poller.store import Store
 
 
 def main(argv: list[str] | None = None) -> None:

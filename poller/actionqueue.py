@@ -18,7 +18,8 @@ from typing import Any
 
 from poller.actions import ActionExecutor, Outcome
 from poller.errors import PollerError, StoreError
-from poller.store import ActionRow, Store
+from poller.records import ActionRow
+from poller.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from poller.models import (
 from poller.orderbook import Key, OrderBook
 from poller.polling import ConnectionPoller
 from poller.ratelimit import PRIORITY, PRIORITY_ACTION
-from poller.store import ActionRow, Batch
+from poller.records import ActionRow, Batch
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from poller.actionqueue import ActionRefused, submit
 from poller.errors import StoreError
-from poller.store import ActionRow, Store
+from poller.records import ActionRow
+from poller.store import Store
 
 logger = logging.getLogger(__name__)
 

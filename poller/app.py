@@ -28,9 +28,10 @@ from poller.models import OrderEvent, SystemScene, system_event
 from poller.notifiers import Notifier
 from poller.orderbook import OrderBook
 from poller.plugins import Plugins
+from poller.records import Batch
 from poller.routing import route
 from poller.settings import Settings
-from poller.store import Batch, Store
+from poller.store import Store
 from poller.tracker import Tracker
 
 logger = logging.getLogger(__name__)

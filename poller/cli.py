@@ -3,6 +3,9 @@
 Exit codes: 0 success, 2 bad arguments, 78 bad configuration (EX_CONFIG; systemd is told not
 to restart on it), 74 the database cannot be used (EX_IOERR), 75 an order action got no
 outcome in time (EX_TEMPFAIL), 1 anything else (e.g. an action the broker refused).
+
+Over 400 lines: one short handler per command beside the one argument parser that names
+them all, so a command's flags and its behaviour are read together.
 """
 
 from __future__ import annotations

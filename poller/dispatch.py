@@ -23,7 +23,8 @@ from poller.errors import DeliveryFailed, DeliveryRateLimited, DeliveryRetryable
 from poller.logsetup import Redactor
 from poller.models import OrderEvent, SystemScene, system_event, utcnow
 from poller.notifiers import Notifier
-from poller.store import Batch, OutboxRow, Store
+from poller.records import Batch, OutboxRow
+from poller.store import Store
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from poller.diff import is_behind
 from poller.models import OrderSnapshot
-from poller.store import Batch
+from poller.records import Batch
 
 Key = tuple[str, str, str]
 

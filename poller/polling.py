@@ -33,7 +33,7 @@ from poller.models import (
 )
 from poller.orderbook import Key, OrderBook
 from poller.pollqueue import OrderQueue
-from poller.store import Batch
+from poller.records import Batch
 
 logger = logging.getLogger(__name__)
 

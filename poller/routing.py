@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from poller.models import OrderEvent
 from poller.notifiers import Notifier
-from poller.store import Batch
+from poller.records import Batch
 
 
 def recipients(event: OrderEvent, notifiers: Iterable[Notifier]) -> tuple[str, ...]:

@@ -8,129 +8,22 @@ so a crash can never leave a transition recorded without its deliveries (or the 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from poller.dbfile import REQUIRED_PRAGMAS, check, connect, migrate, move_aside, take_lock
 from poller.errors import StoreError
-from poller.migrations import MIGRATIONS
 from poller.models import OrderEvent, OrderSnapshot, iso, utcnow
+from poller.records import ActionRow, Batch, Delivery, OutboxRow, StoredOrder
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_PRAGMAS = {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1}
-BUSY_TIMEOUT_MS = 5000
-
-
-@dataclass
-class Batch:
-    """What one poll wants remembered, committed atomically by :meth:`Store.commit`.
-
-    ``snapshots`` replace the stored snapshot of their order; ``seen`` only refreshes the
-    last-seen time of unchanged orders; ``missing`` sets the count of consecutive polls an
-    order was absent; ``baselined`` records accounts whose first poll has been stored.
-    ``routes`` names the notifiers of each event (by event id), computed before the commit
-    so the store never calls back into the daemon. ``effects`` are in-memory changes that
-    run only once the commit succeeded: memory follows the disk, never leads it.
-    """
-
-    snapshots: list[OrderSnapshot] = field(default_factory=list)
-    events: list[OrderEvent] = field(default_factory=list)
-    seen: list[tuple[str, str, str]] = field(default_factory=list)
-    missing: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    stale: list[tuple[str, str, str]] = field(default_factory=list)
-    baselined: list[tuple[str, str]] = field(default_factory=list)
-    routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    effects: list[Callable[[], None]] = field(default_factory=list)
-    _latest: dict[tuple[str, str, str], OrderSnapshot] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        for snapshot in self.snapshots:
-            self._latest[snapshot.key] = snapshot
-
-    def put(self, snapshot: OrderSnapshot) -> None:
-        """Record a new snapshot of an order (the latest one of a key wins)."""
-        self.snapshots.append(snapshot)
-        self._latest[snapshot.key] = snapshot
-
-    def latest(self, key: tuple[str, str, str]) -> OrderSnapshot | None:
-        """The snapshot this batch records for ``key``, if any (later reads in one poll
-        must see what earlier ones found, before it is committed)."""
-        return self._latest.get(key)
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.snapshots or self.events or self.seen or self.missing or self.stale
-            or self.baselined
-        )
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    """One pending delivery of one event to one notifier."""
-
-    id: int
-    notifier: str
-    event: OrderEvent
-    attempts: int
-    created_at: datetime
-    held: bool = False
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """The delivery state of one event at one notifier, for ``poller events``."""
-
-    notifier: str
-    state: str
-    attempts: int
-    last_error: str
-    sent_at: str | None
-
-
-@dataclass(frozen=True)
-class ActionRow:
-    """One order action (replace or cancel) and how far it got."""
-
-    id: int
-    broker: str
-    account_id: str
-    order_id: str
-    kind: str
-    qty: str | None
-    price: str | None
-    state: str
-    attempts: int
-    outcome: str
-    message: str
-    created_at: str
-    updated_at: str
-
-    @property
-    def done(self) -> bool:
-        """True once the outcome is known."""
-        return self.state in ("succeeded", "failed")
-
-
-@dataclass(frozen=True)
-class StoredOrder:
-    """A tracked order as ``poller orders`` shows it."""
-
-    snapshot: OrderSnapshot
-    first_seen: str
-    last_seen: str
-    last_changed: str
-    missing: int
-    stale: bool
 
 
 class Store:
@@ -156,20 +49,20 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StoreError(f"cannot create {path.parent}: {err.strerror}") from err
-        lock_file = _take_lock(path) if lock else None
+        lock_file = take_lock(path) if lock else None
         recovered: Path | None = None
         try:
             try:
-                conn = _connect(path)
+                conn = connect(path)
                 try:
-                    _check(conn)
+                    check(conn)
                 except sqlite3.DatabaseError:
                     conn.close()
                     raise
             except sqlite3.DatabaseError as err:
-                recovered = _move_aside(path, str(err))
-                conn = _connect(path)
-            _migrate(conn)
+                recovered = move_aside(path, str(err))
+                conn = connect(path)
+            migrate(conn)
         except sqlite3.Error as err:
             if lock_file:
                 lock_file.close()
@@ -498,69 +391,3 @@ class Store:
         ]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves, so Python's
-    # implicit transactions never split what must be one transaction.
-    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
-                           check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    for name, wanted in REQUIRED_PRAGMAS.items():
-        actual = conn.execute(f"PRAGMA {name}").fetchone()[0]
-        if actual != wanted:
-            conn.close()
-            raise StoreError(f"database {path}: PRAGMA {name} is {actual!r}, need {wanted!r}")
-    return conn
-
-
-def _check(conn: sqlite3.Connection) -> None:
-    result = conn.execute("PRAGMA quick_check").fetchone()[0]
-    if result != "ok":
-        raise sqlite3.DatabaseError(f"quick_check: {result}")
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise StoreError(
-            f"database schema version {version} is newer than this poller ({len(MIGRATIONS)})"
-        )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in script.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {number}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        logger.debug("database migrated to schema version %d", number)
-
-
-def _move_aside(path: Path, reason: str) -> Path:
-    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
-        source = Path(str(path) + suffix)
-        if source.exists():
-            os.replace(source, Path(str(target) + suffix))
-    logger.error("database %s is damaged (%s); moved it to %s and starting a fresh baseline",
-                 path, reason, target)
-    return target
-
-
-def _take_lock(path: Path) -> IO[bytes]:
-    lock_path = Path(str(path) + ".lock")
-    handle = open(lock_path, "ab")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        handle.close()
-        raise StoreError(
-            f"another poller is already running on {path} (lock {lock_path} is held)"
-        ) from err
-    return handle

@@ -20,7 +20,8 @@ from poller.adapter import BrokerAdapter, BrokerConfig, ListResult, ListScope
 from poller.errors import BrokerError, StoreError
 from poller.models import OrderEvent, OrderSnapshot, OrderStatus
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
-from poller.store import Batch, Store
+from poller.records import Batch
+from poller.store import Store
 
 T0 = datetime(2026, 5, 20, 3, 0, tzinfo=UTC)
 

@@ -13,7 +13,8 @@ import pytest
 
 from poller.actionqueue import ActionRefused, ActionRunner, parse_decimal, submit
 from poller.actions import Outcome
-from poller.store import ActionRow, Store
+from poller.records import ActionRow
+from poller.store import Store
 
 
 @pytest.mark.parametrize(("text", "error"), [

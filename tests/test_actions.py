@@ -17,13 +17,13 @@ import pytest
 
 from poller.actionqueue import ActionRefused, submit
 from poller.cli import main
+from poller.records import ActionRow
 from poller.simulator.base import BrokerSim
 from poller.simulator.coinw import CoinWSim
 from poller.simulator.httpserver import SimRequest, SimResponse
 from poller.simulator.longport import LongPortSim
 from poller.simulator.shioaji import ShioajiSim
 from poller.simulator.webull import WebullSim
-from poller.store import ActionRow
 from tests.conftest import Receiver, daemon_config, running_app
 from tests.test_daemon import _toml
 

@@ -10,9 +10,9 @@ from typing import Any
 from poller.compose import Loaded, validate
 from poller.models import OrderEvent, SystemScene, system_event
 from poller.plugins import get_plugin_manager
+from poller.records import Batch
 from poller.settings import load_settings
 from poller.simulator.shioaji import ShioajiSim
-from poller.store import Batch
 from tests.conftest import Receiver, daemon_config, running_app
 from tests.scripted import T0
 

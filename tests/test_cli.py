@@ -14,8 +14,9 @@ import pytest
 from poller.cli import main
 from poller.logsetup import setup_logging
 from poller.models import OrderSnapshot, OrderStatus, SystemScene, system_event
+from poller.records import Batch
 from poller.simulator.httpserver import SimResponse
-from poller.store import Batch, Store
+from poller.store import Store
 from tests.conftest import Receiver, daemon_config
 from tests.test_daemon import _toml
 

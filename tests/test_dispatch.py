@@ -17,8 +17,9 @@ from poller.errors import DeliveryFailed, DeliveryRetryable
 from poller.logsetup import Redactor
 from poller.models import OrderEvent, SystemScene, system_event
 from poller.notifiers import Notifier, NotifierConfig, QuietHours
+from poller.records import Batch
 from poller.routing import route
-from poller.store import Batch, Store
+from poller.store import Store
 from poller.templates import Message
 
 NOW = datetime.now(UTC)

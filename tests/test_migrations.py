@@ -193,7 +193,7 @@ def test_a_failing_step_is_rolled_back_whole(tmp_path: Path,
     path = tmp_path / "p.db"
     Store.open(path).close()
     broken = "CREATE TABLE half_done (a INTEGER);\nINSERT INTO no_such_table VALUES (1);"
-    monkeypatch.setattr("poller.store.MIGRATIONS", [*MIGRATIONS, broken])
+    monkeypatch.setattr("poller.dbfile.MIGRATIONS", [*MIGRATIONS, broken])
     with pytest.raises(StoreError, match="no such table: no_such_table"):
         Store.open(path)
     assert version(path) == len(MIGRATIONS)

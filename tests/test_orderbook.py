@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from poller.models import OrderStatus
 from poller.orderbook import OrderBook
-from poller.store import Batch
+from poller.records import Batch
 from tests.scripted import order
 
 KEY = ("cx", "A", "1")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from poller.models import SystemScene, system_event
 from poller.notifiers import Notifier, NotifierConfig
+from poller.records import Batch
 from poller.routing import recipients, route
-from poller.store import Batch
 from tests.scripted import T0
 
 

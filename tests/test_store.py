@@ -13,7 +13,8 @@ import pytest
 from poller.errors import StoreError
 from poller.migrations import MIGRATIONS
 from poller.models import OrderEvent, OrderSnapshot, OrderStatus
-from poller.store import Batch, Store
+from poller.records import Batch
+from poller.store import Store
 
 NOW = datetime(2026, 5, 20, 3, 24, 30, tzinfo=UTC)
 

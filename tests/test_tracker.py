@@ -9,7 +9,7 @@ from pathlib import Path
 
 from poller.models import OrderStatus
 from poller.orderbook import OrderBook
-from poller.store import ActionRow
+from poller.records import ActionRow
 from poller.tracker import Tracker
 from tests.scripted import ScriptedAdapter, StoreCommit, order
 

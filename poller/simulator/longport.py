@@ -9,6 +9,9 @@ signature, checked here with an implementation independent of the adapter's (or 
 bearer token when the simulator runs in ``oauth`` mode); a reused timestamp+signature is
 refused as ``403202 duplicate request``. All trade calls share the documented limit, enforced
 on arrival time: 30 per 30 s and at least 20 ms apart, answered ``429 {code: 429002}``.
+
+Over 400 lines: one broker's whole simulated API (signature check, endpoints, envelopes,
+status lifecycle, limits) in one place, each part short and mirrored from brokers.md §2.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ Webull has no pending or expired statuses: PENDING shows as SUBMITTED, a pending
 replace as SUBMITTED / PARTIAL_FILLED, EXPIRED as CANCELLED. Error codes that Webull does not
 document (unknown order, order not modifiable, bad parameter) are this simulator's choice:
 ``ORDER_NOT_FOUND`` (404), ``ORDER_NOT_MODIFIABLE`` / ``INVALID_PARAMETER`` (400).
+
+Over 400 lines: one broker's whole simulated API (signature check, endpoints, paging,
+envelopes, limits) in one place, each part short and mirrored from brokers.md §3.
 """
 
 from __future__ import annotations
