@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,6 +26,9 @@ from poller.errors import BrokerMalformed, BrokerUnavailable
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+#: The longest pause a ``Retry-After`` may ask for (one hour): past it we ask again.
+MAX_RETRY_AFTER = 3600.0
+_DELAY = re.compile(r"^-?\d{1,12}(?:\.\d{1,6})?$")
 LARGE_BODY = 256 * 1024
 
 
@@ -130,17 +134,28 @@ def is_loopback(host: str) -> bool:
 
 
 def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
-    """Read a ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    """Read a ``Retry-After`` header: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+
+    Only a plain non-negative number counts as delay-seconds (``inf``, ``nan`` and ``1e400``
+    are garbage, not "wait for ever"); a past date or a negative number means "now"; the
+    result is clamped to :data:`MAX_RETRY_AFTER` so one odd answer cannot park a limit group
+    or a delivery for days. Anything unreadable gives ``None`` (the caller's own pause).
+    """
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if _DELAY.match(value):
+        return min(MAX_RETRY_AFTER, max(0.0, float(value)))
     try:
         moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     current = time.time() if now is None else now
-    return max(0.0, moment.timestamp() - current)
+    return min(MAX_RETRY_AFTER, max(0.0, moment.timestamp() - current))
+
+
+def clamp_retry_after(value: object) -> float | None:
+    """A service's ``retry_after`` from a JSON body (Telegram), made safe the same way."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+        return None
+    return retry_after_seconds(str(value))

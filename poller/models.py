@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
@@ -101,8 +101,10 @@ def decimal_text(value: Decimal | None) -> str | None:
         return None
     if value == 0:
         return "0"
-    text = format(value.normalize(), "f")
-    return text
+    # normalize() rounds to the context's precision (28 digits): use one wide enough for
+    # every digit this value has, so the text always reads back as the same number.
+    digits = len(value.as_tuple().digits)
+    return format(value.normalize(Context(prec=max(digits, 28))), "f")
 
 
 @dataclass(frozen=True)
@@ -189,12 +191,12 @@ class OrderSnapshot:
                     "fill_id": f.fill_id,
                     "qty": decimal_text(f.qty),
                     "price": decimal_text(f.price),
-                    "time": iso(f.time),
+                    "time": exact_iso(f.time),
                 }
                 for f in self.fills
             ],
-            "placed_at": iso(self.placed_at),
-            "updated_at": iso(self.updated_at),
+            "placed_at": exact_iso(self.placed_at),
+            "updated_at": exact_iso(self.updated_at),
             "message": self.message,
             "time_in_force": self.time_in_force,
             "provisional": self.provisional,
@@ -246,6 +248,15 @@ def iso(moment: datetime | None) -> str | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def exact_iso(moment: datetime | None) -> str | None:
+    """UTC ISO-8601 with every microsecond (stored snapshots must read back exactly)."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_iso(text: str | None) -> datetime | None:

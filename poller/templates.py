@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from poller.models import OrderEvent, parse_iso, utcnow
 
@@ -126,6 +126,15 @@ def lateness(event: OrderEvent, now: datetime, late_after: float) -> str:
     return f"late by {seconds / 3600:.1f} h"
 
 
+def environment() -> ImmutableSandboxedEnvironment:
+    """The Jinja2 environment of every template: sandboxed, and immutable so a template
+    cannot change the event it renders; undefined names are errors (then the default)."""
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
+                                        keep_trailing_newline=False)
+    env.filters["num"] = group_thousands
+    return env
+
+
 class Templates:
     """The templates of one notifier: defaults plus its overrides, compiled once.
 
@@ -134,9 +143,7 @@ class Templates:
     """
 
     def __init__(self, overrides: Mapping[str, str] | None = None) -> None:
-        self._env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
-                                         keep_trailing_newline=False)
-        self._env.filters["num"] = group_thousands
+        self._env = environment()
         overrides = dict(overrides or {})
         body = overrides.pop("body", DEFAULT_BODY)
         self._titles = {scene: self._env.from_string(text)
@@ -170,7 +177,8 @@ class Templates:
         try:
             title = template.render(values).strip()
             body = self._body.render(values).strip()
-        except TemplateError as err:
+        except Exception as err:  # an operator's template must never lose a message
+            # (TemplateError, but also TypeError for `qty + 1` or the sandbox's OverflowError)
             fallback = Templates()
             title = fallback._titles.get(key, fallback._titles["SYSTEM"]).render(values).strip()
             body = fallback._body.render(values).strip() + f"\n(template error: {err})"
@@ -181,14 +189,13 @@ class Templates:
     def check(overrides: Mapping[str, str]) -> list[tuple[str, str]]:
         """Problems with template overrides, as (key, message), for config validation."""
         problems = []
-        env = SandboxedEnvironment()
-        env.filters["num"] = group_thousands
+        env = environment()
         for scene, text in overrides.items():
             if scene not in DEFAULT_TITLES and scene != "body":
                 problems.append((scene, "not a scene type (or 'SYSTEM', or 'body')"))
                 continue
             try:
-                env.parse(text)
+                env.from_string(text)  # compiled, not only parsed: unknown filters fail here
             except TemplateError as err:
                 problems.append((scene, f"template does not compile: {err}"))
         return problems

@@ -210,6 +210,13 @@ NOW = 1445412470.0  # ten seconds before Wed, 21 Oct 2015 07:28:00 GMT
     ("soon", None),
     ("", None),
     (None, None),
+    ("inf", None),
+    ("Infinity", None),
+    ("nan", None),
+    ("1e400", None),
+    ("999999", 3600.0),
+    ("Wed, 21 Oct 2099 07:28:00 GMT", 3600.0),
+    ("Wed, 99 Foo 2015 07:28:00 GMT", None),
 ])
 def test_retry_after_seconds(value: str | None, seconds: float | None) -> None:
     assert retry_after_seconds(value, now=NOW) == seconds

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from poller.diff import diff
 from poller.models import (
     Fill,
     OrderEvent,
@@ -93,9 +94,9 @@ def test_decimal_text(value: Decimal | None, text: str | None) -> None:
     assert decimal_text(value) == text
 
 
-# Up to 28 significant digits (the default decimal context): see the report on longer ones.
-exact_decimals = st.decimals(min_value=Decimal("-1e12"), max_value=Decimal("1e12"),
-                             allow_nan=False, allow_infinity=False, places=12)
+# Up to 36 significant digits: past the default 28-digit decimal context too.
+exact_decimals = st.decimals(min_value=Decimal("-1e18"), max_value=Decimal("1e18"),
+                             allow_nan=False, allow_infinity=False, places=18)
 
 
 @given(exact_decimals)
@@ -169,12 +170,12 @@ def test_snapshot_json_holds_decimals_as_canonical_text() -> None:
     assert (data["qty"], data["price"], data["filled_qty"], data["avg_fill_price"]) == (
         "1000", "0", "0", None)
     assert data["fills"] == [{"fill_id": "f1", "qty": "2.5", "price": None,
-                              "time": "2026-05-20T03:24:30.125Z"}]
+                              "time": "2026-05-20T03:24:30.125000Z"}]
 
 
-# Millisecond times (what iso() keeps), in any zone.
+# Microsecond times, in any zone (stored snapshots keep every microsecond).
 moments = st.builds(
-    lambda d, tz: d.replace(microsecond=d.microsecond // 1000 * 1000, tzinfo=UTC).astimezone(tz),
+    lambda d, tz: d.replace(tzinfo=UTC).astimezone(tz),
     st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1)),
     st.sampled_from([UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5))]))
 maybe_decimal = st.none() | exact_decimals
@@ -277,3 +278,22 @@ def test_system_event() -> None:
     variants = [make(discriminator="later"), make(broker="cw"), make(notifier="hook"),
                 make(order_id="O1"), make(SystemScene.BROKER_RECOVERED)]
     assert len({first.id, *(v.id for v in variants)}) == 6
+
+
+def test_decimal_text_keeps_every_digit_of_a_long_value() -> None:
+    """Beyond the default 28-digit context: the text must read back as the same number,
+    or a restart would see a false modification."""
+    value = Decimal("12345678901.123456789012345678")  # 29 significant digits
+    assert Decimal(decimal_text(value) or "") == value
+    snap = OrderSnapshot(broker="cw", broker_kind="coinw", account_id="spot", order_id="1",
+                         status=OrderStatus.SUBMITTED, broker_status="1", qty=value)
+    stored = OrderSnapshot.from_json(snap.to_json())
+    assert diff(stored, snap, detected_at=datetime.now(UTC)).events == []
+
+
+def test_snapshot_times_read_back_to_the_microsecond() -> None:
+    moment = datetime(2026, 5, 20, 3, 24, 30, 123456, tzinfo=UTC)
+    snap = OrderSnapshot(broker="lp", broker_kind="longport", account_id="a", order_id="1",
+                         status=OrderStatus.SUBMITTED, broker_status="New", updated_at=moment,
+                         fills=(Fill("f1", Decimal(1), None, moment),))
+    assert OrderSnapshot.from_json(snap.to_json()) == snap

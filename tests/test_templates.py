@@ -229,3 +229,27 @@ def test_digest() -> None:
         body=f"• {RENDERED['FILLED'][0]} {messages[0].short_id}\n"
              f"• {RENDERED['SYSTEM'][0]} {messages[1].short_id}",
         short_id="", scene="DIGEST", event_type="DIGEST")
+
+
+@pytest.mark.parametrize("template", ["{{ qty|nm }}", "{{ qty is nosuchtest }}"])
+def test_check_refuses_what_building_the_notifier_would_refuse(template: str) -> None:
+    """An unknown filter or test must fail config validation, not the notifier's start."""
+    problems = Templates.check({"FILLED": template})
+    assert problems and problems[0][0] == "FILLED"
+    assert "template does not compile" in problems[0][1]
+
+
+@pytest.mark.parametrize("template", ["{{ qty + 1 }}", "{{ 1 / 0 }}",
+                                      "{{ range(10**6)|list|length }}"])
+def test_any_render_failure_falls_back_to_the_default(template: str) -> None:
+    """TypeError, ZeroDivisionError, the sandbox's OverflowError: the message still goes."""
+    event = sample_event("FILLED")
+    message = Templates({"FILLED": template}).render(event, now=event.timestamp)
+    assert "template error" in message.body
+    assert message.title == Templates().render(event, now=event.timestamp).title
+
+
+def test_a_template_cannot_change_the_event_it_renders() -> None:
+    event = sample_event("FILLED")
+    Templates({"FILLED": "{{ event.payload.update(symbol='XXXX') }}"}).render(event)
+    assert event.payload["symbol"] == "2890"
