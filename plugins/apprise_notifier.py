@@ -32,14 +32,14 @@ from pydantic import AfterValidator, Field, SecretStr, field_validator, model_va
 
 from poller import (
     DeliveryRetryable,
+    LogScrubber,
+    Message,
     Notifier,
     NotifierConfig,
     NotifierConfigError,
     OrderEvent,
     hookimpl,
 )
-from poller.logsetup import LogScrubber
-from poller.templates import Message
 
 if TYPE_CHECKING:
     import apprise
@@ -149,17 +149,16 @@ class _Pending:
     done: set[int] = field(default_factory=set)
 
 
-class AppriseNotifier(Notifier):
+class AppriseNotifier(Notifier[AppriseConfig]):
     """Sends each message to every configured Apprise URL."""
 
     kind: ClassVar[str] = "apprise"
     Config: ClassVar[type[NotifierConfig]] = AppriseConfig
     uses_http: ClassVar[bool] = False  # apprise brings its own HTTP stack
 
-    def __init__(self, name: str, config: NotifierConfig,
+    def __init__(self, name: str, config: AppriseConfig,
                  client: httpx.AsyncClient | None = None) -> None:
         super().__init__(name, config, client)
-        assert isinstance(config, AppriseConfig)
         try:
             import apprise
         except ImportError:
@@ -183,11 +182,6 @@ class AppriseNotifier(Notifier):
             self._scrubber.remove()  # this notifier will never be closed
             raise
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
-
-    @property
-    def service(self) -> str:
-        """How errors name this notifier (never by a URL)."""
-        return f"apprise {self.name}"
 
     async def send(self, event: OrderEvent) -> None:
         """Deliver one event to every URL (a retry sends only where it is still missing)."""

@@ -52,7 +52,7 @@ def format_line(event: OrderEvent) -> str:
     return f"{text}  order {p.get('order_id', '')}  {event.short_id}"
 
 
-class ConsoleNotifier(Notifier):
+class ConsoleNotifier(Notifier[ConsoleConfig]):
     """Prints each event as one line."""
 
     kind: ClassVar[str] = "console"
@@ -60,11 +60,9 @@ class ConsoleNotifier(Notifier):
     uses_http: ClassVar[bool] = False
 
     def _stream(self) -> TextIO:
-        assert isinstance(self.config, ConsoleConfig)
         return sys.stdout if self.config.stream == "stdout" else sys.stderr
 
     def _colour(self, stream: TextIO) -> bool:
-        assert isinstance(self.config, ConsoleConfig)
         if self.config.colour != "auto":
             return self.config.colour == "always"
         return stream.isatty() and not os.environ.get("NO_COLOR")

@@ -19,10 +19,11 @@ timeout); replaced by a fresh one, once and at once, when the server turns out t
 closed it (silently, or with a 421 reply) before the message was handed over; dropped after
 any failure or cancellation; and closed with ``QUIT`` in :meth:`EmailNotifier.aclose`.
 
-Pacing: at most ``max_per_minute`` messages in any 60 s (an exact sliding window, see
-:mod:`poller.ratelimit`). A wait of up to :data:`MAX_PACING_SLEEP` seconds is slept through;
-a longer one raises ``DeliveryRateLimited`` with ``retry_after``, and the dispatcher keeps
-the message queued until then.
+Pacing: at most ``max_per_minute`` messages in any 60 s, one every ``60 / max_per_minute``
+seconds (declared on the class, see :mod:`poller.pacing`). A wait of up to
+:data:`MAX_PACING_SLEEP` seconds is slept through; a longer one raises
+``DeliveryRateLimited`` with ``retry_after``, and the dispatcher keeps the message queued
+until then.
 
 How each outcome is reported (reliability.md §1, G1.2)::
 
@@ -55,8 +56,7 @@ import html
 import logging
 import re
 import ssl
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
@@ -66,19 +66,20 @@ import aiosmtplib
 import httpx
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
-from poller import Notifier, NotifierConfig, OrderEvent, hookimpl
-from poller.errors import (
+from poller import (
     DeliveryFailed,
-    DeliveryRateLimited,
     DeliveryRetryable,
     DeliveryUncertain,
-    NotifierConfigError,
+    Message,
+    Notifier,
+    NotifierConfig,
     NotifierError,
+    OrderEvent,
+    Pace,
+    hookimpl,
+    is_loopback,
+    utcnow,
 )
-from poller.httpclient import is_loopback
-from poller.models import utcnow
-from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
-from poller.templates import Message
 
 logger = logging.getLogger(__name__)
 
@@ -263,39 +264,24 @@ class _AllRecipientsRefused(Exception):
         self.refused = refused
 
 
-class EmailNotifier(Notifier):
+class EmailNotifier(Notifier[EmailConfig]):
     """Sends each event as one mail over a reused SMTP connection (see the module doc).
 
-    ``clock`` and ``sleep`` drive the pacing budget and the idle limit; tests pass a fake
-    clock so pacing is checked without waiting.
+    Pacing and the idle limit both run on the event loop's clock, so tests drive them with
+    a loop whose clock they control.
     """
 
     kind: ClassVar[str] = "email"
     Config: ClassVar[type[NotifierConfig]] = EmailConfig
     uses_http: ClassVar[bool] = False
+    #: max_per_minute is the operator's own figure, already below the provider's limit.
+    pacing: ClassVar[tuple[Pace, ...]] = (Pace("max_per_minute", per=60.0),)
+    max_pacing_sleep: ClassVar[float | None] = MAX_PACING_SLEEP
 
     def __init__(
-        self,
-        name: str,
-        config: NotifierConfig,
-        client: httpx.AsyncClient | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        self, name: str, config: EmailConfig, client: httpx.AsyncClient | None = None
     ) -> None:
-        if not isinstance(config, EmailConfig):
-            raise NotifierConfigError(f"email {name}: needs an EmailConfig, "
-                                      f"got {type(config).__name__}")
         super().__init__(name, config, client)
-        self.cfg = config
-        self.service = f"email {name}"
-        # share=1.0: max_per_minute is the operator's own number, already below the
-        # provider's limit; the group's default pad still keeps messages from bunching.
-        self.budget = RateBudget(
-            [LimitGroup("send", LimitSpec(config.max_per_minute, 60.0), share=1.0)],
-            clock=clock, sleep=sleep,
-        )
-        self._clock = clock
         self._domain = parse_address(config.sender).domain
         self._envelope_from = parse_address(config.sender).addr_spec
         self._envelope_to = [parse_address(r).addr_spec for r in config.recipients]
@@ -310,7 +296,7 @@ class EmailNotifier(Notifier):
 
     def build(self, message: Message, *, message_id: str | None = None) -> EmailMessage:
         """The mail for ``message``; ``message_id`` defaults to a fresh unique one."""
-        cfg = self.cfg
+        cfg = self.config
         mail = EmailMessage(policy=_POLICY)
         mail["Subject"] = subject(cfg.subject_prefix, message.title)
         mail["From"] = cfg.sender
@@ -335,22 +321,13 @@ class EmailNotifier(Notifier):
 
     async def _deliver(self, message: Message, *, message_id: str | None) -> None:
         payload = self.build(message, message_id=message_id).as_bytes()
-        async with self._lock:
-            await self._pace()
+        async with self._lock, self.pace():
             refused = await self._transmit(payload)
         if refused:
             logger.warning(
                 "%s: %s delivered, but %d of %d recipients were refused: %s", self.service,
                 message.short_id or message.title[:60], len(refused), len(self._envelope_to),
                 "; ".join(f"{rcpt} ({self._reply(err)})" for rcpt, err in refused.items()))
-
-    async def _pace(self) -> None:
-        wait = self.budget.group("send").wait_time(self.budget.now())
-        if wait > MAX_PACING_SLEEP:
-            raise DeliveryRateLimited(
-                f"{self.service}: max_per_minute ({self.cfg.max_per_minute}) reached; "
-                f"next message in {wait:.0f} s", retry_after=wait)
-        await self.budget.acquire("send")
 
     # -- the SMTP conversation ----------------------------------------------------------
 
@@ -380,7 +357,7 @@ class EmailNotifier(Notifier):
             except BaseException:
                 self._drop()  # cancelled (the dispatcher's time limit): mid-transaction
                 raise
-            self._last_used = self._clock()
+            self._last_used = asyncio.get_running_loop().time()
             return refused
         # Raised outside the except block, so neither __cause__ nor __context__ carries the
         # library's exception (whose text may hold a server reply echoing credentials).
@@ -405,10 +382,11 @@ class EmailNotifier(Notifier):
         """The open connection and True, or a new one (connected, TLS, logged in) and False."""
         smtp = self._smtp
         if smtp is not None:
-            if smtp.is_connected and self._clock() - self._last_used <= MAX_IDLE:
+            now = asyncio.get_running_loop().time()
+            if smtp.is_connected and now - self._last_used <= MAX_IDLE:
                 return smtp, True
             await self._close()
-        cfg = self.cfg
+        cfg = self.config
         smtp = aiosmtplib.SMTP(
             hostname=cfg.host, port=cfg.port, timeout=cfg.timeout,
             use_tls=cfg.security == "tls",
@@ -439,7 +417,7 @@ class EmailNotifier(Notifier):
         if failure is not None:
             raise failure  # outside the except block: no library exception chained
         self.connections += 1
-        self._last_used = self._clock()
+        self._last_used = asyncio.get_running_loop().time()
         logger.debug("%s: opened SMTP connection %d (%s)", self.service, self.connections,
                      cfg.security)
         return smtp, False
@@ -467,7 +445,7 @@ class EmailNotifier(Notifier):
         smtp = self._smtp
         try:
             if smtp.is_connected:
-                await smtp.quit(timeout=min(5.0, self.cfg.timeout))
+                await smtp.quit(timeout=min(5.0, self.config.timeout))
         except (aiosmtplib.SMTPException, OSError):
             pass  # the server may have gone already; we are closing anyway
         finally:
@@ -485,12 +463,12 @@ class EmailNotifier(Notifier):
     def _reply(self, err: aiosmtplib.SMTPResponseException) -> str:
         """``550 5.1.1 no such user``: the server's reply, short, on one line, masked."""
         text = one_line(err.message)
-        if self.cfg.password is not None:
-            secret = self.cfg.password.get_secret_value()
+        if self.config.password is not None:
+            secret = self.config.password.get_secret_value()
             if secret:
                 text = text.replace(secret, "***")
-        if self.cfg.username and len(self.cfg.username) >= 3:
-            text = text.replace(self.cfg.username, "<username>")
+        if self.config.username and len(self.config.username) >= 3:
+            text = text.replace(self.config.username, "<username>")
         return f"{err.code} {text[:200]}".strip()
 
     def _error(self, err: Exception, step: str) -> NotifierError:

@@ -2,16 +2,14 @@
 
 The webhook URL is the credential (anyone holding it can post to the channel), so it is a
 secret: it never appears in errors, and the records httpx logs about it are scrubbed.
-Slack allows about one message per second per webhook; each notifier paces itself with an
-exact sliding-window :class:`~poller.ratelimit.RateBudget` and honours 429 ``Retry-After``.
+Slack allows about one message per second per webhook: the notifier declares that pace
+(``per_second``), the base keeps it, and a 429's ``Retry-After`` pauses it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -21,16 +19,17 @@ from poller import (
     DeliveryFailed,
     DeliveryRateLimited,
     DeliveryRetryable,
+    LogScrubber,
+    Message,
     Notifier,
     NotifierConfig,
     OrderEvent,
+    Pace,
+    Redactor,
     hookimpl,
+    is_loopback,
+    post,
 )
-from poller.httpclient import is_loopback
-from poller.logsetup import LogScrubber, Redactor
-from poller.notifiers import post
-from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
-from poller.templates import Message
 
 #: Hosts that serve Slack incoming webhooks (commercial and GovSlack).
 SLACK_HOSTS = frozenset({"hooks.slack.com", "hooks.slack-gov.com"})
@@ -188,80 +187,57 @@ def url_secrets(url: str) -> list[str]:
     return [form for form in forms if form.strip("/")]
 
 
-class SlackNotifier(Notifier):
+class SlackNotifier(Notifier[SlackConfig]):
     """Posts each message to a Slack incoming webhook, paced to one per second or slower."""
 
     kind: ClassVar[str] = "slack"
     Config: ClassVar[type[NotifierConfig]] = SlackConfig
+    #: One webhook, one bucket: ``per_second`` messages a second (Slack: about 1).
+    pacing: ClassVar[tuple[Pace, ...]] = (Pace("per_second"),)
 
     def __init__(
-        self, name: str, config: NotifierConfig, client: httpx.AsyncClient | None = None, *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        self, name: str, config: SlackConfig, client: httpx.AsyncClient | None = None
     ) -> None:
         super().__init__(name, config, client)
-        assert isinstance(config, SlackConfig)
-        self.slack = config
-        # One message per 1/per_second seconds; a sliding-window log, so never a burst.
-        self.budget = RateBudget([LimitGroup("webhook", LimitSpec(1, 1.0 / config.per_second))],
-                                 clock=clock, sleep=sleep)
         self._secrets = url_secrets(config.webhook_url.get_secret_value())
         self._redact = Redactor(self._secrets)
         self._scrubber = LogScrubber(self._secrets, URL_LOGGERS)
         self._scrubber.install()
 
-    @property
-    def service(self) -> str:
-        """How errors name this notifier (never by its URL)."""
-        return f"slack {self.name}"
-
     def preview(self, event: OrderEvent) -> str:
         """The JSON body this notifier would POST for ``event``."""
-        return json.dumps(payload_for(self.render(event), self.slack), indent=2,
+        return json.dumps(payload_for(self.render(event), self.config), indent=2,
                           ensure_ascii=False)
 
     async def send_message(self, message: Message) -> None:
         """POST the message's blocks; return once Slack answered 2xx.
 
-        :raises DeliveryRateLimited: Slack's 429 (Retry-After honoured, pacing paused), or our
-            own pacing would make this call wait longer than half the delivery timeout.
+        :raises DeliveryRateLimited: Slack's 429 (Retry-After honoured, pacing paused), or the
+            declared pacing would make this call wait longer than half the delivery timeout.
         :raises DeliveryRetryable: 5xx, 408, timeouts, connection errors.
         :raises DeliveryFailed: other 4xx (``invalid_payload``, ``no_service``,
             ``channel_is_archived``…), with Slack's answer in the text.
         """
         if self.client is None:
             raise DeliveryFailed(f"{self.service}: no HTTP client")
-        await self._pace()
         request = self.client.build_request(
-            "POST", self.slack.webhook_url.get_secret_value(),
-            json=payload_for(message, self.slack),
+            "POST", self.config.webhook_url.get_secret_value(),
+            json=payload_for(message, self.config),
         )
-        try:
-            await post(self.client, request, service=self.service)
-        except DeliveryRateLimited as err:
-            pause = err.retry_after if err.retry_after is not None else DEFAULT_PAUSE
-            self.budget.pause(["webhook"], pause)
-            raise DeliveryRateLimited(self._redact(str(err)), retry_after=pause) from None
-        except DeliveryRetryable as err:
-            # Keep the subclass (DeliveryUncertain) the dispatcher may care about.
-            raise type(err)(self._redact(str(err)), retry_after=err.retry_after) from None
-        except DeliveryFailed as err:
-            # Slack's answer is a short code (invalid_payload); scrub in case a proxy echoes.
-            raise DeliveryFailed(self._redact(str(err))) from None
-
-    async def _pace(self) -> None:
-        """Wait for the webhook's slot, or hand the wait back to the dispatcher if long.
-
-        A long wait (after a 429 pause) would otherwise run into the dispatcher's delivery
-        timeout; raising with ``retry_after`` reschedules the message without a failure.
-        """
-        group = self.budget.group("webhook")
-        wait = group.wait_time(self.budget.now())
-        if wait > self.config.timeout / 2:
-            raise DeliveryRateLimited(
-                f"{self.service}: holding back to respect Slack's rate limit "
-                f"(next slot in {wait:.0f} s)", retry_after=wait)
-        await self.budget.acquire("webhook")
+        async with self.pace():
+            try:
+                await post(self.client, request, service=self.service)
+            except DeliveryRateLimited as err:
+                # Raised inside pace(): it pauses the webhook's bucket for retry_after.
+                pause = err.retry_after if err.retry_after is not None else DEFAULT_PAUSE
+                raise DeliveryRateLimited(self._redact(str(err)), retry_after=pause) from None
+            except DeliveryRetryable as err:
+                # Keep the subclass (DeliveryUncertain) the dispatcher may care about.
+                raise type(err)(self._redact(str(err)), retry_after=err.retry_after) from None
+            except DeliveryFailed as err:
+                # Slack's answer is a short code (invalid_payload); scrub in case a proxy
+                # echoes the URL.
+                raise DeliveryFailed(self._redact(str(err))) from None
 
     async def aclose(self) -> None:
         """Stop scrubbing the httpx log and close the HTTP client."""

@@ -7,8 +7,9 @@
   numbered parts (``(1/3)``), each valid markup on its own: a cut never falls inside an
   escape, an entity or a tag, and a bold run cut in two is closed and reopened.
 * **Pacing.** Telegram's limits are unpublished but widely documented: about 30 messages/s
-  per bot, about 1/s per chat and 20/min per group. Each chat has its own groups in an exact
-  sliding-window :class:`~poller.ratelimit.RateBudget`; 429 ``retry_after`` pauses them.
+  per bot, about 1/s per chat and 20/min per group. They are declared on the class (the
+  figures come from the config); every chat has its own buckets, and a 429's
+  ``retry_after`` pauses the chat's buckets and the bot-wide one.
 * **Several chats.** Parts already accepted by a chat are remembered (in memory, for the
   life of the notifier), so when chat 2 fails after chat 1 succeeded, the retry sends only
   what is missing. Residual duplicates: after a restart that memory is gone and a retried
@@ -20,14 +21,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import html
 import json
 import re
-import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -39,17 +38,18 @@ from poller import (
     DeliveryRateLimited,
     DeliveryRetryable,
     DeliveryUncertain,
+    LogScrubber,
+    Message,
     Notifier,
     NotifierConfig,
     NotifierError,
     OrderEvent,
+    Pace,
+    Redactor,
+    classify,
     hookimpl,
+    retry_after_seconds,
 )
-from poller.httpclient import retry_after_seconds
-from poller.logsetup import LogScrubber, Redactor
-from poller.notifiers import classify
-from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
-from poller.templates import Message
 
 #: Telegram's limit on a message text (core.telegram.org/bots/api#sendmessage).
 MAX_LENGTH = 4096
@@ -277,48 +277,32 @@ def is_group(chat_id: str) -> bool:
     return chat_id.startswith(("-", "@"))
 
 
-class TelegramNotifier(Notifier):
+class TelegramNotifier(Notifier[TelegramConfig]):
     """Sends each message to every configured chat, split and paced as Telegram requires."""
 
     kind: ClassVar[str] = "telegram"
     Config: ClassVar[type[NotifierConfig]] = TelegramConfig
+    pacing: ClassVar[tuple[Pace, ...]] = (
+        Pace("global_per_second"),  # the bot, over all chats
+        Pace("per_chat_per_second", per_target=True),  # each chat
+        Pace("group_per_minute", per=60.0, per_target=True, applies_to=is_group),
+    )
 
     def __init__(
-        self, name: str, config: NotifierConfig, client: httpx.AsyncClient | None = None, *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        self, name: str, config: TelegramConfig, client: httpx.AsyncClient | None = None
     ) -> None:
         super().__init__(name, config, client)
-        assert isinstance(config, TelegramConfig)
-        self.telegram = config
-        groups = [LimitGroup("global", LimitSpec(config.global_per_second, 1.0))]
-        for chat in config.chat_ids:
-            per_chat = LimitSpec(1, 1.0 / config.per_chat_per_second)
-            groups.append(LimitGroup(f"chat:{chat}", per_chat))
-            if is_group(chat):
-                per_group = LimitSpec(config.group_per_minute, 60.0)
-                groups.append(LimitGroup(f"group:{chat}", per_group))
-        self.budget = RateBudget(groups, clock=clock, sleep=sleep)
         self._token = config.bot_token.get_secret_value()
         self._redact = Redactor([self._token])
         self._scrubber = LogScrubber([self._token], URL_LOGGERS)
         self._scrubber.install()
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
 
-    @property
-    def service(self) -> str:
-        """How errors name this notifier."""
-        return f"telegram {self.name}"
-
-    def groups_of(self, chat: str) -> list[str]:
-        """The budget groups one message to ``chat`` passes through."""
-        return ["global", f"chat:{chat}", *([f"group:{chat}"] if is_group(chat) else [])]
-
     def preview(self, event: OrderEvent) -> str:
         """The texts (with markup) this notifier would send to each chat for ``event``."""
         message = self.render(event)
-        parts = render_parts(message.title, message.body, self.telegram.parse_mode,
-                             max_parts=self.telegram.max_parts)
+        parts = render_parts(message.title, message.body, self.config.parse_mode,
+                             max_parts=self.config.max_parts)
         return "\n\n".join(parts)
 
     async def send(self, event: OrderEvent) -> None:
@@ -343,14 +327,14 @@ class TelegramNotifier(Notifier):
         if pending is None:
             # Rendered once: a retry re-sends exactly the same parts (not a new "late" text).
             msg = message()
-            pending = _Pending(render_parts(msg.title, msg.body, self.telegram.parse_mode,
-                                            max_parts=self.telegram.max_parts))
+            pending = _Pending(render_parts(msg.title, msg.body, self.config.parse_mode,
+                                            max_parts=self.config.max_parts))
             self._pending[key] = pending
             while len(self._pending) > PENDING_MAX:
                 self._pending.popitem(last=False)
         self._pending.move_to_end(key)
         failures: list[NotifierError] = []
-        for chat in self.telegram.chat_ids:
+        for chat in self.config.chat_ids:
             try:
                 for index, text in enumerate(pending.parts):
                     if (chat, index) in pending.done:
@@ -370,37 +354,27 @@ class TelegramNotifier(Notifier):
         raise DeliveryFailed("; ".join(str(f) for f in failures))
 
     async def _send_part(self, chat: str, text: str) -> None:
-        """One ``sendMessage`` call, paced and classified."""
-        names = self.groups_of(chat)
-        await self._pace(chat, names)
+        """One ``sendMessage`` call, paced and classified.
+
+        A long pacing wait is handed back to the dispatcher as ``retry_after``; the parts
+        already sent are remembered, so the retry repeats nothing. A flood wait raised by
+        :meth:`_classify` pauses the chat's buckets and the bot-wide one.
+        """
         assert self.client is not None
         request = self.client.build_request(
-            "POST", f"{self.telegram.api_base}/bot{self._token}/sendMessage",
+            "POST", f"{self.config.api_base}/bot{self._token}/sendMessage",
             json={
                 "chat_id": chat,
                 "text": text,
-                "parse_mode": self.telegram.parse_mode,
-                "disable_notification": self.telegram.disable_notification,
+                "parse_mode": self.config.parse_mode,
+                "disable_notification": self.config.disable_notification,
                 # Broker text is not ours to preview; links stay plain.
                 "link_preview_options": {"is_disabled": True},
             },
         )
-        status, body, text_answer, header = await self._exchange(request, chat)
-        self._classify(chat, names, status, body, text_answer, header)
-
-    async def _pace(self, chat: str, names: list[str]) -> None:
-        """Wait for a slot, or hand a long wait back to the dispatcher as ``retry_after``.
-
-        Waiting out a group's minute inside one delivery would run into the dispatcher's
-        delivery timeout; the parts already sent are remembered, so nothing is repeated.
-        """
-        now = self.budget.now()
-        wait = max(self.budget.group(n).wait_time(now) for n in names)
-        if wait > self.config.timeout / 2:
-            raise DeliveryRateLimited(
-                f"{self.service}: chat {chat}: holding back to respect Telegram's limits "
-                f"(next slot in {wait:.0f} s)", retry_after=wait)
-        await self.budget.acquire(*names)
+        async with self.pace(chat):
+            status, body, text_answer, header = await self._exchange(request, chat)
+            self._classify(chat, status, body, text_answer, header)
 
     async def _exchange(self, request: httpx.Request, chat: str
                         ) -> tuple[int, Any, str, str | None]:
@@ -433,7 +407,7 @@ class TelegramNotifier(Notifier):
             body = None
         return response.status_code, body, text, response.headers.get("retry-after")
 
-    def _classify(self, chat: str, names: list[str], status: int, body: Any, text: str,
+    def _classify(self, chat: str, status: int, body: Any, text: str,
                   header: str | None) -> None:
         """Raise what a Bot API answer means; return when the chat accepted the part."""
         ok = isinstance(body, dict) and body.get("ok") is True
@@ -452,9 +426,9 @@ class TelegramNotifier(Notifier):
             retry_after = _seconds(parameters.get("retry_after"))
             if retry_after is None:
                 retry_after = retry_after_seconds(header)
+            # The flood wait applies to the bot: pace() pauses the chat and the bot-wide
+            # bucket for this long.
             pause = retry_after if retry_after is not None else DEFAULT_PAUSE
-            # The flood wait applies to the bot: pause the chat and the bot-wide group.
-            self.budget.pause(names, pause)
             raise DeliveryRateLimited(f"{where}: {description or 'Too Many Requests'}",
                                       retry_after=pause)
         if status in (401, 404):

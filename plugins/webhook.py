@@ -16,9 +16,7 @@ from typing import ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from poller import Notifier, NotifierConfig, OrderEvent, hookimpl
-from poller.errors import DeliveryFailed
-from poller.notifiers import post
+from poller import DeliveryFailed, Notifier, NotifierConfig, OrderEvent, hookimpl, post
 
 
 class WebhookConfig(NotifierConfig):
@@ -47,7 +45,7 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-class WebhookNotifier(Notifier):
+class WebhookNotifier(Notifier[WebhookConfig]):
     """POSTs each event's JSON."""
 
     kind: ClassVar[str] = "webhook"
@@ -60,7 +58,6 @@ class WebhookNotifier(Notifier):
     async def send(self, event: OrderEvent) -> None:
         """POST the event; 2xx is success, the rest is classified by status."""
         cfg = self.config
-        assert isinstance(cfg, WebhookConfig)
         if self.client is None:
             raise DeliveryFailed("webhook: no HTTP client")
         body = json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
@@ -71,7 +68,7 @@ class WebhookNotifier(Notifier):
         request = self.client.build_request(
             "POST", cfg.url.get_secret_value(), content=body, headers=headers
         )
-        await post(self.client, request, service=f"webhook {self.name}")
+        await post(self.client, request, service=self.service)
 
 
 @hookimpl

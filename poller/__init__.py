@@ -40,6 +40,7 @@ from poller.models import (
     utcnow,
 )
 from poller.notifiers import Notifier, NotifierConfig, classify, post
+from poller.pacing import Pace
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
 from poller.templates import Message
 
@@ -73,6 +74,7 @@ __all__ = [
     "OrderEvent",
     "OrderSnapshot",
     "OrderStatus",
+    "Pace",
     "PollerError",
     "RateBudget",
     "Redactor",

@@ -2,29 +2,37 @@
 
 A notifier turns one :class:`~poller.models.OrderEvent` into one message at one service. It
 either returns (the service accepted) or raises a :mod:`poller.errors` delivery error that
-says whether to retry. The outbox dispatcher owns retries, ordering and give-up.
+says whether to retry. The outbox dispatcher owns retries, ordering and give-up. The
+service's soft limits are declared on the class (``pacing``) and kept by the base.
 """
 
 from __future__ import annotations
 
 from abc import ABC
+from contextlib import asynccontextmanager
 from datetime import datetime, time, timedelta
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing_extensions import TypeVar
 
 from poller.errors import (
     DeliveryFailed,
     DeliveryRateLimited,
     DeliveryRetryable,
     DeliveryUncertain,
+    NotifierConfigError,
     NotifierError,
 )
 from poller.httpclient import retry_after_seconds
 from poller.models import OrderEvent, utcnow
+from poller.pacing import DEFAULT_PAUSE, Pace, Pacer
 from poller.templates import Message, Templates, digest
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 #: HTTP statuses worth retrying besides 5xx (RFC 9110: request timeout, too early, too many).
 RETRY_STATUSES = frozenset({408, 425, 429})
@@ -107,26 +115,89 @@ class NotifierConfig(BaseModel):
         return value
 
 
-class Notifier(ABC):
-    """Base class of notifiers.
+#: The config type of a notifier. Covariant, since a notifier only reads its config; the
+#: default lets code that handles any notifier write plain ``Notifier``.
+C = TypeVar("C", bound=NotifierConfig, default=NotifierConfig, covariant=True)
 
-    Subclasses set ``kind`` and ``Config`` and implement :meth:`send_message` (deliver a
-    rendered :class:`~poller.templates.Message`), or override :meth:`send` to deliver the
-    raw event (the webhook does).
+
+class Notifier(ABC, Generic[C]):
+    """Base class of notifiers, generic over their config: ``Notifier[SlackConfig]``.
+
+    Subclasses set ``kind`` and ``Config`` (the same class as the type argument) and
+    implement :meth:`send_message` (deliver a rendered :class:`~poller.templates.Message`),
+    or override :meth:`send` to deliver the raw event (the webhook does). A service with
+    rate limits declares them in ``pacing`` and sends each message inside
+    ``async with self.pace(target):``.
     """
 
     kind: ClassVar[str]
+    #: A ClassVar cannot hold the type variable, so the config class is named twice;
+    #: ``__init_subclass__`` checks that the two agree.
     Config: ClassVar[type[NotifierConfig]] = NotifierConfig
     #: False for notifiers that never talk HTTP (console): no client is built for them.
     uses_http: ClassVar[bool] = True
+    #: The service's soft limits (see :class:`~poller.pacing.Pace`); none by default.
+    pacing: ClassVar[tuple[Pace, ...]] = ()
+    #: The longest pacing wait slept through inside one delivery; a longer one is handed
+    #: back to the dispatcher. None: half of ``config.timeout``, well inside the
+    #: dispatcher's time limit for a delivery (``timeout`` + 5 s).
+    max_pacing_sleep: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            origin = get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Notifier):
+                wanted = get_args(base)[0]
+                if isinstance(wanted, type) and not issubclass(cls.Config, wanted):
+                    raise TypeError(f"{cls.__name__}.Config is {cls.Config.__name__}, but the "
+                                    f"class is a Notifier[{wanted.__name__}]")
+        for pace in cls.pacing:
+            if isinstance(pace.count, str) and pace.count not in cls.Config.model_fields:
+                raise TypeError(f"{cls.__name__}.pacing names {pace.count!r}, which "
+                                f"{cls.Config.__name__} does not have")
 
     def __init__(
-        self, name: str, config: NotifierConfig, client: httpx.AsyncClient | None = None
+        self, name: str, config: C, client: httpx.AsyncClient | None = None
     ) -> None:
+        # Callers holding any notifier class pass a plain NotifierConfig (the registry
+        # validated it with Config): the one runtime check the type argument needs.
+        if not isinstance(config, type(self).Config):
+            raise NotifierConfigError(f"notifier {name}: needs a {type(self).Config.__name__}, "
+                                      f"got {type(config).__name__}")
         self.name = name
         self.config = config
         self.client = client
         self.templates = Templates(config.templates)
+        try:
+            self.pacer = Pacer(type(self).pacing, config, name=self.service)
+        except ValueError as err:
+            raise NotifierConfigError(f"notifier {name}: {err}") from None
+
+    @property
+    def service(self) -> str:
+        """How errors name this notifier: ``slack desk`` (never by its URL)."""
+        return f"{getattr(self, 'kind', type(self).__name__)} {self.name}"
+
+    @asynccontextmanager
+    async def pace(self, target: str | None = None) -> AsyncIterator[None]:
+        """Send one message to ``target`` (a chat; None for the only one) in this block.
+
+        Entering waits until the declared limits allow the message. A wait longer than
+        :attr:`max_pacing_sleep` raises ``DeliveryRateLimited(retry_after=...)`` instead,
+        and the dispatcher keeps the message queued until then. A ``DeliveryRateLimited``
+        raised inside the block (the service's 429) pauses every bucket the message went
+        through for its ``retry_after``, so the following messages wait as well.
+        """
+        longest = self.max_pacing_sleep
+        await self.pacer.acquire(target, longest=self.config.timeout / 2 if longest is None
+                                 else longest)
+        try:
+            yield
+        except DeliveryRateLimited as err:
+            self.pacer.pause(target, DEFAULT_PAUSE if err.retry_after is None
+                             else err.retry_after)
+            raise
 
     def accepts(self, event: OrderEvent) -> bool:
         """Whether this notifier's routing rules want ``event``."""

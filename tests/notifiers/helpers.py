@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import traceback
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,6 +13,7 @@ from poller.diff import diff
 from poller.models import OrderEvent, OrderSnapshot, OrderStatus
 from poller.notifiers import Notifier
 from poller.templates import Message
+from tests.notifiers.virtualtime import VirtualClock, run
 
 NOW = datetime(2026, 5, 20, 3, 24, 31, tzinfo=UTC)
 
@@ -32,9 +32,14 @@ def order_event(status: OrderStatus = OrderStatus.FILLED, filled: int = 2, *,
     return diff(before, after, detected_at=NOW).events[-1]
 
 
-def deliver(notifier: Notifier, *items: OrderEvent | Message) -> list[Exception | None]:
-    """Send each item in order (events or messages); close the notifier whatever happens."""
-    async def run() -> list[Exception | None]:
+def deliver(notifier: Notifier, *items: OrderEvent | Message,
+            clock: VirtualClock | None = None) -> list[Exception | None]:
+    """Send each item in order (events or messages); close the notifier whatever happens.
+
+    Runs on a virtual-time loop (``clock``, else a fresh one): pacing waits take no real
+    time, so every time limit on real I/O must be at least ``clock.jump_below``.
+    """
+    async def main() -> list[Exception | None]:
         outcomes: list[Exception | None] = []
         try:
             for item in items:
@@ -50,7 +55,7 @@ def deliver(notifier: Notifier, *items: OrderEvent | Message) -> list[Exception 
             await notifier.aclose()
         return outcomes
 
-    return asyncio.run(run())
+    return run(main(), clock)
 
 
 def reveals(err: BaseException, secret: str) -> bool:

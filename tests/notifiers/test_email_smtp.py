@@ -2,8 +2,9 @@
 
 Covers: the message (headers, plain and HTML parts, escaping of broker strings, no header
 injection), plain / STARTTLS / implicit TLS with a self-signed certificate made here, AUTH,
-connection reuse and reconnection, every outcome class, pacing on a fake clock, config
-validation, and a canary password that must never show up in errors or logs.
+connection reuse and reconnection, every outcome class, pacing, config validation, and a
+canary password that must never show up in errors or logs. Pacing and the idle limit run on
+the loop's clock: their tests use a virtual-time loop (tests.notifiers.virtualtime).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -40,8 +42,11 @@ from poller.errors import (
 from poller.models import OrderEvent, OrderStatus, SystemScene, system_event
 from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
 from poller.settings import load_settings
+from poller.simulator.httpserver import SlidingWindow
 from poller_plugins.email_smtp import MAX_IDLE, EmailConfig, EmailNotifier
 from tests.notifiers.helpers import NOW, order_event
+from tests.notifiers.virtualtime import VirtualClock
+from tests.notifiers.virtualtime import run as run_virtual
 
 SENDER = "poller <alerts@example.com>"
 DESK = "desk@example.com"
@@ -101,13 +106,16 @@ class Mailbox:
 
     ``replies`` maps a command (``MAIL``, ``DATA``, or ``RCPT <address>``) to the reply to
     give instead of accepting; ``hang`` lists commands never answered; ``drop_after_data``
-    closes the connection after receiving a message instead of replying.
+    closes the connection after receiving a message instead of replying. ``arrivals`` holds
+    when each message arrived, on ``clock``.
     """
 
     replies: dict[str, str] = field(default_factory=dict)
     hang: set[str] = field(default_factory=set)
     drop_after_data: bool = False
+    clock: Callable[[], float] = time.monotonic
     messages: list[Received] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
     sessions: list[SMTP] = field(default_factory=list)  # one per connection that sent MAIL
 
     async def _hold(self, command: str) -> None:
@@ -140,6 +148,7 @@ class Mailbox:
         parsed = email.message_from_bytes(content, policy=email.policy.default)
         self.messages.append(Received(cast(str, envelope.mail_from), list(envelope.rcpt_tos),
                                       cast(EmailMessage, parsed)))
+        self.arrivals.append(self.clock())
         if self.drop_after_data:
             assert server.transport is not None
             server.transport.close()  # the message arrived; the reply never will
@@ -271,22 +280,34 @@ def smtp_server(cert: Cert | None = None, *, tls: str = "none", auth: bool = Fal
 
 
 def config(port: int, **kw: Any) -> EmailConfig:
+    """A plain-SMTP config for the loopback server. Pacing has tests of its own: the others
+    set a limit they never reach, so they never wait for a slot."""
     data: dict[str, Any] = {"kind": "email", "host": "127.0.0.1", "port": port,
                             "security": "none", "sender": SENDER, "recipients": [DESK],
-                            "timeout": 3.0}
+                            "timeout": 3.0, "max_per_minute": 10_000}
     return EmailConfig.model_validate({**data, **kw})
 
 
-def run(notifier: EmailNotifier, scenario: Callable[[EmailNotifier], Awaitable[None]]
-        ) -> None:
-    """Run ``scenario`` in a fresh loop and always close the notifier in it."""
+def virtual_clock() -> VirtualClock:
+    """A virtual clock for SMTP tests: waits under 4 s are skipped. Every SMTP time limit
+    there must be longer (QUIT's is 5 s; pass ``timeout=30`` to :func:`config`)."""
+    return VirtualClock(jump_below=4.0)
+
+
+def run(notifier: EmailNotifier, scenario: Callable[[EmailNotifier], Awaitable[None]],
+        clock: VirtualClock | None = None) -> None:
+    """Run ``scenario`` in a fresh loop (on ``clock`` when given), always closing the
+    notifier in it."""
     async def main() -> None:
         try:
             await scenario(notifier)
         finally:
             await notifier.aclose()
 
-    asyncio.run(main())
+    if clock is None:
+        asyncio.run(main())
+    else:
+        run_virtual(main(), clock)
 
 
 def send_all(*events: OrderEvent) -> Callable[[EmailNotifier], Awaitable[None]]:
@@ -415,25 +436,11 @@ def test_transports(cert: Cert, tls: str, auth: bool, cfg: dict[str, Any]) -> No
 # -- connection reuse -----------------------------------------------------------------------
 
 
-class FakeClock:
-    """A monotonic clock that only moves when told to (or when slept on)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-def between(action: Callable[[Server, FakeClock], None]
-            ) -> Callable[[Server, FakeClock], Callable[[EmailNotifier], Awaitable[None]]]:
+def between(action: Callable[[Server, VirtualClock], None]
+            ) -> Callable[[Server, VirtualClock], Callable[[EmailNotifier], Awaitable[None]]]:
     """A scenario: send, do ``action`` to the server or clock, send again, send again."""
-    def make(server: Server, clock: FakeClock) -> Callable[[EmailNotifier], Awaitable[None]]:
+    def make(server: Server, clock: VirtualClock
+             ) -> Callable[[EmailNotifier], Awaitable[None]]:
         async def scenario(notifier: EmailNotifier) -> None:
             await notifier.send(FILLED)
             action(server, clock)
@@ -443,9 +450,9 @@ def between(action: Callable[[Server, FakeClock], None]
     return make
 
 
-def advance(seconds: float) -> Callable[[Server, FakeClock], None]:
-    def act(server: Server, clock: FakeClock) -> None:
-        clock.now += seconds
+def advance(seconds: float) -> Callable[[Server, VirtualClock], None]:
+    def act(server: Server, clock: VirtualClock) -> None:
+        clock.advance(seconds)
     return act
 
 
@@ -463,12 +470,12 @@ REUSE = [
 @pytest.mark.parametrize(("make", "connections"), [r[1:] for r in REUSE],
                          ids=[r[0] for r in REUSE])
 def test_connection_reuse_and_reconnect(
-        make: Callable[[Server, FakeClock], Callable[[EmailNotifier], Awaitable[None]]],
+        make: Callable[[Server, VirtualClock], Callable[[EmailNotifier], Awaitable[None]]],
         connections: int) -> None:
-    clock = FakeClock()
+    clock = virtual_clock()  # the idle limit runs on the loop's clock
     with smtp_server() as server:
-        notifier = EmailNotifier("mail", config(server.port), clock=clock, sleep=clock.sleep)
-        run(notifier, make(server, clock))
+        notifier = EmailNotifier("mail", config(server.port, timeout=30.0))
+        run(notifier, make(server, clock), clock)
         assert [r.message["X-Poller-Event"] for r in server.mailbox.messages] == [
             FILLED.short_id, STALE.short_id, NASTY.short_id]
         assert notifier.connections == connections
@@ -582,34 +589,41 @@ def test_partial_refusal_delivers_and_logs(caplog: pytest.LogCaptureFixture) -> 
         record.getMessage())
 
 
-# -- pacing (fake clock: no waiting, no timing assertions) ----------------------------------
+# -- pacing (virtual clock: no waiting, no timing assertions) -------------------------------
 
 
 def test_pacing_holds_max_per_minute() -> None:
-    clock = FakeClock()
+    clock = virtual_clock()
+    events = [FILLED, STALE, NASTY] * 3
 
     async def scenario(notifier: EmailNotifier) -> None:
-        for event in (FILLED, STALE, NASTY):
-            await notifier.send(event)
+        await notifier.send(events[0])
         with pytest.raises(DeliveryRateLimited) as caught:
-            await notifier.send(FILLED)  # a 4th within the minute: handed back, not sent
-        assert caught.value.retry_after is not None and 59 < caught.value.retry_after <= 61
-        assert "max_per_minute (3) reached" in str(caught.value)
-        assert len(box.messages) == 3
-        clock.now += 58.0  # close to the end of the window: a short wait is slept through
-        await notifier.send(FILLED)
-        assert len(clock.sleeps) == 1 and 2 < clock.sleeps[0] < 3
-        clock.now += 60.0
-        await notifier.send(STALE)
+            await notifier.send(events[1])  # the next slot is 20 s away: handed back, not sent
+        assert caught.value.retry_after is not None and 20 <= caught.value.retry_after <= 21
+        assert "holding back" in str(caught.value)
+        assert "max_per_minute (3 per 60 s)" in str(caught.value)
+        assert len(box.messages) == 1
+        clock.advance(18.0)  # close to the slot: the short wait left is slept through
+        before = clock.now
+        await notifier.send(events[1])
+        assert 2 < clock.now - before < 3
+        for event in events[2:]:  # the rest as the dispatcher delivers: wait, then retry
+            try:
+                await notifier.send(event)
+            except DeliveryRateLimited as err:
+                assert err.retry_after is not None and err.retry_after <= 21
+                clock.advance(err.retry_after)
+                await notifier.send(event)
 
-    box = Mailbox()
+    box = Mailbox(clock=clock)
     with smtp_server(mailbox=box) as server:
-        notifier = EmailNotifier("mail", config(server.port, max_per_minute=3), clock=clock,
-                                 sleep=clock.sleep)
-        run(notifier, scenario)
-    assert len(box.messages) == 5
-    assert notifier.budget.group("send").admitted == 5
-    assert notifier.budget.group("send").allowed == 3
+        notifier = EmailNotifier("mail", config(server.port, max_per_minute=3, timeout=30.0))
+        run(notifier, scenario, clock)
+    assert [r.message["X-Poller-Event"] for r in box.messages] == [e.short_id for e in events]
+    window = SlidingWindow(3, 60.0)
+    assert all(window.admit(t) for t in box.arrivals) and window.max_seen == 3
+    assert notifier.connections == 1  # paced on one connection, never idle for long
 
 
 # -- configuration --------------------------------------------------------------------------
@@ -705,7 +719,7 @@ def test_canary_password_never_in_errors_or_logs(cert: Cert,
         with smtp_server(cert, **server_kw) as server:
             notifier = EmailNotifier("mail", config(port or server.port, username=USER,
                                                     password=canary, **cfg))
-            texts.append(repr(notifier.cfg) + str(notifier.cfg))
+            texts.append(repr(notifier.config) + str(notifier.config))
             try:
                 run(notifier, send_all(FILLED))
             except (DeliveryRetryable, DeliveryFailed) as err:

@@ -1,4 +1,8 @@
-"""The Slack notifier against a real HTTP receiver: Block Kit, escaping, outcomes, pacing."""
+"""The Slack notifier against a real HTTP receiver: Block Kit, escaping, outcomes, pacing.
+
+Every delivery runs on a virtual-time loop (tests.notifiers.virtualtime): pacing waits take
+no real time, and the receiver stamps arrivals with the same clock.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from poller.settings import problems_from
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer, SlidingWindow
 from poller.templates import Message
 from poller_plugins.slack import (
+    DEFAULT_PAUSE,
     SECTION_MAX,
     LogScrubber,
     SlackConfig,
@@ -33,6 +38,7 @@ from poller_plugins.slack import (
     register_notifiers,
 )
 from tests.notifiers.helpers import NOW, deliver, leaked, order_event, reveals
+from tests.notifiers.virtualtime import VirtualClock, run
 
 CANARY = "canary-slack-7d41c9"
 HOOK = f"/services/T0CANARY/B0CANARY/{CANARY}"
@@ -41,20 +47,6 @@ HOOK = f"/services/T0CANARY/B0CANARY/{CANARY}"
 
 
 EVENT = order_event()
-
-
-class FakeClock:
-    """The notifier's budget clock (and the server's arrival clock): sleeping advances it."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -76,13 +68,18 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def notifier(url: str, *, clock: FakeClock | None = None, timeout: float = 2.0,
-             **cfg: Any) -> SlackNotifier:
+def notifier(url: str, *, http_timeout: float = 60.0, **cfg: Any) -> SlackNotifier:
+    """A notifier for ``url``. The HTTP client's time limit is at least the virtual loop's
+    ``jump_below`` unless a test means it to run out."""
     config = SlackConfig.model_validate({"kind": "slack", "webhook_url": url, **cfg})
-    if clock is None:
-        return SlackNotifier("desk", config, httpx.AsyncClient(timeout=timeout))
-    return SlackNotifier("desk", config, httpx.AsyncClient(timeout=timeout),
-                         clock=clock.now, sleep=clock.sleep)
+    return SlackNotifier("desk", config, httpx.AsyncClient(timeout=http_timeout))
+
+
+def paced(server: SimServer) -> VirtualClock:
+    """A virtual clock the receiver stamps arrivals with."""
+    clock = VirtualClock()
+    server.clock = clock
+    return clock
 
 
 
@@ -148,7 +145,7 @@ def test_no_answer_after_sending_is_uncertain(server: SimServer,
 
     server.route("POST", HOOK, hold)
     try:
-        [outcome] = deliver(notifier(server.url + HOOK, timeout=0.2), EVENT)
+        [outcome] = deliver(notifier(server.url + HOOK, http_timeout=0.2), EVENT)
     finally:
         release.set()
     assert isinstance(outcome, DeliveryUncertain), outcome
@@ -239,53 +236,81 @@ def test_long_bodies_split_into_sections_without_cutting_entities(server: SimSer
 
 
 def test_pacing_one_message_per_second_per_webhook(server: SimServer) -> None:
-    clock = FakeClock()
-    server.clock = clock.now
+    clock = paced(server)
     server.route("POST", HOOK, lambda r: SimResponse(200, raw=b"ok"))
-    slack = notifier(server.url + HOOK, clock=clock)
-    budget = slack.budget
-    assert deliver(slack, *[EVENT] * 6) == [None] * 6
+    assert deliver(notifier(server.url + HOOK), *[EVENT] * 6, clock=clock) == [None] * 6
     arrivals = [r.arrived for r in server.requests(HOOK)]
+    assert len(arrivals) == 6
     window = SlidingWindow(1, 1.0)  # Slack: about one message per second per webhook
     assert all(window.admit(t) for t in arrivals) and window.violations == 0
-    assert budget.group("webhook").admitted == 6
+    assert arrivals[-1] - arrivals[0] < 6.0  # paced, not stalled: slept each wait through
 
 
 def test_pacing_slower_when_configured(server: SimServer) -> None:
-    clock = FakeClock()
-    server.clock = clock.now
+    clock = paced(server)
     server.route("POST", HOOK, lambda r: SimResponse(200, raw=b"ok"))
-    assert deliver(notifier(server.url + HOOK, clock=clock, per_second=0.5),
-                   *[EVENT] * 4) == [None] * 4
+    assert deliver(notifier(server.url + HOOK, per_second=0.5), *[EVENT] * 4,
+                   clock=clock) == [None] * 4
     window = SlidingWindow(1, 2.0)
     assert all(window.admit(r.arrived) for r in server.requests(HOOK))
 
 
+def test_a_wait_longer_than_half_the_timeout_is_handed_back(server: SimServer) -> None:
+    # per_second 0.1: the next slot is 10 s away, more than timeout / 2 = 4 s.
+    clock = paced(server)
+    server.route("POST", HOOK, lambda r: SimResponse(200, raw=b"ok"))
+
+    async def scenario(slack: SlackNotifier) -> DeliveryRateLimited:
+        try:
+            await slack.send(EVENT)
+            with pytest.raises(DeliveryRateLimited) as caught:
+                await slack.send(EVENT)  # handed back at once, not slept on
+            clock.advance(caught.value.retry_after or 0.0)  # the dispatcher waits, retries
+            await slack.send(EVENT)
+            return caught.value
+        finally:
+            await slack.aclose()
+
+    held = run(scenario(notifier(server.url + HOOK, per_second=0.1, timeout=8.0)), clock)
+    assert held.retry_after is not None and 10.0 <= held.retry_after <= 10.6
+    assert "holding back" in str(held) and "per_second (0.1 per 1 s)" in str(held)
+    first, second = (r.arrived for r in server.requests(HOOK))
+    assert second - first >= 10.0
+
+
 def test_429_pauses_the_webhook_for_retry_after(server: SimServer) -> None:
-    clock = FakeClock()
-    server.clock = clock.now
+    clock = paced(server)
     answers = [SimResponse(429, raw=b"rate_limited", headers={"Retry-After": "4"})]
     server.route("POST", HOOK, lambda r: answers.pop(0) if answers
                  else SimResponse(200, raw=b"ok"))
-    outcomes = deliver(notifier(server.url + HOOK, clock=clock), EVENT, EVENT)
+    outcomes = deliver(notifier(server.url + HOOK), EVENT, EVENT, clock=clock)
     assert isinstance(outcomes[0], DeliveryRateLimited) and outcomes[0].retry_after == 4.0
-    assert outcomes[1] is None
+    assert outcomes[1] is None  # 4 s is under timeout / 2: slept through
     first, second = (r.arrived for r in server.requests(HOOK))
     assert second - first >= 4.0
 
 
+def test_a_429_without_retry_after_pauses_for_the_default(server: SimServer) -> None:
+    clock = paced(server)
+    server.route("POST", HOOK, lambda r: SimResponse(429, raw=b"rate_limited"))
+    outcomes = deliver(notifier(server.url + HOOK), EVENT, EVENT, clock=clock)
+    assert [getattr(o, "retry_after", None) for o in outcomes] == pytest.approx(
+        [DEFAULT_PAUSE] * 2)
+    assert "holding back" in str(outcomes[1]) and len(server.requests(HOOK)) == 1
+
+
 def test_a_long_pause_is_handed_back_to_the_dispatcher(server: SimServer) -> None:
-    clock = FakeClock()
-    server.clock = clock.now
+    clock = paced(server)
     answers = [SimResponse(429, raw=b"rate_limited", headers={"Retry-After": "60"})]
     server.route("POST", HOOK, lambda r: answers.pop(0) if answers
                  else SimResponse(200, raw=b"ok"))
-    slack = notifier(server.url + HOOK, clock=clock)
-    outcomes = deliver(slack, EVENT, EVENT)
+    slack = notifier(server.url + HOOK)
+    outcomes = deliver(slack, EVENT, EVENT, clock=clock)
     assert [type(o) for o in outcomes] == [DeliveryRateLimited, DeliveryRateLimited]
     held = outcomes[1]
     assert isinstance(held, DeliveryRateLimited) and held.retry_after is not None
-    assert 55 <= held.retry_after <= 60 and "holding back" in str(held)
+    assert 55 <= held.retry_after <= 60 + 1e-6 and "holding back" in str(held)
+    assert "a pause the service asked for" in str(held)
     assert len(server.requests(HOOK)) == 1  # nothing sent while paused
 
 
@@ -333,7 +358,7 @@ def test_payload_is_json_serialisable_for_every_scene(server: SimServer) -> None
     events = [order_event(symbol="<x>&", message="m & <n>"),
               system_event(SystemScene.BROKER_AUTH_FAILED, broker="tw", detected_at=NOW,
                            discriminator="a", message="refused")]
-    slack = notifier(server.url + HOOK, clock=FakeClock())  # paced on a fake clock: no wait
+    slack = notifier(server.url + HOOK)  # paced on the virtual clock: no real wait
     assert deliver(slack, *events) == [None, None]
     for request in server.requests(HOOK):
         payload = json.loads(request.body)

@@ -1,7 +1,9 @@
 """The Telegram notifier against a real Bot API stand-in: markup, splitting, chats, pacing.
 
 The bot token is a canary: it must never show up in a log line (httpx and httpcore at DEBUG
-included) or in the text, repr or traceback of any error.
+included) or in the text, repr or traceback of any error. Every delivery runs on a
+virtual-time loop (tests.notifiers.virtualtime): pacing waits take no real time, and the
+stand-in stamps arrivals with the same clock.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from poller_plugins.telegram import (
     units,
 )
 from tests.notifiers.helpers import NOW, deliver, leaked, order_event, reveals
+from tests.notifiers.virtualtime import VirtualClock, run
 
 SECRET = "canary-TG_9f3a2b7c1d0e"
 TOKEN = f"123456789:{SECRET}"
@@ -56,20 +59,6 @@ def stale_event(n: int, message: str = "order gone") -> OrderEvent:
 
 
 EVENT = order_event()
-
-
-class FakeClock:
-    """The notifier's budget clock (and the server's arrival clock): sleeping advances it."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        await asyncio.sleep(0)
 
 
 def api_error(code: int, description: str, **parameters: Any) -> SimResponse:
@@ -131,14 +120,21 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def notifier(base: str, *, chats: tuple[str, ...] = ("4242",), clock: FakeClock | None = None,
-             timeout: float = 2.0, **cfg: Any) -> TelegramNotifier:
+def notifier(base: str, *, chats: tuple[str, ...] = ("4242",), http_timeout: float = 60.0,
+             **cfg: Any) -> TelegramNotifier:
+    """A notifier for the stand-in at ``base``. The HTTP client's time limit is at least the
+    virtual loop's ``jump_below`` unless a test means it to run out."""
     config = TelegramConfig.model_validate({
         "kind": "telegram", "bot_token": TOKEN, "chat_ids": list(chats), "api_base": base,
         "late_after": 10**9, **cfg})
-    clock = clock or FakeClock()  # pacing on a fake clock: no test waits for real
-    return TelegramNotifier("tg", config, httpx.AsyncClient(timeout=timeout),
-                            clock=clock.now, sleep=clock.sleep)
+    return TelegramNotifier("tg", config, httpx.AsyncClient(timeout=http_timeout))
+
+
+def paced(server: SimServer) -> VirtualClock:
+    """A virtual clock the stand-in stamps arrivals with."""
+    clock = VirtualClock()
+    server.clock = clock
+    return clock
 
 
 
@@ -244,7 +240,7 @@ def test_no_answer_after_sending_is_uncertain(server: SimServer,
 
     server.route("POST", PATH, hold)
     try:
-        [outcome] = deliver(notifier(server.url, timeout=0.2), EVENT)
+        [outcome] = deliver(notifier(server.url, http_timeout=0.2), EVENT)
     finally:
         release.set()
     assert type(outcome) is DeliveryUncertain and "no answer after sending" in str(outcome)
@@ -502,10 +498,9 @@ def test_a_retryable_failure_wins_over_a_permanent_one(server: SimServer, api: B
 
 
 def test_flood_wait_stops_at_once_and_pauses_the_chat(server: SimServer, api: BotApi) -> None:
-    clock = FakeClock()
-    server.clock = clock.now
+    clock = paced(server)
     api.fail("111", api_error(429, "Too Many Requests: retry after 3", retry_after=3))
-    outcomes = deliver(notifier(server.url, chats=CHATS, clock=clock), EVENT, EVENT)
+    outcomes = deliver(notifier(server.url, chats=CHATS), EVENT, EVENT, clock=clock)
     assert isinstance(outcomes[0], DeliveryRateLimited) and outcomes[0].retry_after == 3
     assert outcomes[1] is None
     first, *rest = server.requests(PATH)
@@ -524,10 +519,10 @@ def test_a_new_delivery_of_a_delivered_event_is_sent_again(server: SimServer,
 # --- pacing ----------------------------------------------------------------------------
 
 
-def deliver_patiently(tg: TelegramNotifier, clock: FakeClock, *events: OrderEvent) -> int:
+def deliver_patiently(tg: TelegramNotifier, clock: VirtualClock, *events: OrderEvent) -> int:
     """Deliver every event as the dispatcher would: after a rate-limit answer, wait its
-    ``retry_after`` (on the fake clock) and try again. Returns how often that happened."""
-    async def run() -> int:
+    ``retry_after`` (on the virtual clock) and try again. Returns how often that happened."""
+    async def main() -> int:
         held = 0
         try:
             for event in events:
@@ -538,12 +533,12 @@ def deliver_patiently(tg: TelegramNotifier, clock: FakeClock, *events: OrderEven
                     except DeliveryRateLimited as err:
                         assert err.retry_after is not None and held < 100
                         held += 1
-                        clock.t += err.retry_after
+                        clock.advance(err.retry_after)
         finally:
             await tg.aclose()
         return held
 
-    return asyncio.run(run())
+    return run(main(), clock)
 
 
 def arrivals_by_chat(server: SimServer) -> dict[str, list[float]]:
@@ -554,14 +549,14 @@ def arrivals_by_chat(server: SimServer) -> dict[str, list[float]]:
 
 
 def test_pacing_per_chat_per_group_and_overall(server: SimServer, api: BotApi) -> None:
-    clock = FakeClock()
-    server.clock = clock.now
-    tg = notifier(server.url, chats=("111", "-100222"), clock=clock)
-    budget = tg.budget
+    clock = paced(server)
+    # timeout 4: waits over 2 s are handed back, and a group's ~3 s spacing is one of them.
+    tg = notifier(server.url, chats=("111", "-100222"), timeout=4.0)
     events = [stale_event(n) for n in range(25)]  # more than a group's minute allows
     assert deliver_patiently(tg, clock, *events) >= 1  # held back at least once
     arrivals = arrivals_by_chat(server)
     assert {chat: len(times) for chat, times in arrivals.items()} == {"111": 25, "-100222": 25}
+    assert len(api.accepted) == 50  # every message once: a hand-back repeats nothing
     for chat, times in arrivals.items():
         per_chat = SlidingWindow(1, 1.0)
         assert all(per_chat.admit(t) for t in times), chat
@@ -569,50 +564,52 @@ def test_pacing_per_chat_per_group_and_overall(server: SimServer, api: BotApi) -
     assert all(group.admit(t) for t in arrivals["-100222"])
     overall = SlidingWindow(30, 1.0)
     assert all(overall.admit(r.arrived) for r in server.requests(PATH))
-    assert budget.group("global").admitted == 50
-    assert budget.group("chat:111").admitted == budget.group("group:-100222").admitted == 25
 
 
-def test_a_group_is_held_back_before_its_minute_runs_out(server: SimServer,
-                                                        api: BotApi) -> None:
-    clock = FakeClock()
-    server.clock = clock.now
-    tg = notifier(server.url, chats=("-100222",), clock=clock)
-    allowed = tg.budget.group("group:-100222").allowed
-    assert allowed <= 20
-    events = [stale_event(n) for n in range(allowed + 1)]
+def test_a_group_is_held_back_for_its_minute(server: SimServer, api: BotApi) -> None:
+    clock = paced(server)
+    tg = notifier(server.url, chats=("-100222",), group_per_minute=1)
+    events = [stale_event(n) for n in range(3)]
 
-    async def run() -> Exception | None:
+    async def main() -> DeliveryRateLimited:
         try:
-            for event in events[:-1]:
-                await tg.send(event)
-            try:
-                await tg.send(events[-1])
-            except DeliveryRateLimited as err:
-                assert err.retry_after is not None and "holding back" in str(err)
-                clock.t += err.retry_after  # the dispatcher waits that long, then retries
-                await tg.send(events[-1])
-                return err
-            return None
+            await tg.send(events[0])
+            with pytest.raises(DeliveryRateLimited) as caught:
+                await tg.send(events[1])  # the group's minute is not over: handed back
+            assert caught.value.retry_after is not None
+            clock.advance(caught.value.retry_after)  # the dispatcher waits, then retries
+            await tg.send(events[1])
+            clock.advance(61.0)
+            await tg.send(events[2])
+            return caught.value
         finally:
             await tg.aclose()
 
-    held = asyncio.run(run())
-    assert held is not None, "the group's minute should have been full"
-    assert len(api.accepted) == allowed + 1
-    window = SlidingWindow(20, 60.0)
+    held = run(main(), clock)
+    assert held.retry_after is not None and 60.0 <= held.retry_after <= 61.0
+    assert "holding back messages to -100222" in str(held)
+    assert "group_per_minute (1 per 60 s)" in str(held)
+    assert len(api.accepted) == 3
+    window = SlidingWindow(1, 60.0)
     assert all(window.admit(r.arrived) for r in server.requests(PATH))
 
 
+def test_the_group_limit_spares_private_chats(server: SimServer, api: BotApi) -> None:
+    clock = paced(server)
+    tg = notifier(server.url, chats=("111",), group_per_minute=1)
+    assert deliver(tg, stale_event(1), stale_event(2), clock=clock) == [None, None]
+    first, second = (r.arrived for r in server.requests(PATH))
+    assert 1.0 <= second - first < 2.0  # the per-chat second only
+
+
 def test_many_chats_stay_under_the_bot_wide_limit(server: SimServer, api: BotApi) -> None:
-    clock = FakeClock()
-    server.clock = clock.now
+    clock = paced(server)
     chats = tuple(str(1000 + n) for n in range(45))  # more than one second's allowance
-    tg = notifier(server.url, chats=chats, clock=clock)
-    assert deliver(tg, EVENT) == [None]
+    tg = notifier(server.url, chats=chats)
+    assert deliver(tg, EVENT, clock=clock) == [None]
     overall = SlidingWindow(30, 1.0)
     assert all(overall.admit(r.arrived) for r in server.requests(PATH))
-    assert overall.max_seen <= tg.budget.group("global").allowed < 30
+    assert overall.max_seen >= 25  # paced close to the limit, not far below it
     assert len(api.accepted) == 45
 
 
@@ -700,9 +697,7 @@ def test_network_failures(logs: pytest.LogCaptureFixture, raised: type[httpx.Tra
 
     config = TelegramConfig.model_validate(
         {"kind": "telegram", "bot_token": TOKEN, "chat_ids": ["1"]})
-    clock = FakeClock()
-    tg = TelegramNotifier("tg", config, httpx.AsyncClient(transport=httpx.MockTransport(fail)),
-                          clock=clock.now, sleep=clock.sleep)
+    tg = TelegramNotifier("tg", config, httpx.AsyncClient(transport=httpx.MockTransport(fail)))
     [outcome] = deliver(tg, EVENT)
     assert type(outcome) is error and text in str(outcome) and raised.__name__ in str(outcome)
     assert outcome.__context__ is None and outcome.__cause__ is None
