@@ -7,11 +7,20 @@ submodules. A test scans ``plugins/`` and ``poller/brokers/`` for imports of pri
 from __future__ import annotations
 
 from poller.__about__ import __version__
-from poller.adapter import BrokerAdapter, BrokerConfig, ListResult, ListScope, first_problem
+from poller.adapter import (
+    BrokerAdapter,
+    BrokerConfig,
+    ListResult,
+    ListScope,
+    RequestKind,
+    Success,
+    first_problem,
+)
 from poller.errors import (
     BrokerAuthError,
     BrokerError,
     BrokerMalformed,
+    BrokerNotFound,
     BrokerRateLimited,
     BrokerRejected,
     BrokerUnavailable,
@@ -20,6 +29,8 @@ from poller.errors import (
     DeliveryRateLimited,
     DeliveryRetryable,
     DeliveryUncertain,
+    ErrorAnswer,
+    ErrorTable,
     NeedsHuman,
     NotifierConfigError,
     NotifierError,
@@ -51,6 +62,7 @@ __all__ = [
     "BrokerConfig",
     "BrokerError",
     "BrokerMalformed",
+    "BrokerNotFound",
     "BrokerRateLimited",
     "BrokerRejected",
     "BrokerUnavailable",
@@ -59,6 +71,8 @@ __all__ = [
     "DeliveryRateLimited",
     "DeliveryRetryable",
     "DeliveryUncertain",
+    "ErrorAnswer",
+    "ErrorTable",
     "Fill",
     "LimitGroup",
     "LimitSpec",
@@ -78,8 +92,10 @@ __all__ = [
     "PollerError",
     "RateBudget",
     "Redactor",
+    "RequestKind",
     "Retryable",
     "SceneType",
+    "Success",
     "__version__",
     "classify",
     "decimal_text",

@@ -2,24 +2,38 @@
 
 An adapter knows one broker's wire format and nothing else: it signs requests, reads answers
 into canonical :class:`~poller.models.OrderSnapshot` objects through its status table, and
-translates every failure into :mod:`poller.errors` at its edge. Scheduling, diffing, storing
-and delivery belong to the daemon.
+reads its envelope into data or an :class:`~poller.errors.ErrorAnswer`, which the base sorts
+into :mod:`poller.errors` through the adapter's :class:`~poller.errors.ErrorTable`.
+Scheduling, diffing, storing and delivery belong to the daemon.
+
+Over 400 lines: the one base class is the whole contract an adapter author implements
+(config, limit groups per request kind, list, fetch and action calls, the error path, the
+class check run at registration); split, it would be read in four places for one class.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any, ClassVar, Generic, get_args, get_origin
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from typing_extensions import TypeVar
 
-from poller.errors import BrokerRateLimited
-from poller.httpclient import Answer, send
+from poller.errors import (
+    BrokerError,
+    BrokerMalformed,
+    BrokerRateLimited,
+    ErrorAnswer,
+    ErrorTable,
+)
+from poller.httpclient import Answer, retry_after_seconds, send
 from poller.models import OrderSnapshot
 from poller.ratelimit import LimitSpec, RateBudget
 
@@ -68,6 +82,27 @@ class BrokerConfig(BaseModel):
         return value.rstrip("/")
 
 
+class RequestKind(StrEnum):
+    """What a request is for; ``request_groups`` names the limit groups each kind consumes."""
+
+    LIST = "list"  #: an account-wide list call
+    DETAIL = "detail"  #: one order by id (``fetch_order``)
+    TRADES = "trades"  #: an auxiliary per-order read (CoinW ``returnOrderTrades``)
+    REPLACE = "replace"  #: change an order's quantity or price (Shioaji update_price/_qty)
+    CANCEL = "cancel"  #: cancel an order
+
+
+#: The per-order reads: only their answers can mean "the broker knows no such order".
+PER_ORDER_READS = frozenset({RequestKind.DETAIL, RequestKind.TRADES})
+
+
+@dataclass(frozen=True)
+class Success:
+    """A success answer's data, as the adapter's envelope reader found it."""
+
+    data: Any
+
+
 @dataclass(frozen=True)
 class ListScope:
     """One account-wide discovery call: which account, and what it covers.
@@ -102,19 +137,34 @@ class ListResult:
     problems: list[str] = field(default_factory=list)
 
 
-class BrokerAdapter(ABC):
-    """Base class of broker adapters.
+#: The config type of an adapter. Invariant, so that classmethods can take it (``check``);
+#: code holding any adapter class writes ``type[BrokerAdapter[Any]]``. The default keeps a
+#: plain ``BrokerAdapter`` annotation meaningful (an adapter of a plain BrokerConfig).
+C = TypeVar("C", bound=BrokerConfig, default=BrokerConfig)
 
-    Subclasses set ``kind``, ``Config`` (a :class:`BrokerConfig` subclass), ``limits`` (the
-    broker's documented limit groups) and ``request_groups`` (which groups each kind of
-    request consumes), and implement :meth:`scopes`, :meth:`list_orders` and, where the
-    broker has one, :meth:`fetch_order`.
+
+class BrokerAdapter(ABC, Generic[C]):
+    """Base class of broker adapters, generic over their config: ``BrokerAdapter[CoinWConfig]``.
+
+    Subclasses set ``kind``, ``Config`` (the same class as the type argument), ``limits``
+    (the broker's documented limit groups), ``request_groups`` (which groups each
+    :class:`RequestKind` consumes) and ``errors`` (the broker's error codes), implement
+    :meth:`scopes`, :meth:`list_orders` and, where the broker has one, :meth:`fetch_order`,
+    and read their envelope in :meth:`read_answer`. :func:`adapter_problems` checks these
+    declarations when the class is registered.
     """
 
     kind: ClassVar[str]
+    #: A ClassVar cannot hold the type variable, so the config class is named twice;
+    #: :func:`adapter_problems` checks that the two agree.
     Config: ClassVar[type[BrokerConfig]] = BrokerConfig
     limits: ClassVar[dict[str, LimitSpec]] = {}
+    #: Limit groups per :class:`RequestKind`. Keyed by ``str`` so that plain strings (a
+    #: kind's value, as older callers write) look up the same entries; any key that is not a
+    #: kind's value is refused at registration (:func:`adapter_problems`).
     request_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: The broker's error codes and penalty window (see :class:`~poller.errors.ErrorTable`).
+    errors: ClassVar[ErrorTable] = ErrorTable()
     supports_fetch: ClassVar[bool] = False
     #: Poll every open order with the per-order call, round-robin at the budget (CoinW, whose
     #: list call is per pair); otherwise the per-order call only confirms orders that left a
@@ -125,8 +175,13 @@ class BrokerAdapter(ABC):
     retire_after: ClassVar[float | None] = None
 
     def __init__(
-        self, name: str, config: BrokerConfig, client: httpx.AsyncClient, budget: RateBudget
+        self, name: str, config: C, client: httpx.AsyncClient, budget: RateBudget
     ) -> None:
+        # Callers holding any adapter class pass a plain BrokerConfig (validated with
+        # Config): the one runtime check the type argument needs.
+        if not isinstance(config, type(self).Config):
+            raise TypeError(f"{type(self).__name__} needs a {type(self).Config.__name__}, "
+                            f"got {type(config).__name__}")
         self.name = name
         self.config = config
         self.client = client
@@ -137,12 +192,12 @@ class BrokerAdapter(ABC):
             else config.per_order_polling)
 
     @classmethod
-    def secrets(cls, config: BrokerConfig) -> list[str]:
+    def secrets(cls, config: C) -> list[str]:
         """Every secret value in a config, for log redaction."""
         return secret_values(config)
 
     @classmethod
-    def check(cls, config: BrokerConfig) -> list[tuple[str, str]]:
+    def check(cls, config: C) -> list[tuple[str, str]]:
         """Extra problems with a validated config, as (key, message); none by default."""
         return []
 
@@ -177,7 +232,7 @@ class BrokerAdapter(ABC):
 
     def detail_rate(self) -> float:
         """Per-order calls per second the budget allows (0 without a per-order call)."""
-        groups = self.request_groups.get("detail", ())
+        groups = self.request_groups.get(RequestKind.DETAIL, ())
         rates = [self.budget.groups[g].rate for g in groups if g in self.budget.groups]
         return min(rates) if rates else 0.0
 
@@ -214,25 +269,111 @@ class BrokerAdapter(ABC):
         """
         raise NotImplementedError(f"{self.kind} cannot cancel orders")
 
-    async def request(self, kind: str, request: httpx.Request) -> Answer:
+    # -- requests and error answers --------------------------------------------------------
+
+    def groups_of(self, kind: RequestKind) -> tuple[str, ...]:
+        """The limit groups a request of ``kind`` consumes.
+
+        :raises LookupError: the adapter declares none for ``kind``: a request the budget
+            would not count is a bug, never a free pass.
+        """
+        groups = self.request_groups.get(kind)
+        if not groups:
+            known = ", ".join(str(k) for k in self.request_groups) or "none"
+            raise LookupError(f"{self.kind} adapter: request kind '{kind}' has no limit "
+                              f"groups (request_groups has {known})")
+        return groups
+
+    async def request(self, kind: RequestKind, request: httpx.Request) -> Answer:
         """Send one request through the rate budget of the groups ``kind`` consumes."""
-        groups = self.request_groups.get(kind, ())
-        await self.budget.acquire(*groups)
+        await self.budget.acquire(*self.groups_of(kind))
         return await send(
             self.client, request, connection=self.name, deadline=self.config.timeout
         )
 
+    def read_answer(self, answer: Answer) -> Success | ErrorAnswer:
+        """Read the broker's envelope: a success's data, or an error's code and message.
+
+        The default, for brokers without an envelope, takes a 2xx JSON body as the data and
+        gives any other answer no code (its HTTP status sorts it).
+
+        :raises BrokerMalformed: a 2xx answer that is not a usable envelope.
+        """
+        if 200 <= answer.status < 300:
+            if answer.body is None:
+                raise BrokerMalformed(f"empty answer (HTTP {answer.status})",
+                                      connection=self.name)
+            return Success(answer.body)
+        return ErrorAnswer()
+
+    def unwrap(self, kind: RequestKind, answer: Answer, *, context: str = "",
+               secrets: Sequence[str] = ()) -> Any:
+        """The data of a success answer; an error answer raised as poller's error.
+
+        :param context: what the message starts with (CoinW: the command).
+        :param secrets: values of this one request to scrub besides the config's (a sign).
+        :raises BrokerError: sorted by :attr:`errors`; :class:`~poller.errors.BrokerNotFound`
+            only for a per-order read.
+        """
+        try:
+            outcome = self.read_answer(answer)
+        except BrokerMalformed as err:
+            if not context:
+                raise
+            raise BrokerMalformed(f"{context}{err}", connection=self.name,
+                                  code=err.code) from None
+        if isinstance(outcome, Success):
+            return outcome.data
+        raise self.error_for(kind, answer, outcome, context=context, secrets=secrets)
+
+    def error_for(self, kind: RequestKind, answer: Answer, error: ErrorAnswer, *,
+                  context: str = "", secrets: Sequence[str] = ()) -> BrokerError:
+        """Build the error for one error answer (pausing the groups after a rate limit)."""
+        table = self.errors
+        cls = table.classify(answer.status, error, per_order=kind in PER_ORDER_READS)
+        stated = error.code or (str(error.status) if error.status else "")
+        code = stated or str(answer.status)
+        label = f"HTTP {answer.status}" + (f", code {stated}" if stated else "")
+        # Scrubbed before it is shortened, so that no cut-off half of a secret survives.
+        if error.message or stated:
+            said = self.scrub(error.message or "no message", *secrets)[:200]
+        else:
+            said = describe_body(self.scrub(answer.text, *secrets))
+        message = self.scrub(f"{context}{table.words(cls, error.code)} ({label}): {said}",
+                             *secrets)
+        if issubclass(cls, BrokerRateLimited):
+            retry_after = (retry_after_seconds(answer.header("Retry-After"))
+                           if table.retry_after else None)
+            return self.rate_limited(kind, message, code=code, retry_after=retry_after)
+        return cls(message, connection=self.name, code=code)
+
+    def scrub(self, text: str, *also: str) -> str:
+        """``text`` without the config's secrets (nor ``also``): brokers echo what they got."""
+        # Longest first: a secret that contains another is replaced whole.
+        for secret in sorted({*self.secrets(self.config), *also}, key=len, reverse=True):
+            if len(secret) >= 4:  # replacing a one-letter test key would garble the text
+                text = text.replace(secret, "***")
+        return text
+
+    def penalty_for(self, code: str) -> float:
+        """Seconds to pause after a rate-limit answer with ``code`` and no Retry-After."""
+        return self.errors.penalty_for(code)
+
     def rate_limited(
-        self, kind: str, message: str, *, code: str = "", retry_after: float | None = None,
-        penalty: float = 60.0,
+        self, kind: RequestKind, message: str, *, code: str = "",
+        retry_after: float | None = None, penalty: float | None = None,
     ) -> BrokerRateLimited:
         """Pause the groups of ``kind`` and build the error to raise.
 
-        The pause is the broker's ``retry_after`` when it gave one, else ``penalty``: long
-        enough to leave the broker's own penalty window.
+        The pause is the broker's ``retry_after`` when it gave one, else ``penalty`` (by
+        default :meth:`penalty_for` the code): long enough to leave the broker's own penalty
+        window.
         """
-        groups = self.request_groups.get(kind, ())
-        pause = retry_after if retry_after is not None else penalty
+        groups = self.groups_of(kind)
+        if retry_after is not None:
+            pause = retry_after
+        else:
+            pause = penalty if penalty is not None else self.penalty_for(code)
         self.budget.pause(groups, pause)
         return BrokerRateLimited(
             message, connection=self.name, code=code, retry_after=pause
@@ -241,6 +382,68 @@ class BrokerAdapter(ABC):
     async def aclose(self) -> None:
         """Release the connection's resources."""
         await self.client.aclose()
+
+
+def adapter_problems(cls: type[BrokerAdapter[Any]]) -> list[str]:
+    """What is wrong with an adapter class's declarations, one line each (none: usable).
+
+    Run when the class is registered: every ``request_groups`` key is a :class:`RequestKind`,
+    every group it names is in ``limits``, the kinds its capabilities need are there (list
+    always; detail, replace, cancel with ``supports_fetch``/``_replace``/``_cancel``), and
+    ``Config`` is the class's type argument.
+    """
+    problems, suggested = _request_kind_problems(cls)
+    needed = [(RequestKind.LIST, "every adapter")] + [
+        (kind, flag) for kind, flag, on in (
+            (RequestKind.DETAIL, "supports_fetch", cls.supports_fetch),
+            (RequestKind.REPLACE, "supports_replace", cls.supports_replace),
+            (RequestKind.CANCEL, "supports_cancel", cls.supports_cancel)) if on]
+    problems += [f"request_groups has no {kind.value!r} kind, which {why} needs"
+                 for kind, why in needed
+                 # A misspelt key already said "did you mean" this kind: one line is enough.
+                 if kind not in cls.request_groups and kind not in suggested]
+    return problems + _type_argument_problems(cls)
+
+
+def _request_kind_problems(cls: type[BrokerAdapter[Any]]) -> tuple[list[str], set[str]]:
+    """Problems with the keys and groups of ``request_groups``; the kinds suggested."""
+    problems: list[str] = []
+    kinds = [k.value for k in RequestKind]
+    suggested: set[str] = set()
+    for key, groups in cls.request_groups.items():
+        if key not in kinds:
+            close = difflib.get_close_matches(str(key), kinds, n=1)
+            suggested.update(close)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(kinds)})"
+            problems.append(f"request_groups has an unknown request kind {str(key)!r}{hint}")
+            continue
+        if not groups:
+            problems.append(f"request_groups[{str(key)!r}] names no limit group")
+        known = ", ".join(cls.limits) or "none"
+        problems += [f"request_groups[{str(key)!r}] names limit group {group!r}, which "
+                     f"limits does not have (it has {known})"
+                     for group in groups if group not in cls.limits]
+    return problems, suggested
+
+
+def _type_argument_problems(cls: type[BrokerAdapter[Any]]) -> list[str]:
+    """Whether ``Config`` is (a subclass of) the class's ``BrokerAdapter[...]`` argument."""
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        origin = get_origin(base)
+        if isinstance(origin, type) and issubclass(origin, BrokerAdapter):
+            wanted = get_args(base)[0]
+            if isinstance(wanted, type) and not issubclass(cls.Config, wanted):
+                return [f"Config is {cls.Config.__name__}, but the class is a "
+                        f"BrokerAdapter[{wanted.__name__}]"]
+    return []
+
+
+def describe_body(text: str) -> str:
+    """A short description of an error answer's body for a message (never a whole page)."""
+    text = text.strip()
+    if text.startswith("<"):
+        return "an HTML error page"
+    return text[:120] or "no body"
 
 
 def secret_values(model: BaseModel) -> list[str]:

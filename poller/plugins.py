@@ -26,7 +26,7 @@ from typing import Any
 import pluggy
 
 from poller import hookspecs
-from poller.adapter import BrokerAdapter
+from poller.adapter import BrokerAdapter, adapter_problems
 from poller.errors import ConfigError, ConfigProblem
 from poller.notifiers import Notifier
 
@@ -80,13 +80,15 @@ class Plugins:
         registry = Registry()
         problems: list[ConfigProblem] = []
 
-        def adder(table: dict[str, Any], base: type, what: str) -> Callable[[Any], None]:
+        def adder(table: dict[str, Any], base: type, what: str,
+                  check: Callable[[Any], list[str]] | None = None) -> Callable[[Any], None]:
             def register(cls: Any) -> None:
                 if not (inspect.isclass(cls) and issubclass(cls, base)):
                     problems.append(ConfigProblem(
                         "plugins", what, f"{cls!r} is not a {base.__name__} subclass"))
                     return
                 kind = getattr(cls, "kind", "")
+                found = check(cls) if check is not None else []
                 if not kind:
                     problems.append(ConfigProblem("plugins", what, f"{cls.__name__} has no kind"))
                 elif kind in table and table[kind] is not cls:
@@ -94,12 +96,18 @@ class Plugins:
                         "plugins", what,
                         f"kind {kind!r} registered twice ({table[kind].__module__} and "
                         f"{cls.__module__})"))
+                elif found:
+                    # A class whose declarations are wrong (a misspelt request kind, a
+                    # limit group it does not have) is refused here, not at its first poll.
+                    problems.extend(ConfigProblem("plugins", what, f"{cls.__name__}: {p}")
+                                    for p in found)
                 else:
                     table[kind] = cls
             return register
 
         self._call_isolated("register_brokers",
-                            {"register": adder(registry.brokers, BrokerAdapter, "brokers")},
+                            {"register": adder(registry.brokers, BrokerAdapter, "brokers",
+                                               adapter_problems)},
                             problems)
         self._call_isolated("register_notifiers",
                             {"register": adder(registry.notifiers, Notifier, "notifiers")},

@@ -18,6 +18,9 @@ Known limits of what CoinW lets a poller see:
 * Statuses 5 (triggered) and 6 (trigger failed) are mentioned for conditional orders by
   CoinW's own skill but not documented for this endpoint: they are flagged as unknown
   (``unknown_status``), never mapped by guess.
+
+Over 400 lines: one broker's whole adapter (signing, config, its three answers' parsing,
+its error table, the probe that completes a status with its trades), one broker per file.
 """
 
 from __future__ import annotations
@@ -34,18 +37,29 @@ from typing import Annotated, Any, ClassVar, Literal
 import httpx
 from pydantic import AfterValidator, Field, SecretStr, field_validator
 
-from poller.adapter import BrokerAdapter, BrokerConfig, ListResult, ListScope
-from poller.errors import (
+from poller import (
+    Answer,
+    BrokerAdapter,
     BrokerAuthError,
+    BrokerConfig,
     BrokerError,
     BrokerMalformed,
-    BrokerRejected,
+    BrokerNotFound,
+    BrokerRateLimited,
     BrokerUnavailable,
+    ErrorAnswer,
+    ErrorTable,
+    LimitSpec,
+    ListResult,
+    ListScope,
+    OrderSnapshot,
+    OrderStatus,
+    RateBudget,
+    RequestKind,
+    Success,
+    hookimpl,
+    to_decimal,
 )
-from poller.hookspecs import hookimpl
-from poller.httpclient import Answer
-from poller.models import OrderSnapshot, OrderStatus, to_decimal
-from poller.ratelimit import LimitSpec, RateBudget
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +78,30 @@ STATUS_TABLE: dict[int, OrderStatus] = {
 }
 
 SUCCESS_CODE = "200"
-RATE_LIMIT_CODES = frozenset({"29001", "429"})
-AUTH_CODES = frozenset({"1003", "6000"})
-INVALID_PARAMETER_CODES = frozenset({"-103", "-3"})
-SYSTEM_ERROR_CODES = frozenset({"-200"})
 
-#: Pause after a 29001. CoinW answers violations with 29001, then a 30 s total ban if errors
+#: Error table (brokers.md 5.3). 29001 decides whatever the HTTP status (CoinW documents
+#: none for it). -103 and -3 are CoinW's "invalid parameter", and -103 is also how it
+#: refuses an unknown order (no code is documented for that), so the message decides:
+#: "no such order" to a per-order read, a plain refusal otherwise.
+#: The penalty: CoinW answers violations with 29001, then a 30 s total ban if errors
 #: continue (brokers.md 5.4); 65 s leaves the ban and a full 10 s error-counting window with
 #: a margin. We stop at the first 29001, far below the error count that opens CoinW's
 #: 5-minute warning phase, so we do not wait that out.
-PENALTY = 65.0
+ERRORS = ErrorTable(
+    exact={
+        "29001": BrokerRateLimited,
+        "429": BrokerRateLimited,
+        "1003": BrokerAuthError,
+        "6000": BrokerAuthError,
+        "-200": BrokerUnavailable,
+    },
+    broad={
+        r"(?i)not\s*(?:exist|found)|does\s*n[o']?t\s+exist|no\s+such\s+order|不存在":
+            BrokerNotFound,
+    },
+    meanings={"-103": "invalid parameter", "-3": "invalid parameter"},
+    penalty=65.0,
+)
 #: ``returnOrderStatus`` answers only for orders at most 7 days old (seed 004).
 STATUS_WINDOW = 7 * 24 * 3600.0
 
@@ -82,10 +110,6 @@ LIST_SOURCE = "returnOpenOrders"
 
 _PAIR = re.compile(r"^[A-Z0-9]+_[A-Z0-9]+$")
 _DIGITS = re.compile(r"^-?\d+$")
-# How a "no such order" refusal reads; CoinW does not document a code for it.
-_NOT_FOUND = re.compile(
-    r"not\s*(?:exist|found)|does\s*n[o']?t\s+exist|no\s+such\s+order|不存在", re.IGNORECASE
-)
 
 
 # -- signing ----------------------------------------------------------------------------------
@@ -355,7 +379,7 @@ def carry_over(known: OrderSnapshot | None, probed: OrderSnapshot) -> OrderSnaps
 # -- the adapter -------------------------------------------------------------------------------
 
 
-class CoinWAdapter(BrokerAdapter):
+class CoinWAdapter(BrokerAdapter[CoinWConfig]):
     """Polls CoinW spot open orders per pair and confirms finished ones per order."""
 
     kind: ClassVar[str] = "coinw"
@@ -370,36 +394,30 @@ class CoinWAdapter(BrokerAdapter):
         "uid": LimitSpec(300, 1.0),
     }
     request_groups: ClassVar[dict[str, tuple[str, ...]]] = {
-        "list": ("returnOpenOrders", "uid"),
-        "detail": ("returnOrderStatus", "uid"),
-        "trades": ("returnOrderTrades", "uid"),
-        "cancel": ("cancelOrder", "uid"),
+        RequestKind.LIST: ("returnOpenOrders", "uid"),
+        RequestKind.DETAIL: ("returnOrderStatus", "uid"),
+        RequestKind.TRADES: ("returnOrderTrades", "uid"),
+        RequestKind.CANCEL: ("cancelOrder", "uid"),
     }
+    errors: ClassVar[ErrorTable] = ERRORS
     supports_fetch: ClassVar[bool] = True
     retire_after: ClassVar[float | None] = STATUS_WINDOW
 
     def __init__(
-        self, name: str, config: BrokerConfig, client: httpx.AsyncClient, budget: RateBudget
+        self, name: str, config: CoinWConfig, client: httpx.AsyncClient, budget: RateBudget
     ) -> None:
         super().__init__(name, config, client, budget)
         # The last list snapshot of each order, so a probe can keep the price and quantity
         # returnOrderStatus does not give (see carry_over). Dropped once the order is final.
         self._listed: dict[str, OrderSnapshot] = {}
 
-    @property
-    def cfg(self) -> CoinWConfig:
-        """The config, typed."""
-        assert isinstance(self.config, CoinWConfig)
-        return self.config
-
     @classmethod
-    def check(cls, config: BrokerConfig) -> list[tuple[str, str]]:
+    def check(cls, config: CoinWConfig) -> list[tuple[str, str]]:
         """Pairs listed twice (each would be polled twice, halving its share of the budget).
 
         An interval the ``returnOpenOrders`` budget cannot keep is refused by the daemon's
         generic budget check (one list call per pair).
         """
-        assert isinstance(config, CoinWConfig)
         problems: list[tuple[str, str]] = []
         seen: set[str] = set()
         for pair in config.pairs:
@@ -409,12 +427,12 @@ class CoinWAdapter(BrokerAdapter):
         return problems
 
     def scopes(self) -> list[ListScope]:
-        cfg = self.cfg
+        cfg = self.config
         return [ListScope(cfg.account_id, symbol=pair, open_only=True) for pair in cfg.pairs]
 
     async def list_orders(self, scope: ListScope) -> ListResult:
         pair = scope.symbol or ""
-        data = await self._call("list", "returnOpenOrders", {"currencyPair": pair})
+        data = await self._call(RequestKind.LIST, "returnOpenOrders", {"currencyPair": pair})
         if data is None:  # no open orders may come back as null
             data = []
         if not isinstance(data, list):
@@ -451,8 +469,11 @@ class CoinWAdapter(BrokerAdapter):
 
         :returns: ``None`` when CoinW does not know the order (or it is older than 7 days).
         """
-        data = await self._call("detail", "returnOrderStatus", {"orderNumber": order_id},
-                                missing_ok=True)
+        try:
+            data = await self._call(RequestKind.DETAIL, "returnOrderStatus",
+                                    {"orderNumber": order_id})
+        except BrokerNotFound:
+            return None
         if not data:
             return None
         try:
@@ -488,8 +509,11 @@ class CoinWAdapter(BrokerAdapter):
         return replace(snapshot, filled_qty=filled, avg_fill_price=average)
 
     async def _trades(self, order_id: str) -> tuple[Decimal, Decimal | None] | None:
-        data = await self._call("trades", "returnOrderTrades", {"orderNumber": order_id},
-                                missing_ok=True)
+        try:
+            data = await self._call(RequestKind.TRADES, "returnOrderTrades",
+                                    {"orderNumber": order_id})
+        except BrokerNotFound:
+            return None
         if not data:
             return None
         try:
@@ -524,67 +548,39 @@ class CoinWAdapter(BrokerAdapter):
 
         :raises BrokerRejected: CoinW refused (e.g. the order is already finished).
         """
-        await self._call("cancel", "cancelOrder", {"orderNumber": known.order_id})
+        await self._call(RequestKind.CANCEL, "cancelOrder", {"orderNumber": known.order_id})
 
     # -- wire -------------------------------------------------------------------------------
 
-    async def _call(self, kind: str, command: str, params: Mapping[str, str], *,
-                    missing_ok: bool = False) -> Any:
-        """Sign and send one private call; return its ``data`` (``None``: no such order)."""
-        cfg = self.cfg
+    async def _call(self, kind: RequestKind, command: str, params: Mapping[str, str]) -> Any:
+        """Sign and send one private call; return its ``data``."""
+        cfg = self.config
         query = signed_query(command, params, cfg.api_key.get_secret_value(),
                              cfg.secret_key.get_secret_value())
         request = self.client.build_request(
             "POST", PRIVATE_PATH, params=tuple(query), headers={"Content-Type": "application/json"})
         answer = await self.request(kind, request)
-        return self._check(answer, kind, command, sign=query[-1][1], missing_ok=missing_ok)
+        # The sign travels in the URL: a message echoing the request must not carry it.
+        return self.unwrap(kind, answer, context=f"{command}: ", secrets=(query[-1][1],))
 
-    def _check(self, answer: Answer, kind: str, command: str, *, sign: str,
-               missing_ok: bool = False) -> Any:
-        """Translate an error answer into :mod:`poller.errors`; return ``data`` of a success."""
+    def read_answer(self, answer: Answer) -> Success | ErrorAnswer:
+        """``data`` of a 2xx envelope with code ``"200"``; else the envelope's code and
+        ``msg`` (a bare error page has neither).
+
+        :raises BrokerMalformed: a 2xx answer that is no envelope, or a success without data.
+        """
         body = answer.body
-        envelope: dict[str, Any] | None = (
-            body if isinstance(body, dict) and "code" in body else None)
-        code = _code_text(envelope["code"]) if envelope is not None else ""
-        message = self._scrub(_error_message(answer, envelope), sign)
-        # 29001 decides whatever the HTTP status (CoinW does not document one for it).
-        if code in RATE_LIMIT_CODES or answer.status == 429:
-            raise self.rate_limited(kind, f"{command}: rate-limited by CoinW: {message}",
-                                    code=code or "429", penalty=PENALTY)
-        if code in AUTH_CODES or answer.status in (401, 403):
-            raise BrokerAuthError(
-                f"{command}: credentials refused (code {code or answer.status}): {message}",
-                connection=self.name, code=code or str(answer.status))
-        if answer.status >= 500 or code in SYSTEM_ERROR_CODES:
-            raise BrokerUnavailable(
-                f"{command}: CoinW failed (HTTP {answer.status}"
-                f"{', code ' + code if code else ''}): {message}",
-                connection=self.name, code=code or str(answer.status))
-        if envelope is None:
+        if not (isinstance(body, dict) and "code" in body):
             if 200 <= answer.status < 300:
-                raise BrokerMalformed(
-                    f"{command}: answer is not a CoinW envelope ({_shape(body)})",
-                    connection=self.name)
-            raise BrokerRejected(f"{command}: HTTP {answer.status}: {message}",
-                                 connection=self.name, code=str(answer.status))
-        if code == SUCCESS_CODE:
-            if "data" not in envelope:
-                raise BrokerMalformed(f"{command}: success answer without data",
+                raise BrokerMalformed(f"answer is not a CoinW envelope ({_shape(body)})",
                                       connection=self.name)
-            return envelope["data"]
-        if missing_ok and _NOT_FOUND.search(message):
-            return None
-        what = "invalid parameter" if code in INVALID_PARAMETER_CODES else "refused"
-        raise BrokerRejected(f"{command}: {what} (code {code}): {message}",
-                             connection=self.name, code=code)
-
-    def _scrub(self, text: str, sign: str) -> str:
-        """Remove the key, the secret and the request's sign from a broker's message."""
-        cfg = self.cfg
-        for secret in (cfg.api_key.get_secret_value(), cfg.secret_key.get_secret_value(), sign):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+            return ErrorAnswer()
+        code = _code_text(body["code"])
+        if code == SUCCESS_CODE and 200 <= answer.status < 300:
+            if "data" not in body:
+                raise BrokerMalformed("success answer without data", connection=self.name)
+            return Success(body["data"])
+        return ErrorAnswer(code, _envelope_message(body))
 
 
 def _code_text(value: Any) -> str:
@@ -594,16 +590,11 @@ def _code_text(value: Any) -> str:
     return str(value).strip()
 
 
-def _error_message(answer: Answer, envelope: dict[str, Any] | None) -> str:
-    if envelope is not None:
-        for key in ("msg", "message"):
-            if isinstance(envelope.get(key), str) and envelope[key]:
-                return str(envelope[key])[:200]
-        return "no message"
-    text = answer.text.strip()
-    if text.startswith("<"):
-        return "an HTML error page"
-    return text[:120] or "no body"
+def _envelope_message(envelope: dict[str, Any]) -> str:
+    for key in ("msg", "message"):
+        if isinstance(envelope.get(key), str) and envelope[key]:
+            return str(envelope[key])
+    return ""
 
 
 def _shape(body: Any) -> str:
@@ -614,7 +605,7 @@ def _shape(body: Any) -> str:
 
 
 @hookimpl
-def register_brokers(register: Callable[[type[BrokerAdapter]], None]) -> None:
+def register_brokers(register: Callable[[type[BrokerAdapter[Any]]], None]) -> None:
     """Register the CoinW spot adapter."""
     register(CoinWAdapter)
 

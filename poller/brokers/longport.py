@@ -6,6 +6,9 @@ order detail (``GET /v1/trade/order?order_id=``) probes orders that left the lis
 its ``history[]`` audit trail. Requests are signed with the legacy API-key HMAC scheme
 (§2.2) or carry an OAuth 2.0 bearer token. Every answer is the envelope
 ``{code, message|msg, data}``; numbers are strings, times unix-second strings, ids strings.
+
+Over 400 lines: one broker's whole adapter (signing, config, its error table, order and
+history parsing, the expiry rules its statuses need), one broker per file.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,17 +28,32 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import Field, SecretStr, model_validator
 
-from poller.adapter import BrokerAdapter, BrokerConfig, ListResult, ListScope
-from poller.errors import (
+from poller import (
+    Answer,
+    BrokerAdapter,
     BrokerAuthError,
+    BrokerConfig,
     BrokerMalformed,
-    BrokerRejected,
+    BrokerNotFound,
+    BrokerRateLimited,
     BrokerUnavailable,
+    ErrorAnswer,
+    ErrorTable,
+    Fill,
+    LimitSpec,
+    ListResult,
+    ListScope,
+    OrderSnapshot,
+    OrderStatus,
+    RateBudget,
+    RequestKind,
+    Success,
+    decimal_text,
+    hookimpl,
+    is_loopback,
+    send,
+    to_decimal,
 )
-from poller.hookspecs import hookimpl
-from poller.httpclient import Answer, is_loopback, send
-from poller.models import Fill, OrderSnapshot, OrderStatus, decimal_text, to_decimal
-from poller.ratelimit import LimitSpec, RateBudget
 
 logger = logging.getLogger(__name__)
 
@@ -79,23 +96,30 @@ _ORDER_TYPES = {
     "TSMPCT": "TRAILING_STOP_MARKET_PERCENT", "SLO": "SPECIAL_LIMIT",
 }
 
-# Error table (brokers.md 2.3). The HTTP status decides first where it is specific; the
-# envelope's code decides when the HTTP status is a generic 200/400.
-AUTH_CODES = frozenset({403201, 403202, 403203, 403205, 401003})
-RATE_LIMIT_CODES = frozenset({429001, 429002})
-UNAVAILABLE_CODES = frozenset({500000})
-#: Codes the order detail answers for an order it does not know. 602023 ("internal server
+#: Error table (brokers.md 2.3). A code is its HTTP status times 1000 plus a number; a
+#: specific HTTP status (401/403, 429) decides first, else the code decides.
+#: Only an envelope can say "no such order" (a bare 404 page means a wrong base_url): a
+#: 404xxx code, 602023, or a refusal whose message says so. 602023 ("internal server
 #: error") is what users saw for unknown orders / a token bound to the other (paper or live)
 #: account (longbridge/developers#1256); repeated "not found" makes the tracker mark an
-#: order stale, never filled or cancelled, so mapping it to "not found" is safe.
-NOT_FOUND_CODES = frozenset({602023})
-_NOT_FOUND_TEXT = re.compile(r"not\s+(?:be\s+)?(?:found|exist)|does\s*n[o']t\s+exist|no\s+such",
-                             re.IGNORECASE)
-
-# No Retry-After is documented. The trade window is 30 s, so pause past it with a margin;
-# users reported 429002 persisting (longbridge/developers#1093): the tracker keeps one
-# operator event per episode while the pause repeats.
-_PENALTY = 35.0
+#: order stale, never filled or cancelled, so reading it as "not found" is safe.
+#: No Retry-After is documented. The trade window is 30 s, so pause past it with a margin;
+#: users reported 429002 persisting (longbridge/developers#1093): the tracker keeps one
+#: operator event per episode while the pause repeats.
+ERRORS = ErrorTable(
+    exact={
+        **dict.fromkeys(("403201", "403202", "403203", "403205", "401003"), BrokerAuthError),
+        "429001": BrokerRateLimited,
+        "429002": BrokerRateLimited,
+        "500000": BrokerUnavailable,
+        "602023": BrokerNotFound,
+    },
+    broad={
+        r"^404\d{3}$": BrokerNotFound,
+        r"(?i)not\s+(?:be\s+)?(?:found|exist)|does\s*n[o']t\s+exist|no\s+such": BrokerNotFound,
+    },
+    penalty=35.0,
+)
 
 
 # An ``ExpiredStatus`` without a readable expire_date is confirmed once it has lasted this
@@ -193,13 +217,11 @@ class LongPortConfig(BrokerConfig):
         return self
 
 
-
-
 #: Longest wait for the trade budget worth spending on a detail that only splits fills.
 DETAIL_WAIT = 2.0
 
 
-class LongPortAdapter(BrokerAdapter):
+class LongPortAdapter(BrokerAdapter[LongPortConfig]):
     """Polls one LongPort account: today's orders, plus order details for fills and probes.
 
     :param clock: wall-clock seconds, for ``X-Timestamp`` and for confirming expiries
@@ -212,16 +234,14 @@ class LongPortAdapter(BrokerAdapter):
     # The official SDK does NOT throttle TradeContext calls (it only self-throttles quotes),
     # so staying inside this limit is entirely our job.
     limits: ClassVar[dict[str, LimitSpec]] = {"trade": LimitSpec(30, 30.0, spacing=0.02)}
-    request_groups: ClassVar[dict[str, tuple[str, ...]]] = {
-        "list": ("trade",),
-        "detail": ("trade",),
-        "replace": ("trade",),
-        "cancel": ("trade",),
-    }
+    request_groups: ClassVar[dict[str, tuple[str, ...]]] = dict.fromkeys(
+        (RequestKind.LIST, RequestKind.DETAIL, RequestKind.REPLACE, RequestKind.CANCEL),
+        ("trade",))
+    errors: ClassVar[ErrorTable] = ERRORS
     supports_fetch: ClassVar[bool] = True
 
     def __init__(
-        self, name: str, config: BrokerConfig, client: httpx.AsyncClient, budget: RateBudget,
+        self, name: str, config: LongPortConfig, client: httpx.AsyncClient, budget: RateBudget,
         *, clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(name, config, client, budget)
@@ -235,16 +255,9 @@ class LongPortAdapter(BrokerAdapter):
         # detail again, spending the 30-per-30-s budget for nothing.
         self._details: dict[tuple[str, str], OrderSnapshot] = {}
 
-    @property
-    def cfg(self) -> LongPortConfig:
-        """The config, typed."""
-        assert isinstance(self.config, LongPortConfig)
-        return self.config
-
     @classmethod
-    def check(cls, config: BrokerConfig) -> list[tuple[str, str]]:
+    def check(cls, config: LongPortConfig) -> list[tuple[str, str]]:
         """Catch a push/quote host or a token sent in clear text to a remote host."""
-        assert isinstance(config, LongPortConfig)
         problems: list[tuple[str, str]] = []
         url = httpx.URL(config.base_url)
         host = url.host
@@ -268,7 +281,7 @@ class LongPortAdapter(BrokerAdapter):
 
     def authorize(self, request: httpx.Request) -> None:
         """Add the auth headers to ``request``, signing the exact path, query and body sent."""
-        cfg = self.cfg
+        cfg = self.config
         token = cfg.access_token.get_secret_value()
         # Milliseconds, the documented format ("1539095200.123"): the server refuses a
         # repeated timestamp+signature (403202), and two identical list calls can fall in
@@ -290,10 +303,10 @@ class LongPortAdapter(BrokerAdapter):
             token=token, timestamp=timestamp,
         ))
 
-    async def request(self, kind: str, request: httpx.Request) -> Answer:
+    async def request(self, kind: RequestKind, request: httpx.Request) -> Answer:
         """Send one trade call: one at a time, through the budget, signed just before it
         leaves (a timestamp taken before a budget wait could be stale)."""
-        groups = self.request_groups.get(kind, ())
+        groups = self.groups_of(kind)
         spacing = max((self.limits[g].spacing for g in groups), default=0.0)
         async with self._serial:
             # LongPort measures the 20 ms spacing on arrival. Spacing the *starts* cannot
@@ -323,11 +336,11 @@ class LongPortAdapter(BrokerAdapter):
 
     def scopes(self) -> list[ListScope]:
         # Today's list also holds finished orders, so the scope is not open_only.
-        return [ListScope(self.cfg.account_id)]
+        return [ListScope(self.config.account_id)]
 
     async def list_orders(self, scope: ListScope) -> ListResult:
-        answer = await self.request("list", self._build("GET", TODAY_PATH))
-        data = self._check(answer, "list")
+        answer = await self.request(RequestKind.LIST, self._build("GET", TODAY_PATH))
+        data = self.unwrap(RequestKind.LIST, answer)
         orders_raw = data.get("orders") if isinstance(data, dict) else None
         if not isinstance(orders_raw, list):
             raise BrokerMalformed(
@@ -358,9 +371,10 @@ class LongPortAdapter(BrokerAdapter):
     async def fetch_order(self, account_id: str, order_id: str) -> OrderSnapshot | None:
         """The order detail with its executions; ``None`` when LongPort does not know it."""
         request = self._build("GET", ORDER_PATH, params={"order_id": order_id})
-        answer = await self.request("detail", request)
-        data = self._check(answer, "detail", not_found_ok=True)
-        if data is _NOT_FOUND:
+        try:
+            data = self.unwrap(RequestKind.DETAIL,
+                               await self.request(RequestKind.DETAIL, request))
+        except BrokerNotFound:
             return None
         if not isinstance(data, dict) or not data:
             raise BrokerMalformed(f"order detail of {order_id} is not an object",
@@ -416,7 +430,7 @@ class LongPortAdapter(BrokerAdapter):
         :raises BrokerRejected: when LongPort refuses (e.g. the order is finished).
         """
         request = self._build("DELETE", ORDER_PATH, params={"order_id": known.order_id})
-        self._check(await self.request("cancel", request), "cancel")
+        self.unwrap(RequestKind.CANCEL, await self.request(RequestKind.CANCEL, request))
 
     async def replace_order(self, known: OrderSnapshot, *, qty: Decimal | None,
                             price: Decimal | None) -> None:
@@ -429,35 +443,19 @@ class LongPortAdapter(BrokerAdapter):
         body: dict[str, Any] = {"order_id": known.order_id, "quantity": decimal_text(quantity)}
         if price is not None:
             body["price"] = decimal_text(price)
-        self._check(await self.request("replace", self._build("PUT", ORDER_PATH, body=body)),
-                    "replace")
+        request = self._build("PUT", ORDER_PATH, body=body)
+        self.unwrap(RequestKind.REPLACE, await self.request(RequestKind.REPLACE, request))
 
-    # -- errors -------------------------------------------------------------------------
+    # -- errors: only the envelope reading is LongPort's (the table is ERRORS) ------------
 
-    def _check(self, answer: Answer, kind: str, *, not_found_ok: bool = False) -> Any:
-        """Translate an error answer (table above); return ``data`` of a success.
+    def read_answer(self, answer: Answer) -> Success | ErrorAnswer:
+        """``data`` of a 2xx ``{code: 0, message|msg, data}`` envelope; else its code and
+        message (a bare error page has neither).
 
-        With ``not_found_ok`` an "unknown order" answer returns the ``_NOT_FOUND`` sentinel.
+        :raises BrokerMalformed: a 2xx answer that is no envelope or has no integer code.
         """
         body = answer.body
         code = _code(body)
-        message = _message(answer)
-        label = f"HTTP {answer.status}" + (f", code {code}" if code is not None else "")
-        code_text = str(code if code is not None else answer.status)
-        if answer.status in (401, 403) or code in AUTH_CODES:
-            raise BrokerAuthError(f"credentials refused ({label}): {message}",
-                                  connection=self.name, code=code_text)
-        if answer.status == 429 or code in RATE_LIMIT_CODES:
-            raise self.rate_limited(kind, f"rate limited ({label}): {message}",
-                                    code=code_text, penalty=_PENALTY)
-        # Only an envelope can say "no such order": a bare 404 page means a wrong base_url.
-        if not_found_ok and code not in (None, 0) and (
-                code in NOT_FOUND_CODES or answer.status == 404
-                or (answer.status < 500 and _NOT_FOUND_TEXT.search(message))):
-            return _NOT_FOUND
-        if answer.status >= 500 or code in UNAVAILABLE_CODES:
-            raise BrokerUnavailable(f"broker error ({label}): {message}",
-                                    connection=self.name, code=code_text)
         if 200 <= answer.status < 300:
             if not isinstance(body, dict):
                 shape = "an empty answer" if body is None else type(body).__name__
@@ -466,16 +464,10 @@ class LongPortAdapter(BrokerAdapter):
             if code is None:
                 raise BrokerMalformed("answer has no integer code", connection=self.name)
             if code == 0:
-                return body.get("data")
-        raise BrokerRejected(f"refused ({label}): {message}", connection=self.name,
-                             code=code_text)
-
-
-class _NotFound:
-    """Sentinel type: the broker does not know the order."""
-
-
-_NOT_FOUND: Any = _NotFound()
+                return Success(body.get("data"))
+        if not isinstance(body, dict):
+            return ErrorAnswer()
+        return ErrorAnswer("" if code is None else str(code), _message(body))
 
 
 def _code(body: Any) -> int | None:
@@ -492,19 +484,13 @@ def _code(body: Any) -> int | None:
     return None
 
 
-def _message(answer: Answer) -> str:
-    """``message`` (or the older ``msg``) of an envelope, else a short description."""
-    body = answer.body
-    if isinstance(body, dict):
-        for key in ("message", "msg"):
-            value = body.get(key)
-            if isinstance(value, str) and value:
-                return value[:200]
-        return "no message"
-    text = answer.text.strip()
-    if text.startswith("<"):
-        return "an HTML error page"
-    return text[:120] or "no body"
+def _message(envelope: dict[str, Any]) -> str:
+    """``message`` (or the older ``msg``) of an envelope; ``""`` when it has neither."""
+    for key in ("message", "msg"):
+        value = envelope.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 # -- parsing -----------------------------------------------------------------------------
@@ -724,7 +710,7 @@ def merge_detail(current: OrderSnapshot, detail: OrderSnapshot, *, now: datetime
 
 
 @hookimpl
-def register_brokers(register: Callable[[type[BrokerAdapter]], None]) -> None:
+def register_brokers(register: Callable[[type[BrokerAdapter[Any]]], None]) -> None:
     """Register the LongPort adapter."""
     register(LongPortAdapter)
 

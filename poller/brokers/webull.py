@@ -8,6 +8,9 @@ Webull addresses an order by the caller's ``client_order_id`` (detail, replace, 
 while its trade events and lists also carry the broker's ``order_id``. A snapshot's
 ``order_id`` is the broker's id when the answer has one, else the ``client_order_id``; the
 adapter remembers which ``client_order_id`` belongs to which id it reported.
+
+Over 400 lines: one broker's whole adapter (signing, config, region limits, its error
+table, paging, id resolution, replace bodies), one broker per file.
 """
 
 from __future__ import annotations
@@ -27,18 +30,31 @@ from urllib.parse import quote
 import httpx
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from poller.adapter import BrokerAdapter, BrokerConfig, ListResult, ListScope
-from poller.errors import (
+from poller import (
+    Answer,
+    BrokerAdapter,
     BrokerAuthError,
-    BrokerError,
+    BrokerConfig,
     BrokerMalformed,
+    BrokerNotFound,
+    BrokerRateLimited,
     BrokerRejected,
     BrokerUnavailable,
+    ErrorAnswer,
+    ErrorTable,
+    LimitGroup,
+    LimitSpec,
+    ListResult,
+    ListScope,
+    OrderSnapshot,
+    OrderStatus,
+    RateBudget,
+    RequestKind,
+    Success,
+    decimal_text,
+    hookimpl,
+    to_decimal,
 )
-from poller.hookspecs import hookimpl
-from poller.httpclient import Answer, retry_after_seconds
-from poller.models import OrderSnapshot, OrderStatus, decimal_text, to_decimal
-from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
 
 #: Every documented Webull order status (brokers.md 3.5) → canonical status. Webull has no
 #: pending-cancel, pending-replace or expired status: a cancel or replace in flight shows the
@@ -83,12 +99,29 @@ UNAVAILABLE_CODES = frozenset({
 THROTTLED = "TOO_MANY_REQUESTS"
 QUOTA_EXCEEDED = "REQUEST_TOTAL_COUNT_EXCEEDED"
 
-#: Pause after TOO_MANY_REQUESTS ("current limiting") when no Retry-After came: a few query
-#: windows, since the limit is a plain sliding window with no documented penalty.
-_THROTTLE_PENALTY = 10.0
-#: Pause after REQUEST_TOTAL_COUNT_EXCEEDED: a quota, not a window; its period is not
-#: documented, so retry rarely rather than spend requests against a closed quota.
-_QUOTA_PENALTY = 1800.0
+#: Error table (brokers.md 3.3). The code decides at any HTTP status, except that a 429
+#: is a rate limit whatever the code. Auth errors are documented as HTTP 401 only, so a
+#: 403 is a plain refusal. Webull's not-found code for detail is not documented: HTTP 404
+#: and any *_NOT_FOUND / *_NOT_EXIST code read as "no such order".
+#: Penalties when no Retry-After came: TOO_MANY_REQUESTS ("current limiting") is a plain
+#: sliding window with no documented penalty, so a few query windows; the quota of
+#: REQUEST_TOTAL_COUNT_EXCEEDED has no documented period, so retry rarely rather than
+#: spend requests against a closed quota.
+ERRORS = ErrorTable(
+    exact={
+        **dict.fromkeys(AUTH_CODES, BrokerAuthError),
+        **dict.fromkeys(UNAVAILABLE_CODES, BrokerUnavailable),
+        THROTTLED: BrokerRateLimited,
+        QUOTA_EXCEEDED: BrokerRateLimited,
+    },
+    broad={r"^[A-Z0-9_]*NOT_(?:FOUND|EXIST)[A-Z0-9_]*$": BrokerNotFound},
+    http={403: BrokerRejected, 404: BrokerNotFound},
+    meanings={QUOTA_EXCEEDED: "request quota exhausted",
+              "TRADE_WEBULL_REQUEST_PROCESSING": "busy with an earlier change of the order"},
+    penalty=10.0,
+    penalties={QUOTA_EXCEEDED: 1800.0},
+    retry_after=True,
+)
 #: Seed 003: quantities are whole numbers, at most 1,000,000.
 MAX_QTY = 1_000_000
 #: Order types that carry a limit price (seed 003, ``limit_price``).
@@ -206,7 +239,7 @@ def compact_json(body: Any) -> bytes:
 # -- adapter ------------------------------------------------------------------------------
 
 
-class WebullAdapter(BrokerAdapter):
+class WebullAdapter(BrokerAdapter[WebullConfig]):
     """Polls Webull accounts with the legacy list and detail calls.
 
     Limits: ``limits`` is a ClassVar, so it can hold only one figure for order queries, yet
@@ -226,16 +259,17 @@ class WebullAdapter(BrokerAdapter):
         "cancel": LimitSpec(1, 1.0),
     }
     request_groups: ClassVar[dict[str, tuple[str, ...]]] = {
-        "list": ("order_query",),
-        "detail": ("order_query",),
-        "replace": ("replace",),
-        "cancel": ("cancel",),
+        RequestKind.LIST: ("order_query",),
+        RequestKind.DETAIL: ("order_query",),
+        RequestKind.REPLACE: ("replace",),
+        RequestKind.CANCEL: ("cancel",),
     }
+    errors: ClassVar[ErrorTable] = ERRORS
     supports_fetch: ClassVar[bool] = True
     supports_replace: ClassVar[bool] = True
     supports_cancel: ClassVar[bool] = True
 
-    def __init__(self, name: str, config: BrokerConfig, client: httpx.AsyncClient,
+    def __init__(self, name: str, config: WebullConfig, client: httpx.AsyncClient,
                  budget: RateBudget) -> None:
         super().__init__(name, config, client, budget)
         #: Makes x-signature-nonce (tests pin it); the SDK uses a random UUID.
@@ -253,13 +287,12 @@ class WebullAdapter(BrokerAdapter):
         self.client.auth = WebullAuth(self)
 
     @classmethod
-    def limits_for(cls, config: BrokerConfig) -> dict[str, LimitSpec]:
+    def limits_for(cls, config: WebullConfig) -> dict[str, LimitSpec]:
         """The documented limit groups of this connection's region."""
-        region = config.region if isinstance(config, WebullConfig) else "hk"
-        return {**cls.limits, "order_query": QUERY_LIMITS[region]}
+        return {**cls.limits, "order_query": QUERY_LIMITS[config.region]}
 
     @classmethod
-    def check(cls, config: BrokerConfig) -> list[tuple[str, str]]:
+    def check(cls, config: WebullConfig) -> list[tuple[str, str]]:
         """Refuse a US order-query override above the US documented 10/30s."""
         problems: list[tuple[str, str]] = []
         documented = cls.limits_for(config)["order_query"]
@@ -273,7 +306,7 @@ class WebullAdapter(BrokerAdapter):
                 problems.append((
                     "limits.order_query",
                     f"{text} is above the documented limit {documented} for region "
-                    f"{getattr(config, 'region', 'hk')}; poller never exceeds a broker's "
+                    f"{config.region}; poller never exceeds a broker's "
                     "documented limit"))
         return problems
 
@@ -290,21 +323,15 @@ class WebullAdapter(BrokerAdapter):
                 spec = LimitSpec(lowered.count, lowered.window, documented.spacing)
         self.budget.groups["order_query"] = LimitGroup("order_query", spec, share=group.share)
 
-    @property
-    def cfg(self) -> WebullConfig:
-        """The config, typed."""
-        assert isinstance(self.config, WebullConfig)
-        return self.config
-
     def scopes(self) -> list[ListScope]:
-        open_only = self.cfg.listing == "open"
-        return [ListScope(account, open_only=open_only) for account in self.cfg.account_ids]
+        open_only = self.config.listing == "open"
+        return [ListScope(account, open_only=open_only) for account in self.config.account_ids]
 
     # -- requests ---------------------------------------------------------------------
 
     def sign_request(self, request: httpx.Request) -> None:
         """Add the signature headers, over exactly the host, path, query and body sent."""
-        cfg = self.cfg
+        cfg = self.config
         headers = sign(
             request.method, request.headers["host"], request.url.path,
             request.url.params.multi_items(), request.content or None,
@@ -314,82 +341,45 @@ class WebullAdapter(BrokerAdapter):
         )
         request.headers.update(headers)
 
-    async def _get(self, kind: str, path: str, params: list[tuple[str, str]]) -> Any:
+    async def _get(self, kind: RequestKind, path: str, params: list[tuple[str, str]]) -> Any:
         query: list[tuple[str, str | int | float | bool | None]] = list(params)
         request = self.client.build_request("GET", path, params=query)
-        return self._payload(await self.request(kind, request), kind)
+        return self.unwrap(kind, await self.request(kind, request))
 
-    async def _post(self, kind: str, path: str, body: dict[str, Any]) -> Any:
+    async def _post(self, kind: RequestKind, path: str, body: dict[str, Any]) -> Any:
         request = self.client.build_request(
             "POST", path, content=compact_json(body),
             headers={"Content-Type": "application/json"})
-        return self._payload(await self.request(kind, request), kind)
+        return self.unwrap(kind, await self.request(kind, request))
 
-    def _payload(self, answer: Answer, kind: str) -> Any:
-        """The ``data`` of a success (either envelope style); errors raised as ours."""
+    def read_answer(self, answer: Answer) -> Success | ErrorAnswer:
+        """The data of a 2xx answer (either envelope style, brokers.md 3.3), else the
+        ``error_code``/``code`` and ``message``/``msg`` of the error.
+
+        An ``error_code`` in a 200 answer is an error too, and an HTTP-like code inside a
+        200 envelope (``{"code": 500, "msg": ...}``) is read as that HTTP status.
+        """
         body = answer.body
-        if 200 <= answer.status < 300:
-            if body is None:
-                raise BrokerMalformed(f"empty answer (HTTP {answer.status})",
-                                      connection=self.name)
-            if isinstance(body, dict) and body.get("error_code"):
-                raise self._error(answer, kind, str(body["error_code"]),
-                                  str(body.get("message") or ""))
-            if isinstance(body, dict) and "data" in body and ("code" in body or "msg" in body):
-                code = body.get("code")
-                if code not in (None, 200, "200", 0, "0"):
-                    # An HTTP-like code inside a 200 envelope is read as that status.
-                    text = str(code)
-                    status = int(text) if text.isdigit() and len(text) == 3 else None
-                    raise self._error(answer, kind, "" if status else text,
-                                      str(body.get("msg") or ""), status=status)
-                return body["data"]
-            return body
-        code, message = "", ""
-        if isinstance(body, dict):
-            code = str(body.get("error_code") or body.get("code") or "")
-            message = str(body.get("message") or body.get("msg") or "")
-        elif answer.text.strip().startswith("<"):
-            message = "an HTML error page"
-        else:
-            message = answer.text.strip()[:120]
-        raise self._error(answer, kind, code, message)
-
-    def _error(self, answer: Answer, kind: str, code: str, message: str, *,
-               status: int | None = None) -> BrokerError:
-        """Sort one error answer into poller's error types (brokers.md 3.3)."""
-        status = answer.status if status is None else status
-        text = self._scrub(f"{code or 'HTTP ' + str(status)}: {message or 'no message'}")
-        if code == THROTTLED or (status == 429 and code != QUOTA_EXCEEDED):
-            return self.rate_limited(
-                kind, f"rate limited ({text})", code=code or "429",
-                retry_after=retry_after_seconds(answer.header("Retry-After")),
-                penalty=_THROTTLE_PENALTY)
-        if code == QUOTA_EXCEEDED:
-            return self.rate_limited(
-                kind, f"request quota exhausted ({text})", code=code,
-                retry_after=retry_after_seconds(answer.header("Retry-After")),
-                penalty=_QUOTA_PENALTY)
-        if code in AUTH_CODES or status == 401:
-            return BrokerAuthError(f"credentials or signature refused ({text})",
-                                   connection=self.name, code=code or str(status))
-        if code in UNAVAILABLE_CODES or status >= 500:
-            return BrokerUnavailable(f"HTTP {status}, {text}", connection=self.name,
-                                     code=code or str(status))
-        return BrokerRejected(f"HTTP {status}, {text}", connection=self.name,
-                              code=code or str(status))
-
-    def _scrub(self, text: str) -> str:
-        # A broker message might quote a header back; never let a secret into an error.
-        for secret in self.secrets(self.config):
-            if len(secret) >= 4:  # replacing a one-letter test key would garble the text
-                text = text.replace(secret, "***")
-        return text[:300]
+        if not 200 <= answer.status < 300 or (isinstance(body, dict)
+                                               and body.get("error_code")):
+            return _error_answer(body)
+        if body is None:
+            raise BrokerMalformed(f"empty answer (HTTP {answer.status})", connection=self.name)
+        if not (isinstance(body, dict) and "data" in body and ("code" in body or "msg" in body)):
+            return Success(body)  # the raw style: the body is the data
+        code = body.get("code")
+        text = str(code)
+        if code is None or text in ("200", "0"):
+            return Success(body["data"])
+        message = str(body.get("msg") or "")
+        if text.isdigit() and len(text) == 3:
+            return ErrorAnswer("", message, status=int(text))
+        return ErrorAnswer(text, message)
 
     # -- listing ----------------------------------------------------------------------
 
     async def list_orders(self, scope: ListScope) -> ListResult:
-        path = ("/trade/orders/list-open" if self.cfg.listing == "open"
+        path = ("/trade/orders/list-open" if self.config.listing == "open"
                 else "/trade/orders/list-today")
         orders, problems, _ = await self._scan(path, scope.account_id)
         return ListResult(scope, orders, problems)
@@ -402,10 +392,10 @@ class WebullAdapter(BrokerAdapter):
         cursor: str | None = None
         cursors: set[str] = set()
         for page in range(1, MAX_PAGES + 1):
-            params = [("account_id", account_id), ("page_size", str(self.cfg.page_size))]
+            params = [("account_id", account_id), ("page_size", str(self.config.page_size))]
             if cursor is not None:
                 params.append(("last_client_order_id", cursor))
-            has_next, items = self._page(await self._get("list", path, params), path)
+            has_next, items = self._page(await self._get(RequestKind.LIST, path, params), path)
             last: str | None = None
             for index, item in enumerate(items):
                 if isinstance(item, dict) and item.get("client_order_id") not in (None, ""):
@@ -483,13 +473,9 @@ class WebullAdapter(BrokerAdapter):
         """The raw order behind a client_order_id; ``None`` when Webull does not know it."""
         params = [("account_id", account_id), ("client_order_id", client_order_id)]
         try:
-            data = await self._get("detail", "/trade/order/detail", params)
-        except BrokerRejected as err:
-            # Webull's not-found code for detail is not documented: read HTTP 404 and any
-            # *_NOT_FOUND / *_NOT_EXIST code as "no such order".
-            if err.code == "404" or "NOT_FOUND" in err.code or "NOT_EXIST" in err.code:
-                return None
-            raise
+            data = await self._get(RequestKind.DETAIL, "/trade/order/detail", params)
+        except BrokerNotFound:
+            return None
         if data is None or data == {}:
             return None
         if not isinstance(data, dict):
@@ -512,7 +498,7 @@ class WebullAdapter(BrokerAdapter):
         if known is not None:
             return known, None
         # With list=today the poll itself has just missed it: no scan.
-        if self.cfg.listing == "open" and (account_id, order_id) not in self._not_today:
+        if self.config.listing == "open" and (account_id, order_id) not in self._not_today:
             _, _, hit = await self._scan("/trade/orders/list-today", account_id,
                                          want=order_id)
             if hit is not None:
@@ -551,7 +537,8 @@ class WebullAdapter(BrokerAdapter):
         """
         body = {"account_id": known.account_id,
                 "client_order_id": await self._client_id_of(known)}
-        _acknowledged(await self._post("cancel", "/trade/order/cancel", body), self.name)
+        _acknowledged(await self._post(RequestKind.CANCEL, "/trade/order/cancel", body),
+                      self.name)
 
     async def replace_order(self, known: OrderSnapshot, *, qty: Decimal | None,
                             price: Decimal | None) -> None:
@@ -569,7 +556,16 @@ class WebullAdapter(BrokerAdapter):
                                  code="404")
         body = {"account_id": known.account_id,
                 "stock_order": replace_body(raw, qty=qty, limit_price=price)}
-        _acknowledged(await self._post("replace", "/trade/order/replace", body), self.name)
+        _acknowledged(await self._post(RequestKind.REPLACE, "/trade/order/replace", body),
+                      self.name)
+
+
+def _error_answer(body: Any) -> ErrorAnswer:
+    """The code and message of an error body (a bare error page has neither)."""
+    if not isinstance(body, dict):
+        return ErrorAnswer()
+    return ErrorAnswer(str(body.get("error_code") or body.get("code") or ""),
+                       str(body.get("message") or body.get("msg") or ""))
 
 
 class WebullAuth(httpx.Auth):
@@ -712,7 +708,7 @@ def replace_body(order: dict[str, Any], *, qty: Decimal | None = None,
 
 
 @hookimpl
-def register_brokers(register: Callable[[type[BrokerAdapter]], None]) -> None:
+def register_brokers(register: Callable[[type[BrokerAdapter[Any]]], None]) -> None:
     """Register the Webull adapter."""
     register(WebullAdapter)
 

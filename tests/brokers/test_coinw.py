@@ -209,7 +209,8 @@ def test_request_shape_matches_the_official_sample() -> None:
 ERROR_CASES = [
     (200, {"code": 29001, "msg": "API access frequently"}, BrokerRateLimited,
      "API access frequently"),
-    (429, {"code": "29001", "msg": "API access frequently"}, BrokerRateLimited, "rate-limited"),
+    (429, {"code": "29001", "msg": "API access frequently"}, BrokerRateLimited,
+     "rate limited (HTTP 429, code 29001)"),
     (200, {"code": 1003, "msg": "Authentication error"}, BrokerAuthError, "code 1003"),
     (200, {"code": 1003, "msg": f"api_key {KEY} is invalid"}, BrokerAuthError, "api_key ***"),
     (200, {"code": "6000", "msg": "Authentication error"}, BrokerAuthError, "code 6000"),

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from poller.adapter import ListScope
+from poller.adapter import ListScope, RequestKind
 from poller.brokers.webull import (
     STATUS_TABLE,
     WebullAdapter,
@@ -804,25 +804,26 @@ def test_sim_place_replace_and_parameter_checks() -> None:
                  "order_type": "LIMIT", "limit_price": "64.1", "qty": "400"}
 
         async def work(a: WebullAdapter) -> None:
+            # Placing is no request kind of poller's; the replace group paces it here.
             place = {"account_id": account, "stock_order": stock}
-            assert await a._post("place", "/trade/order/place", place) == {
+            assert await a._post(RequestKind.REPLACE, "/trade/order/place", place) == {
                 "client_order_id": "wb0001"}
             for change, text in (({}, "duplicated"),
                                  ({"client_order_id": "wb0002", "instrument_id": "1"},
                                   "instrument_id is unknown"),
                                  ({"client_order_id": "wb-3"}, "letters/digits")):
                 with pytest.raises(BrokerRejected, match=text):
-                    await a._post("place", "/trade/order/place",
+                    await a._post(RequestKind.REPLACE, "/trade/order/place",
                                   {"account_id": account, "stock_order": stock | change})
             placed = sim.find(account, "wb0001")
             assert placed is not None
             await a.replace_order(snapshot(sim, placed), qty=Decimal(300),
                                   price=Decimal("64.05"))
             with pytest.raises(BrokerRejected, match="page_size"):
-                await a._get("list", "/trade/orders/list-open",
+                await a._get(RequestKind.LIST, "/trade/orders/list-open",
                              [("account_id", account), ("page_size", "500")])
             with pytest.raises(BrokerRejected, match="NOT_FOUND"):
-                await a._get("other", "/trade/nowhere", [])
+                await a._get(RequestKind.LIST, "/trade/nowhere", [])
 
         run(sim_adapter(sim), work)
         placed = sim.find(account, "wb0001")
