@@ -45,6 +45,9 @@ A TLS certificate the notifier cannot verify is retried rather than dead-lettere
 usually fixed on the server side (a renewed certificate) and the queued fills then go out.
 Error texts name the step and the server's reply, never the password; the username is
 masked in server replies.
+
+Over 400 lines: a whole SMTP client: the message (plain text, HTML, headers), the one
+reused connection's life, and the table of every SMTP outcome belong together.
 """
 
 from __future__ import annotations

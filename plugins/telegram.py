@@ -17,6 +17,9 @@
   Each message carries the event's short id (``#7F3A``) so people can spot a duplicate.
 * **Token secrecy.** The bot token is part of the URL path. Errors never contain the URL
   or anything httpx says about it, and httpx's own request log lines are scrubbed.
+
+Over 400 lines: a whole service client: markup escaping and splitting that stays valid in
+both parse modes, per-chat delivery memory, and the Bot API's outcome table belong together.
 """
 
 from __future__ import annotations
