@@ -1,0 +1,102 @@
+"""Broker errors sorted by the policy table: stop and tell a human once, or retry with a
+breaker, one "unreachable" event per outage and one "recovered" when it ends."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from poller.coordinator import (
+    BREAKER_FAILURES,
+    BREAKER_OPEN_SECONDS,
+    UNREACHABLE_AFTER_SECONDS,
+    Coordinator,
+    Policy,
+    policy_of,
+)
+from poller.errors import (
+    BrokerAuthError,
+    BrokerError,
+    BrokerMalformed,
+    BrokerNotFound,
+    BrokerRateLimited,
+    BrokerRejected,
+    BrokerUnavailable,
+)
+from tests.scripted import T0
+
+
+class Clock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize(("error", "policy"), [
+    (BrokerAuthError("no"), Policy.STOP),
+    (BrokerRateLimited("slow", retry_after=3), Policy.PAUSE),
+    (BrokerUnavailable("down"), Policy.RETRY),
+    (BrokerMalformed("html"), Policy.RETRY),
+    (BrokerRejected("400"), Policy.RETRY),
+    (BrokerNotFound("gone"), Policy.RETRY),
+])
+def test_policy_table(error: BrokerError, policy: Policy) -> None:
+    assert policy_of(error) is policy
+    assert Coordinator("cx").concerns_connection(error) is (policy is not Policy.RETRY)
+
+
+def test_refused_credentials_stop_the_connection_with_one_event() -> None:
+    c = Coordinator("cx")
+    events = c.failed(BrokerAuthError("key refused"), T0)
+    assert [e.scene for e in events] == ["BROKER_AUTH_FAILED"]
+    assert c.stopped_reason == "key refused" and c.paused
+    assert c.errors == {"auth": 1}
+
+
+def test_rate_limits_raise_one_event_per_episode() -> None:
+    c = Coordinator("cx")
+    first = c.failed(BrokerRateLimited("429", retry_after=2.0), T0)
+    again = c.failed(BrokerRateLimited("429", retry_after=2.0), T0 + timedelta(seconds=3))
+    assert [e.scene for e in first] == ["BROKER_RATE_LIMITED"] and again == []
+    assert "paused for 2 s" in first[0].payload["message"]
+    assert c.rate_limit_answers == 2
+    c.succeeded(T0 + timedelta(seconds=10))
+    later = c.failed(BrokerRateLimited("429"), T0 + timedelta(seconds=20))
+    assert [e.scene for e in later] == ["BROKER_RATE_LIMITED"]
+    assert later[0].id != first[0].id  # a new episode is a new event
+
+
+def test_an_outage_opens_the_breaker_and_is_announced_once_then_recovers() -> None:
+    clock = Clock()
+    c = Coordinator("cx", monotonic=clock)
+    announced = []
+    for n in range(BREAKER_FAILURES + 3):
+        now = T0 + timedelta(seconds=n * UNREACHABLE_AFTER_SECONDS / 4)
+        announced += c.failed(BrokerUnavailable("timed out"), now)
+    assert [e.scene for e in announced] == ["BROKER_UNREACHABLE"]
+    assert c.breaker_open() and c.breaker_wait() == pytest.approx(BREAKER_OPEN_SECONDS)
+    clock.t += BREAKER_OPEN_SECONDS
+    assert not c.breaker_open()  # half-open: the next poll is the trial
+    recovered = c.succeeded(T0 + timedelta(hours=1))
+    assert [e.scene for e in recovered] == ["BROKER_RECOVERED"]
+    assert c.last_success == T0 + timedelta(hours=1)
+    assert c.succeeded(T0 + timedelta(hours=2)) == []
+
+
+def test_a_short_blip_is_not_announced() -> None:
+    c = Coordinator("cx")
+    assert c.failed(BrokerUnavailable("reset"), T0) == []
+    assert c.succeeded(T0 + timedelta(seconds=2)) == []
+    assert c.errors == {"unavailable": 1} and not c.paused
+
+
+def test_per_order_failures_are_counted_without_an_episode() -> None:
+    c = Coordinator("cx")
+    c.order_failed(BrokerMalformed("bad json"))
+    assert c.errors == {"malformed": 1}
+    assert c.succeeded(T0) == []
