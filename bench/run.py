@@ -28,8 +28,8 @@ from typing import Any
 
 from poller.app import App
 from poller.compose import validate
+from poller.events import OrderEvent
 from poller.logsetup import Redactor
-from poller.models import OrderEvent
 from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
 from poller.settings import load_settings
 from poller.simulator.base import BrokerSim

@@ -37,12 +37,12 @@ from poller.errors import (
     PollerError,
     Retryable,
 )
+from poller.events import OrderEvent
 from poller.hookspecs import hookimpl
 from poller.httpclient import Answer, is_loopback, retry_after_seconds, send
 from poller.logsetup import LogScrubber, Redactor
 from poller.models import (
     Fill,
-    OrderEvent,
     OrderSnapshot,
     OrderStatus,
     SceneType,

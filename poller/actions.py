@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from poller.adapter import BrokerAdapter
 from poller.coordinator import Coordinator
@@ -25,15 +24,8 @@ from poller.errors import (
     BrokerError,
     BrokerRejected,
 )
-from poller.models import (
-    OrderEvent,
-    OrderSnapshot,
-    SceneType,
-    decimal_text,
-    event_id,
-    iso,
-    utcnow,
-)
+from poller.events import OrderEvent, order_event
+from poller.models import OrderSnapshot, SceneType, utcnow
 from poller.orderbook import Key, OrderBook
 from poller.polling import ConnectionPoller
 from poller.ratelimit import PRIORITY, PRIORITY_ACTION
@@ -65,26 +57,11 @@ class Outcome:
 
 
 def action_event(snapshot: OrderSnapshot, scene: SceneType, action_id: int, message: str,
-                 detected_at: Any) -> OrderEvent:
+                 detected_at: datetime) -> OrderEvent:
     """The MODIFY_FAILED / CANCEL_FAILED event of an action the broker refused or lost."""
-    payload: dict[str, Any] = {
-        "broker": snapshot.broker, "broker_kind": snapshot.broker_kind,
-        "account_id": snapshot.account_id, "order_id": snapshot.order_id,
-        "client_order_id": snapshot.client_order_id, "symbol": snapshot.symbol,
-        "side": snapshot.side, "order_type": snapshot.order_type,
-        "qty": decimal_text(snapshot.qty), "price": decimal_text(snapshot.price),
-        "filled_qty": decimal_text(snapshot.filled_qty),
-        "filled_price": decimal_text(snapshot.avg_fill_price),
-        "last_fill_qty": None, "last_fill_price": None,
-        "order_status": snapshot.status.value, "previous_status": snapshot.status.value,
-        "broker_status": snapshot.broker_status, "scene_type": scene.value, "changes": {},
-        "message": message, "event_time": iso(detected_at), "detected_at": iso(detected_at),
-    }
-    return OrderEvent(
-        id=event_id(snapshot.broker, snapshot.account_id, snapshot.order_id, scene.value,
-                    f"action:{action_id}"),
-        event_type="TRADE", scene=scene.value, timestamp=detected_at, broker=snapshot.broker,
-        account_id=snapshot.account_id, order_id=snapshot.order_id, payload=payload)
+    return order_event(snapshot, scene, discriminator=f"action:{action_id}",
+                       detected_at=detected_at, previous_status=snapshot.status,
+                       message=message, event_time=detected_at)
 
 
 @dataclass

@@ -22,9 +22,10 @@ from poller.actions import ActionExecutor
 from poller.adapter import BrokerAdapter
 from poller.compose import Loaded, Validated, build_adapter, build_notifier
 from poller.dispatch import DeliveryPolicy, Dispatcher
+from poller.events import OrderEvent, system_event
 from poller.jobs import PollJobs
 from poller.logsetup import Redactor
-from poller.models import OrderEvent, SystemScene, system_event
+from poller.models import SystemScene
 from poller.notifiers import Notifier
 from poller.orderbook import OrderBook
 from poller.plugins import Plugins

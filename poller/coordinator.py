@@ -19,8 +19,9 @@ from datetime import datetime
 from enum import Enum
 
 from poller.errors import BrokerAuthError, BrokerError, BrokerRateLimited
+from poller.events import OrderEvent, system_event
 from poller.logsetup import ConnectionLog
-from poller.models import OrderEvent, SystemScene, iso, system_event, utcnow
+from poller.models import SystemScene, iso, utcnow
 
 logger = logging.getLogger(__name__)
 

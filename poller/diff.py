@@ -9,18 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
-from poller.models import (
-    Fill,
-    OrderEvent,
-    OrderSnapshot,
-    OrderStatus,
-    SceneType,
-    decimal_text,
-    event_id,
-    iso,
-)
+from poller.events import Change, OrderEvent, order_event
+from poller.models import Fill, OrderSnapshot, OrderStatus, SceneType, decimal_text, iso
 
 _TERMINAL_SCENE = {
     OrderStatus.FILLED: SceneType.FINAL_FILLED,
@@ -162,11 +153,11 @@ def _events(
     return builder.events
 
 
-def _changes(previous: OrderSnapshot, current: OrderSnapshot) -> dict[str, dict[str, str | None]]:
+def _changes(previous: OrderSnapshot, current: OrderSnapshot) -> dict[str, Change]:
     """Field-level modifications (qty, price) of a live or filled order."""
     if current.status in (OrderStatus.CANCELLED, OrderStatus.FAILED, OrderStatus.EXPIRED):
         return {}
-    changes: dict[str, dict[str, str | None]] = {}
+    changes: dict[str, Change] = {}
     if previous.qty and current.qty and previous.qty != current.qty:
         changes["qty"] = {"old": decimal_text(previous.qty), "new": decimal_text(current.qty)}
     if (
@@ -181,7 +172,7 @@ def _changes(previous: OrderSnapshot, current: OrderSnapshot) -> dict[str, dict[
     return changes
 
 
-def _modification_key(current: OrderSnapshot, changes: dict[str, dict[str, str | None]]) -> str:
+def _modification_key(current: OrderSnapshot, changes: dict[str, Change]) -> str:
     parts = [f"{name}:{values['old']}>{values['new']}" for name, values in sorted(changes.items())]
     return ";".join(parts) + "@" + (iso(current.updated_at) or "")
 
@@ -260,46 +251,11 @@ class _Builder:
         *,
         fill: Fill | None = None,
         filled_qty: Decimal | None = None,
-        changes: dict[str, dict[str, str | None]] | None = None,
+        changes: dict[str, Change] | None = None,
     ) -> None:
-        c = self.current
-        status = status or c.status
-        filled = c.filled_qty if filled_qty is None else filled_qty
-        moment = (fill.time if fill else None) or c.updated_at or self.detected_at
-        payload: dict[str, Any] = {
-            "broker": c.broker,
-            "broker_kind": c.broker_kind,
-            "account_id": c.account_id,
-            "order_id": c.order_id,
-            "client_order_id": c.client_order_id,
-            "symbol": c.symbol,
-            "side": c.side,
-            "order_type": c.order_type,
-            "qty": decimal_text(c.qty),
-            "price": decimal_text(c.price),
-            "filled_qty": decimal_text(filled),
-            "filled_price": decimal_text(c.avg_fill_price),
-            "last_fill_qty": decimal_text(fill.qty) if fill else None,
-            "last_fill_price": decimal_text(fill.price) if fill else None,
-            "order_status": status.value,
-            "previous_status": self.status.value if self.status else None,
-            "broker_status": c.broker_status,
-            "scene_type": scene.value,
-            "changes": changes or {},
-            "message": c.message,
-            "event_time": iso(moment),
-            "detected_at": iso(self.detected_at),
-        }
-        self.events.append(
-            OrderEvent(
-                id=event_id(c.broker, c.account_id, c.order_id, scene.value, discriminator),
-                event_type="TRADE",
-                scene=scene.value,
-                timestamp=self.detected_at,
-                broker=c.broker,
-                account_id=c.account_id,
-                order_id=c.order_id,
-                payload=payload,
-            )
-        )
+        status = status or self.current.status
+        self.events.append(order_event(
+            self.current, scene, discriminator=discriminator, detected_at=self.detected_at,
+            status=status, previous_status=self.status, filled_qty=filled_qty, fill=fill,
+            changes=changes))
         self.status = status

@@ -20,8 +20,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from poller.errors import DeliveryFailed, DeliveryRateLimited, DeliveryRetryable, StoreError
+from poller.events import OrderEvent, system_event
 from poller.logsetup import Redactor
-from poller.models import OrderEvent, SystemScene, system_event, utcnow
+from poller.models import SystemScene, utcnow
 from poller.notifiers import Notifier
 from poller.records import Batch, OutboxRow
 from poller.store import Store

@@ -14,7 +14,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from poller.adapter import BrokerAdapter
-    from poller.models import OrderEvent
+    from poller.events import OrderEvent
     from poller.notifiers import Notifier
 
 hookspec = pluggy.HookspecMarker("poller")

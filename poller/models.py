@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Context, Decimal, InvalidOperation
@@ -269,89 +268,3 @@ def parse_iso(text: str | None) -> datetime | None:
 def utcnow() -> datetime:
     """The current time in UTC (one place to read the clock for event timestamps)."""
     return datetime.now(UTC)
-
-
-def event_id(*parts: str) -> str:
-    """A deterministic event id: the same fact always gives the same id."""
-    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-    return "evt_" + digest[:24]
-
-
-@dataclass(frozen=True)
-class OrderEvent:
-    """One thing that happened, ready to be stored and delivered.
-
-    ``event_type`` is ``TRADE`` for order events and ``SYSTEM`` for operator events.
-    ``payload`` is the seed-001-shaped body (see :meth:`to_json`).
-    """
-
-    id: str
-    event_type: str
-    scene: str
-    timestamp: datetime
-    broker: str
-    account_id: str
-    order_id: str
-    payload: dict[str, Any]
-
-    @property
-    def short_id(self) -> str:
-        """Four hex digits a human can use to spot a duplicate (``#7F3A``)."""
-        return "#" + self.id.removeprefix("evt_")[:4].upper()
-
-    def to_json(self) -> dict[str, Any]:
-        """The event JSON of design.md §3 (webhook body, ``poller events --json``)."""
-        return {
-            "id": self.id,
-            "event_type": self.event_type,
-            "timestamp": iso(self.timestamp),
-            "payload": self.payload,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> OrderEvent:
-        """Rebuild an event from :meth:`to_json` output."""
-        payload = data["payload"]
-        return cls(
-            id=data["id"],
-            event_type=data["event_type"],
-            scene=payload["scene_type"],
-            timestamp=parse_iso(data["timestamp"]) or utcnow(),
-            broker=payload.get("broker", ""),
-            account_id=payload.get("account_id", ""),
-            order_id=payload.get("order_id", ""),
-            payload=payload,
-        )
-
-
-def system_event(
-    scene: SystemScene,
-    *,
-    broker: str = "",
-    message: str,
-    discriminator: str,
-    detected_at: datetime,
-    account_id: str = "",
-    order_id: str = "",
-    notifier: str = "",
-) -> OrderEvent:
-    """Build an operator event; ``discriminator`` makes one episode one event."""
-    payload: dict[str, Any] = {
-        "broker": broker,
-        "account_id": account_id,
-        "order_id": order_id,
-        "notifier": notifier,
-        "scene_type": scene.value,
-        "message": message,
-        "detected_at": iso(detected_at),
-    }
-    return OrderEvent(
-        id=event_id("SYSTEM", scene.value, broker, account_id, order_id, notifier, discriminator),
-        event_type="SYSTEM",
-        scene=scene.value,
-        timestamp=detected_at,
-        broker=broker,
-        account_id=account_id,
-        order_id=order_id,
-        payload=payload,
-    )

@@ -26,8 +26,9 @@ from poller.errors import (
     NotifierConfigError,
     NotifierError,
 )
+from poller.events import OrderEvent
 from poller.httpclient import retry_after_seconds
-from poller.models import OrderEvent, utcnow
+from poller.models import utcnow
 from poller.pacing import DEFAULT_PAUSE, Pace, Pacer
 from poller.templates import Message, Templates, digest
 

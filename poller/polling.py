@@ -21,16 +21,9 @@ from poller.adapter import BrokerAdapter, ListScope, first_problem
 from poller.coordinator import Coordinator
 from poller.diff import diff
 from poller.errors import BrokerError
+from poller.events import OrderEvent, system_event
 from poller.logsetup import ConnectionLog
-from poller.models import (
-    OrderEvent,
-    OrderSnapshot,
-    OrderStatus,
-    SystemScene,
-    iso,
-    system_event,
-    utcnow,
-)
+from poller.models import OrderSnapshot, OrderStatus, SystemScene, iso, utcnow
 from poller.orderbook import Key, OrderBook
 from poller.pollqueue import OrderQueue
 from poller.records import Batch

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from poller.models import OrderEvent, OrderSnapshot
+from poller.events import OrderEvent
+from poller.models import OrderSnapshot
 
 
 @dataclass

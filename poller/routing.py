@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from poller.models import OrderEvent
+from poller.events import OrderEvent
 from poller.notifiers import Notifier
 from poller.records import Batch
 

@@ -6,16 +6,8 @@ from dataclasses import replace
 from decimal import Decimal
 
 from poller.diff import diff
-from poller.models import (
-    Fill,
-    OrderEvent,
-    OrderSnapshot,
-    OrderStatus,
-    SceneType,
-    SystemScene,
-    system_event,
-    utcnow,
-)
+from poller.events import OrderEvent, system_event
+from poller.models import Fill, OrderSnapshot, OrderStatus, SceneType, SystemScene, utcnow
 
 SCENES = [s.value for s in SceneType] + ["SYSTEM"]
 

@@ -19,7 +19,8 @@ from typing import IO, Any
 
 from poller.dbfile import REQUIRED_PRAGMAS, check, connect, migrate, move_aside, take_lock
 from poller.errors import StoreError
-from poller.models import OrderEvent, OrderSnapshot, iso, utcnow
+from poller.events import OrderEvent
+from poller.models import OrderSnapshot, iso, utcnow
 from poller.records import ActionRow, Batch, Delivery, OutboxRow, StoredOrder
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from poller.models import OrderEvent, parse_iso, utcnow
+from poller.events import OrderEvent
+from poller.models import parse_iso, utcnow
 
 #: Default title (first line) and body per scene; SYSTEM events use "SYSTEM".
 DEFAULT_TITLES: dict[str, str] = {
@@ -152,7 +153,7 @@ class Templates:
 
     def variables(self, event: OrderEvent, now: datetime, late_after: float) -> dict[str, Any]:
         """Everything a template can use for ``event``."""
-        payload = dict(event.payload)
+        payload = event.payload
         values: dict[str, Any] = {key: "" for key in (
             "broker", "account_id", "order_id", "symbol", "side", "qty", "price", "filled_qty",
             "filled_price", "last_fill_qty", "last_fill_price", "order_status", "broker_status",
@@ -163,7 +164,7 @@ class Templates:
             short_id=event.short_id, late=lateness(event, now, late_after),
             failures=("PLACE_FAILED", "MODIFY_FAILED", "CANCEL_FAILED"),
             changes_text=changes_text(payload.get("changes")),
-            fill_summary=fill_summary(payload),
+            fill_summary=fill_summary(event.payload),
         )
         return values
 

@@ -18,7 +18,8 @@ import httpx
 
 from poller.adapter import BrokerAdapter, BrokerConfig, ListResult, ListScope
 from poller.errors import BrokerError, StoreError
-from poller.models import OrderEvent, OrderSnapshot, OrderStatus
+from poller.events import OrderEvent
+from poller.models import OrderSnapshot, OrderStatus
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
 from poller.records import Batch
 from poller.store import Store

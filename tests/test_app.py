@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from poller.compose import Loaded, validate
-from poller.models import OrderEvent, SystemScene, system_event
+from poller.events import OrderEvent, system_event
+from poller.models import SystemScene
 from poller.plugins import get_plugin_manager
 from poller.records import Batch
 from poller.settings import load_settings

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from poller.cli import main
+from poller.events import system_event
 from poller.logsetup import setup_logging
-from poller.models import OrderSnapshot, OrderStatus, SystemScene, system_event
+from poller.models import OrderSnapshot, OrderStatus, SystemScene
 from poller.records import Batch
 from poller.simulator.httpserver import SimResponse
 from poller.store import Store

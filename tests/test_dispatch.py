@@ -14,8 +14,9 @@ import pytest
 
 from poller.dispatch import DeliveryPolicy, Dispatcher
 from poller.errors import DeliveryFailed, DeliveryRetryable
+from poller.events import OrderEvent, system_event
 from poller.logsetup import Redactor
-from poller.models import OrderEvent, SystemScene, system_event
+from poller.models import SystemScene
 from poller.notifiers import Notifier, NotifierConfig, QuietHours
 from poller.records import Batch
 from poller.routing import route

@@ -4,7 +4,6 @@ and the status ladder."""
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -15,15 +14,11 @@ from hypothesis import strategies as st
 from poller.diff import diff
 from poller.models import (
     Fill,
-    OrderEvent,
     OrderSnapshot,
     OrderStatus,
-    SystemScene,
     decimal_text,
-    event_id,
     iso,
     parse_iso,
-    system_event,
     to_decimal,
 )
 
@@ -224,60 +219,6 @@ def test_parse_iso(text: str | None, moment: datetime | None) -> None:
     assert parsed == moment
     if parsed is not None:
         assert parsed.utcoffset() is not None
-
-
-def test_event_id_is_deterministic_and_separates_parts() -> None:
-    one = event_id("tw", "A", "O1", "FILLED", "d1")
-    assert one == event_id("tw", "A", "O1", "FILLED", "d1")
-    assert re.fullmatch(r"evt_[0-9a-f]{24}", one)
-    others = {event_id("tw", "A", "O1", "FILLED", "d2"), event_id("A", "tw", "O1", "FILLED", "d1"),
-              event_id("ab", "c"), event_id("a", "bc"), event_id("abc"), one}
-    assert len(others) == 6
-
-
-def event(**kw: object) -> OrderEvent:
-    fields: dict[str, object] = dict(
-        id=event_id("x"), event_type="TRADE", scene="FILLED", timestamp=T0, broker="tw",
-        account_id="A", order_id="O1",
-        payload={"scene_type": "FILLED", "broker": "tw", "account_id": "A", "order_id": "O1",
-                 "qty": "2"})
-    fields.update(kw)
-    return OrderEvent(**fields)  # type: ignore[arg-type]
-
-
-def test_order_event_json_round_trip_and_short_id() -> None:
-    original = event(id="evt_7f3a0000000000000000000b")
-    data = json.loads(json.dumps(original.to_json()))
-    assert data == {"id": "evt_7f3a0000000000000000000b", "event_type": "TRADE",
-                    "timestamp": "2026-05-20T03:24:30.125Z", "payload": original.payload}
-    assert OrderEvent.from_json(data) == original
-    assert original.short_id == "#7F3A"
-
-
-def test_order_event_from_json_of_a_system_event_without_order() -> None:
-    data = {"id": "evt_1", "event_type": "SYSTEM", "timestamp": "2026-05-20T03:24:30.125Z",
-            "payload": {"scene_type": "DATABASE_RECOVERED", "message": "m"}}
-    back = OrderEvent.from_json(data)
-    assert (back.scene, back.broker, back.account_id, back.order_id) == (
-        "DATABASE_RECOVERED", "", "", "")
-
-
-def test_system_event() -> None:
-    def make(scene: SystemScene = SystemScene.BROKER_UNREACHABLE, **kw: str) -> OrderEvent:
-        args = dict(broker="tw", discriminator="2026-05-20T03:24:30Z")
-        args.update(kw)
-        return system_event(scene, message="tw: unreachable", detected_at=T0, **args)
-
-    first = make()
-    assert first == make(), "one episode, one id"
-    assert (first.event_type, first.scene, first.timestamp, first.broker) == (
-        "SYSTEM", "BROKER_UNREACHABLE", T0, "tw")
-    assert first.payload == {"broker": "tw", "account_id": "", "order_id": "", "notifier": "",
-                             "scene_type": "BROKER_UNREACHABLE", "message": "tw: unreachable",
-                             "detected_at": "2026-05-20T03:24:30.125Z"}
-    variants = [make(discriminator="later"), make(broker="cw"), make(notifier="hook"),
-                make(order_id="O1"), make(SystemScene.BROKER_RECOVERED)]
-    assert len({first.id, *(v.id for v in variants)}) == 6
 
 
 def test_decimal_text_keeps_every_digit_of_a_long_value() -> None:

@@ -18,7 +18,8 @@ from poller.errors import (
     DeliveryUncertain,
     NotifierConfigError,
 )
-from poller.models import SystemScene, system_event
+from poller.events import system_event
+from poller.models import SystemScene
 from poller.notifiers import RETRY_STATUSES, Notifier, NotifierConfig, classify, post
 from poller.samples import sample_event
 from poller.simulator.httpserver import SimResponse, SimServer

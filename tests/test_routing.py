@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from poller.models import SystemScene, system_event
+from poller.events import system_event
+from poller.models import SystemScene
 from poller.notifiers import Notifier, NotifierConfig
 from poller.records import Batch
 from poller.routing import recipients, route

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from poller.models import OrderEvent, SceneType
+from poller.events import OrderEvent
+from poller.models import SceneType
 from poller.samples import SCENES, sample_event
 
 #: What each trade sample says about its order.

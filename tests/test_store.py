@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from poller.errors import StoreError
+from poller.events import OrderEvent
 from poller.migrations import MIGRATIONS
-from poller.models import OrderEvent, OrderSnapshot, OrderStatus
+from poller.models import OrderSnapshot, OrderStatus
 from poller.records import Batch
 from poller.store import Store
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from jinja2 import TemplateError
 
-from poller.models import OrderEvent
+from poller.events import OrderEvent
 from poller.samples import SCENES, sample_event
 from poller.templates import (
     DEFAULT_TITLES,

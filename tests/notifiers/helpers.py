@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from poller.diff import diff
-from poller.models import OrderEvent, OrderSnapshot, OrderStatus
+from poller.events import OrderEvent
+from poller.models import OrderSnapshot, OrderStatus
 from poller.notifiers import Notifier
 from poller.templates import Message
 from tests.notifiers.virtualtime import VirtualClock, run

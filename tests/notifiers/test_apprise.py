@@ -18,7 +18,8 @@ import pytest
 from pydantic import ValidationError
 
 from poller.errors import DeliveryRetryable, NotifierConfigError
-from poller.models import SystemScene, system_event
+from poller.events import system_event
+from poller.models import SystemScene
 from poller.settings import problems_from
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer
 from poller.templates import Message

@@ -8,7 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from poller.models import OrderEvent, OrderStatus, SystemScene, system_event
+from poller.events import OrderEvent, system_event
+from poller.models import OrderStatus, SystemScene
 from poller_plugins.console import ConsoleConfig, ConsoleNotifier, format_line
 from tests.notifiers.helpers import NOW, order_event
 

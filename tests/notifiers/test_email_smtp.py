@@ -39,7 +39,8 @@ from poller.errors import (
     DeliveryRetryable,
     DeliveryUncertain,
 )
-from poller.models import OrderEvent, OrderStatus, SystemScene, system_event
+from poller.events import OrderEvent, system_event
+from poller.models import OrderStatus, SystemScene
 from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
 from poller.settings import load_settings
 from poller.simulator.httpserver import SlidingWindow

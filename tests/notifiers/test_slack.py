@@ -24,7 +24,8 @@ from poller.errors import (
     DeliveryRetryable,
     DeliveryUncertain,
 )
-from poller.models import SystemScene, system_event
+from poller.events import system_event
+from poller.models import SystemScene
 from poller.settings import problems_from
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer, SlidingWindow
 from poller.templates import Message

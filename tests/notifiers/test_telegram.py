@@ -27,7 +27,8 @@ from poller.errors import (
     DeliveryRetryable,
     DeliveryUncertain,
 )
-from poller.models import OrderEvent, SystemScene, system_event
+from poller.events import OrderEvent, system_event
+from poller.models import SystemScene
 from poller.settings import problems_from
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer, SlidingWindow
 from poller.templates import Message

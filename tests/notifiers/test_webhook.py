@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from poller.errors import DeliveryFailed, DeliveryRateLimited, DeliveryRetryable
-from poller.models import OrderEvent, SystemScene, system_event
+from poller.events import OrderEvent, system_event
+from poller.models import SystemScene
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer
 from poller_plugins.webhook import WebhookConfig, WebhookNotifier
 
