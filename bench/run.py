@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from poller.adapter import RequestKind
 from poller.app import App
 from poller.compose import validate
 from poller.events import OrderEvent
@@ -160,7 +161,7 @@ async def run_one(kind: str, n: int, duration: float, change_every: float, seed:
         for name, window in sim.windows.items():
             result.windows[name] = (window.max_seen, window.count)
         adapter = app.adapters["bench"]
-        groups = [adapter.budget.groups[g] for g in adapter.request_groups.get("detail", ())]
+        groups = [adapter.budget.groups[g] for g in adapter.groups_of(RequestKind.DETAIL)]
         if groups and adapter.polls_each_order:
             # The contract's rate: floor(share × N) per W (the budget's own window is padded).
             rate = min(g.allowed / g.base_window for g in groups)

@@ -51,7 +51,7 @@ class App:
         self.redactor = redactor
         # SQLite work stays off the loop, on one thread (the store is not shared).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self.adapters: dict[str, BrokerAdapter] = {}
+        self.adapters: dict[str, BrokerAdapter[Any]] = {}
         self.trackers: dict[str, Tracker] = {}
         self.notifiers: list[Notifier] = []
         self.jobs: PollJobs | None = None

@@ -9,10 +9,11 @@ allows is refused: it could only run by breaking the broker's contract.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
-from poller.adapter import BrokerAdapter, BrokerConfig
+from poller.adapter import BrokerAdapter, BrokerConfig, RequestKind
 from poller.ratelimit import RateBudget
 
 
@@ -33,16 +34,17 @@ class GroupPlan:
         return max(0.0, self.rate - self.list_rate)
 
 
-def list_scopes(cls: type[BrokerAdapter], config: BrokerConfig, budget: RateBudget) -> int:
+def list_scopes(cls: type[BrokerAdapter[Any]], config: BrokerConfig, budget: RateBudget) -> int:
     """How many list calls one interval makes (an adapter built only to ask; no I/O)."""
     client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(599)))
     return len(cls("check", config, client, budget).scopes())
 
 
-def plan(cls: type[BrokerAdapter], config: BrokerConfig, budget: RateBudget) -> list[GroupPlan]:
+def plan(cls: type[BrokerAdapter[Any]], config: BrokerConfig, budget: RateBudget
+         ) -> list[GroupPlan]:
     """The plan of every limit group of one connection."""
     calls = list_scopes(cls, config, budget) / config.interval
-    list_groups = set(cls.request_groups.get("list", ()))
+    list_groups = set(cls.request_groups.get(RequestKind.LIST, ()))
     return [
         GroupPlan(
             name=g.name, documented=str(g.spec), allowed=g.allowed, window=g.base_window,
@@ -51,11 +53,11 @@ def plan(cls: type[BrokerAdapter], config: BrokerConfig, budget: RateBudget) -> 
     ]
 
 
-def describe(cls: type[BrokerAdapter], config: BrokerConfig, plans: list[GroupPlan],
+def describe(cls: type[BrokerAdapter[Any]], config: BrokerConfig, plans: list[GroupPlan],
              open_orders: int | None) -> list[str]:
     """Human-readable lines for check-config."""
     lines = []
-    detail = set(cls.request_groups.get("detail", ()))
+    detail = set(cls.request_groups.get(RequestKind.DETAIL, ()))
     per_order = cls.per_order_polling if config.per_order_polling is None \
         else config.per_order_polling
     for p in plans:
@@ -73,7 +75,7 @@ def describe(cls: type[BrokerAdapter], config: BrokerConfig, plans: list[GroupPl
     return lines
 
 
-def problems(cls: type[BrokerAdapter], config: BrokerConfig, budget: RateBudget
+def problems(cls: type[BrokerAdapter[Any]], config: BrokerConfig, budget: RateBudget
              ) -> list[tuple[str, str]]:
     """(key, message) for every group whose fixed list calls alone exceed its budget."""
     found = []

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 class Validated:
     """Typed configs of every connection and notifier, checked against their plugins."""
 
-    brokers: dict[str, tuple[type[BrokerAdapter], BrokerConfig]]
+    brokers: dict[str, tuple[type[BrokerAdapter[Any]], BrokerConfig]]
     notifiers: dict[str, tuple[type[Notifier], NotifierConfig]]
 
     def secrets(self) -> list[str]:
@@ -60,7 +60,7 @@ def validate(settings: Settings, registry: Registry, source: str) -> Validated:
     :raises ConfigError: with one problem per offending key, across all tables at once.
     """
     problems: list[ConfigProblem] = []
-    brokers: dict[str, tuple[type[BrokerAdapter], BrokerConfig]] = {}
+    brokers: dict[str, tuple[type[BrokerAdapter[Any]], BrokerConfig]] = {}
     notifiers: dict[str, tuple[type[Notifier], NotifierConfig]] = {}
     for section, tables, kinds in (
         ("brokers", settings.brokers, registry.brokers),
@@ -109,7 +109,7 @@ def validate(settings: Settings, registry: Registry, source: str) -> Validated:
     return Validated(brokers, notifiers)
 
 
-def _limit_problems(cls: type[BrokerAdapter], config: BrokerConfig, source: str,
+def _limit_problems(cls: type[BrokerAdapter[Any]], config: BrokerConfig, source: str,
                     name: str) -> list[ConfigProblem]:
     problems = []
     for group, text in config.limits.items():
@@ -136,7 +136,7 @@ def _limit_problems(cls: type[BrokerAdapter], config: BrokerConfig, source: str,
     return problems
 
 
-def build_budget(cls: type[BrokerAdapter], config: BrokerConfig) -> RateBudget:
+def build_budget(cls: type[BrokerAdapter[Any]], config: BrokerConfig) -> RateBudget:
     """The rate budget of one connection: documented limits, lowered by the config."""
     groups = []
     for group, documented in cls.limits.items():
@@ -156,7 +156,8 @@ def load(path: Path) -> Loaded:
     return Loaded(settings, plugins, validate(settings, plugins.registry(), str(path)))
 
 
-def build_adapter(name: str, cls: type[BrokerAdapter], config: BrokerConfig) -> BrokerAdapter:
+def build_adapter(name: str, cls: type[BrokerAdapter[Any]], config: BrokerConfig
+                  ) -> BrokerAdapter[Any]:
     """One connection's adapter with its own httpx client and rate budget."""
     client = build_client(config.base_url, timeout=config.timeout)
     return cls(name, config, client, build_budget(cls, config))

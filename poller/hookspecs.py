@@ -22,7 +22,7 @@ hookimpl = pluggy.HookimplMarker("poller")
 
 
 @hookspec
-def register_brokers(register: Callable[[type[BrokerAdapter]], None]) -> None:
+def register_brokers(register: Callable[[type[BrokerAdapter[Any]]], None]) -> None:
     """Register broker adapter classes.
 
     :param register: call once per class, e.g. ``register(ShioajiAdapter)``. The class's

@@ -64,7 +64,7 @@ class PluginInfo:
 class Registry:
     """The broker and notifier classes registered by all plugins, by ``kind``."""
 
-    brokers: dict[str, type[BrokerAdapter]] = field(default_factory=dict)
+    brokers: dict[str, type[BrokerAdapter[Any]]] = field(default_factory=dict)
     notifiers: dict[str, type[Notifier]] = field(default_factory=dict)
 
 

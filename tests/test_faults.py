@@ -4,6 +4,7 @@ deadline, and each fault gives one categorised log line and counter, never a tra
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from poller.brokers.shioaji import ShioajiAdapter
 from poller.simulator.httpserver import SimRequest, SimResponse
 from poller.simulator.shioaji import ShioajiSim
 from tests.conftest import Receiver, daemon_config, running_app
@@ -69,12 +71,12 @@ def test_faults_are_contained(tmp_path: Path, receiver: Receiver,
         if category == "rate_limited":
             # The group pauses past Shioaji's one-minute suspension; let the test's clock be
             # the budget's by pausing for less (the adapter's penalty is the real one).
-            from poller.brokers import shioaji
-            shioaji._PENALTY, saved = 0.5, shioaji._PENALTY
+            saved = ShioajiAdapter.errors
+            ShioajiAdapter.errors = dataclasses.replace(saved, penalty=0.5)
             try:
                 errors = asyncio.run(scenario())
             finally:
-                shioaji._PENALTY = saved
+                ShioajiAdapter.errors = saved
         else:
             errors = asyncio.run(scenario())
     finally:

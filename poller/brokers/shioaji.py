@@ -196,10 +196,6 @@ class ShioajiAdapter(BrokerAdapter[ShioajiConfig]):
             return ErrorAnswer(message=str(body["message"]) + (f" ({details})" if details else ""))
         return ErrorAnswer()
 
-    def penalty_for(self, code: str) -> float:
-        """:data:`_PENALTY`, read at call time (the fault-injection tests shorten it)."""
-        return _PENALTY
-
 
 def _number(value: Decimal) -> int | float:
     """A JSON number for Shioaji, which takes plain numbers. Prices have at most a few
