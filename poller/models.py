@@ -1,4 +1,4 @@
-"""The canonical order model and events shared by every broker and notifier (design.md §2–3)."""
+"""The canonical order model shared by every broker and notifier (design.md §2)."""
 
 from __future__ import annotations
 
