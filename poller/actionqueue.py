@@ -61,6 +61,9 @@ class ActionRunner:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
+        # Outcomes the store refused to record (a full disk): written again later, and
+        # their actions never run a second time meanwhile.
+        self._unrecorded: dict[int, tuple[str, str, str]] = {}
 
     def start(self) -> None:
         """Start looking for actions."""
@@ -84,13 +87,15 @@ class ActionRunner:
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
+            for action_id, outcome in list(self._unrecorded.items()):
+                await self._finish(action_id, *outcome)
             try:
                 rows: list[ActionRow] = await self._db(self.store.open_actions)
-            except StoreError:
-                logger.exception("cannot read queued actions")
+            except StoreError as err:
+                logger.debug("cannot read queued actions: %s", err)  # health says why, once
                 rows = []
             for row in rows:
-                if row.id not in self._running:
+                if row.id not in self._running and row.id not in self._unrecorded:
                     task = asyncio.create_task(self._run(row), name=f"action-{row.id}")
                     self._running[row.id] = task
             try:
@@ -105,17 +110,26 @@ class ActionRunner:
         try:
             async with lock:
                 outcome = await self.execute(row)
-            await self._db(self.store.update_action, row.id,
-                           "succeeded" if outcome.succeeded else "failed",
-                           outcome=outcome.scene, message=outcome.message)
             logger.info("%s: %s of order %s: %s %s", row.broker, row.kind, row.order_id,
                         outcome.scene or "refused", outcome.message)
+            await self._finish(row.id, "succeeded" if outcome.succeeded else "failed",
+                               outcome.scene, outcome.message)
         except Exception as err:  # an action must never take the daemon down
             logger.exception("%s: action %d failed unexpectedly", row.broker, row.id)
-            await self._db(self.store.update_action, row.id, "failed",
-                           message=f"internal error: {type(err).__name__}")
+            await self._finish(row.id, "failed", "", f"internal error: {type(err).__name__}")
         finally:
             self._running.pop(row.id, None)
+
+    async def _finish(self, action_id: int, state: str, scene: str, message: str) -> None:
+        """Record an action's outcome; if the store refuses, keep it and try again later."""
+        try:
+            await self._db(self.store.update_action, action_id, state, outcome=scene,
+                           message=message)
+        except StoreError as err:
+            logger.debug("action %d: cannot record its outcome yet: %s", action_id, err)
+            self._unrecorded[action_id] = (state, scene, message)
+            return
+        self._unrecorded.pop(action_id, None)
 
     async def execute(self, row: ActionRow) -> Outcome:
         """Validate, send and verify one action."""

@@ -23,6 +23,7 @@ from poller.errors import (
     BrokerAuthError,
     BrokerError,
     BrokerRejected,
+    StoreError,
 )
 from poller.events import OrderEvent, order_event
 from poller.models import OrderSnapshot, SceneType, utcnow
@@ -143,7 +144,7 @@ class ActionExecutor:
             async with self._send_lock:
                 refused = await self._send(row, self.book.known.get(key, known), qty, price)
             if refused is not None:
-                await self.poller.commit(Batch(events=[action_event(
+                await self._commit(Batch(events=[action_event(
                     self.book.known.get(key, known), failed, row.id, refused, self._clock())]))
                 return Outcome(False, failed.value, refused)
             await self._record_state(row.id, "sent", False)
@@ -164,7 +165,7 @@ class ActionExecutor:
             if found is not None:
                 batch = Batch()
                 await self.poller.apply(found, batch, self._clock())
-                await self.poller.commit(batch)
+                await self._commit(batch)
                 known = self.book.known.get(found.key, found)
         if known is None:
             return Outcome(False, "", f"order {row.order_id} is not known on {self.name}")
@@ -191,7 +192,7 @@ class ActionExecutor:
             return pending.future.result()
         message = (f"the broker accepted the request but the order did not show it "
                    f"in {self.poller.looks - looks} look(s) over {loop.time() - started:.0f} s")
-        await self.poller.commit(Batch(events=[action_event(
+        await self._commit(Batch(events=[action_event(
             self.book.known.get(key, known), failed, pending.row.id, message, self._clock())]))
         return Outcome(False, failed.value, message)
 
@@ -212,7 +213,7 @@ class ActionExecutor:
                     return f"{err} (the order is {current.status.value})"
                 return str(err)
             except BrokerAuthError as err:
-                await self.poller.commit(Batch(events=self.coordinator.failed(err)))
+                await self._commit(Batch(events=self.coordinator.failed(err)))
                 return str(err)
             except BrokerError as err:
                 # "order is processing, try later", a rate-limit pause, a network error:
@@ -222,6 +223,15 @@ class ActionExecutor:
                 if err.code not in PROCESSING_CODES:
                     await asyncio.sleep(min(5.0, 0.5 * attempt))
         return f"gave up after {RETRIES} attempts (broker busy or unreachable)"
+
+    async def _commit(self, batch: Batch) -> None:
+        """Commit an action's events; a store that refuses even after the poller's retries
+        costs the event, never the action (its outcome is recorded by the runner)."""
+        try:
+            await self.poller.commit(batch)
+        except StoreError as err:
+            self.log.error("could not store %s: %s", ", ".join(e.scene for e in batch.events)
+                           or "the order's state", err)
 
     def _account_of(self, order_id: str) -> str:
         found = self.book.find(order_id)

@@ -9,6 +9,7 @@ first, the store writes them in one transaction, then delivery is woken and obse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,10 +23,11 @@ from poller.actions import ActionExecutor
 from poller.adapter import BrokerAdapter
 from poller.compose import Loaded, Validated, build_adapter, build_notifier
 from poller.dispatch import DeliveryPolicy, Dispatcher
+from poller.errors import StoreError
 from poller.events import OrderEvent, system_event
 from poller.jobs import PollJobs
 from poller.logsetup import Redactor
-from poller.models import SystemScene
+from poller.models import SystemScene, iso
 from poller.notifiers import Notifier
 from poller.orderbook import OrderBook
 from poller.plugins import Plugins
@@ -33,6 +35,7 @@ from poller.records import Batch
 from poller.routing import route
 from poller.settings import Settings
 from poller.store import Store
+from poller.storehealth import Outage, StoreHealth
 from poller.tracker import Tracker
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ class App:
         self.events_by_scene: dict[str, int] = {}
         self.backlog: dict[str, int] = {}
         self.last_tick = time.monotonic()
+        self.store_health = StoreHealth()
 
     @classmethod
     def create(cls, settings: Settings, plugins: Plugins, validated: Validated, *,
@@ -80,9 +84,18 @@ class App:
         return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
 
     async def commit(self, batch: Batch) -> list[OrderEvent]:
-        """Route, commit atomically, then wake delivery and tell observers."""
+        """Route, commit atomically, then wake delivery and tell observers.
+
+        :raises StoreError: the commit failed; nothing changed (the store's health records
+            the episode: one log line and one announcement per outage, not per commit).
+        """
         route(batch, self.notifiers)
-        fresh: list[OrderEvent] = await self.db(self.store.commit, batch)
+        try:
+            fresh: list[OrderEvent] = await self.db(self.store.commit, batch)
+        except StoreError as err:
+            await self._store_failed(err)
+            raise
+        ended = self.store_health.succeeded()
         for event in fresh:
             self.events_by_scene[event.scene] = self.events_by_scene.get(event.scene, 0) + 1
         if fresh:
@@ -92,7 +105,35 @@ class App:
                 listener(fresh)
             for event in fresh:
                 await self.plugins.call_observers("order_event", event=event)
+        if ended is not None:
+            await self._store_recovered(ended)
         return fresh
+
+    async def _store_failed(self, err: StoreError) -> None:
+        now = datetime.now(UTC)
+        if not self.store_health.failed(err, now):
+            return
+        logger.error("%s; polling goes on and nothing is lost: the same facts are committed "
+                     "once the store works again", err)
+        event = system_event(
+            SystemScene.STORE_FAILING, detected_at=now, discriminator=iso(now) or "",
+            message=f"poller cannot write its database: {err}. Polling goes on; what it "
+                    "sees is recorded and announced once the database works again")
+        if self.dispatcher is not None:
+            # The outbox is in the store that cannot commit: this one goes out directly.
+            await self.dispatcher.announce(event)
+
+    async def _store_recovered(self, outage: Outage) -> None:
+        now = datetime.now(UTC)
+        logger.info("the database works again (failing since %s, %d failed commits)",
+                    iso(outage.since), outage.failures)
+        with contextlib.suppress(StoreError):
+            await self.commit(Batch(events=[system_event(
+                SystemScene.STORE_RECOVERED, detected_at=now,
+                discriminator=iso(outage.since) or "",
+                message=(f"poller can write its database again (it could not since "
+                         f"{iso(outage.since)}: {outage.error}; {outage.failures} failed "
+                         "commits, retried)"))]))
 
     # -- startup -----------------------------------------------------------------------
 
@@ -144,7 +185,12 @@ class App:
         return None if tracker is None else tracker.actions
 
     async def _record_action(self, action_id: int, state: str, attempt: bool) -> None:
-        await self.db(self.store.update_action, action_id, state, attempt=attempt)
+        # An action's progress is for people to follow; its outcome is recorded (and kept
+        # until it can be) by the runner. A full disk must not stop a send half-way.
+        try:
+            await self.db(self.store.update_action, action_id, state, attempt=attempt)
+        except StoreError as err:
+            logger.debug("action %d: cannot record state %s: %s", action_id, state, err)
 
     def _start_dispatcher(self) -> None:
         self.dispatcher = Dispatcher(
@@ -234,6 +280,8 @@ class App:
         text += f", {sum(self.backlog.values())} queued notification(s)"
         if stopped:
             text += f", stopped: {', '.join(stopped)}"
+        if not self.store_health.ok:
+            text += f", {self.store_health.describe()}"
         return text
 
     # -- shutdown ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ its own worker, so a slow or failing one never delays another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -31,6 +32,24 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DbCall = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A delivery outcome to write to the outbox: the Store method and its arguments."""
+
+    method: str
+    values: dict[str, Any]
+
+    @property
+    def final(self) -> bool:
+        """Sent or dead-lettered: the row must never be delivered again."""
+        return self.method in ("mark_sent", "mark_dead")
+
+    @property
+    def not_before(self) -> float:
+        """When a retried or held row is due again (epoch seconds)."""
+        return float(self.values.get("next_attempt_at", self.values.get("until", 0.0)))
 
 
 @dataclass
@@ -80,6 +99,9 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._abort = asyncio.Event()
+        # Outcomes the store could not record (a full disk): kept here and written again, so
+        # a delivered row is never sent twice and a retrying one keeps its turn.
+        self._unrecorded: dict[int, Mark] = {}
 
     def start(self) -> None:
         """Start one worker task per notifier."""
@@ -113,6 +135,22 @@ class Dispatcher:
         await asyncio.gather(*self._tasks, aborted, return_exceptions=True)
         self._tasks.clear()
 
+    async def announce(self, event: OrderEvent) -> None:
+        """Send an operator event straight to every notifier that wants it, bypassing the
+        outbox: for the one problem the outbox cannot carry, a store that cannot commit.
+
+        Best effort, once: each notifier within its timeout, failures only logged.
+        """
+        async def one(notifier: Notifier) -> None:
+            try:
+                async with asyncio.timeout(notifier.config.timeout + 5):
+                    await notifier.send(event)
+            except Exception as err:  # best effort: the log line is the fallback
+                logger.warning("notifier %s: could not announce %s: %s", notifier.name,
+                               event.scene, self._redact(f"{type(err).__name__}: {err}"))
+
+        await asyncio.gather(*(one(n) for n in self.notifiers.values() if n.accepts(event)))
+
     def abort(self) -> None:
         """Make a running :meth:`stop` give up waiting at once."""
         self._abort.set()
@@ -122,11 +160,9 @@ class Dispatcher:
         wake = self._wake[name]
         while True:
             wake.clear()
-            try:
-                rows: list[OutboxRow] = await self._db(self.store.due, name)
-            except StoreError:
-                logger.exception("notifier %s: cannot read the outbox", name)
-                rows = []
+            if self._unrecorded:
+                await self._flush()
+            rows = await self._due(name)
             if not rows:
                 if self._stopping:
                     return
@@ -134,10 +170,16 @@ class Dispatcher:
                 continue
             held: list[OutboxRow] = []
             waiting: set[tuple[str, str, str]] = set()
+            now = time.time()
             for row in rows:
                 key = (row.event.broker, row.event.account_id, row.event.order_id)
                 if row.event.event_type == "TRADE" and key in waiting:
                     continue  # per-order ordering: this order's earlier event is retrying
+                mark = self._unrecorded.get(row.id)
+                if mark is not None and (mark.final or now < mark.not_before):
+                    if not mark.final:
+                        waiting.add(key)  # retrying (in memory only): later rows wait too
+                    continue
                 if row.held:
                     held.append(row)  # quiet hours are over: these go out as one digest
                     continue
@@ -147,11 +189,44 @@ class Dispatcher:
                     waiting.add(key)
             if held:
                 await self._deliver_digest(notifier, held)
-            if self._stopping and not await self._db(self.store.due, name):
+            if self._stopping and not await self._due(name):
                 return
 
+    async def _due(self, name: str) -> list[OutboxRow]:
+        """The notifier's due rows; none while the store cannot be read (its health says
+        why, once per episode; the worker looks again after its idle wait)."""
+        try:
+            rows: list[OutboxRow] = await self._db(self.store.due, name)
+        except StoreError as err:
+            logger.debug("notifier %s: cannot read the outbox: %s", name, err)
+            return []
+        return rows
+
+    async def _record(self, row_id: int, method: str, **values: Any) -> None:
+        """Write one delivery outcome; if the store refuses, keep it to write later."""
+        mark = Mark(method, values)
+        try:
+            await self._db(getattr(self.store, method), row_id, **values)
+        except StoreError as err:
+            logger.debug("outbox row %d: cannot record %s yet: %s", row_id, method, err)
+            self._unrecorded[row_id] = mark
+            return
+        self._unrecorded.pop(row_id, None)
+
+    async def _flush(self) -> None:
+        """Write the outcomes the store refused earlier, oldest first, until one fails."""
+        for row_id, mark in list(self._unrecorded.items()):
+            try:
+                await self._db(getattr(self.store, mark.method), row_id, **mark.values)
+            except StoreError:
+                return
+            self._unrecorded.pop(row_id, None)
+
     async def _sleep_until_due(self, name: str, wake: asyncio.Event) -> None:
-        due = await self._db(self.store.next_attempt, name)
+        try:
+            due = await self._db(self.store.next_attempt, name)
+        except StoreError:
+            due = None
         timeout = self.policy.idle_wait if due is None else max(0.0, due - time.time())
         timeout = min(timeout, self.policy.idle_wait)
         try:
@@ -178,7 +253,7 @@ class Dispatcher:
             logger.exception("notifier %s raised unexpectedly", notifier.name)
             message = self._redact(f"{type(err).__name__}: {err}")
             return await self._retry(notifier, row, message, None)
-        await self._db(self.store.mark_sent, row.id)
+        await self._record(row.id, "mark_sent")
         stats.delivered += 1
         stats.latencies.append((utcnow() - row.event.timestamp).total_seconds())
         del stats.latencies[:-1000]
@@ -192,7 +267,7 @@ class Dispatcher:
         end = quiet.end_of_quiet(utcnow())
         if end is None:
             return False
-        await self._db(self.store.hold, row.id, until=end.timestamp())
+        await self._record(row.id, "hold", until=end.timestamp())
         logger.info("notifier %s: holding %s until the end of quiet hours (%s)",
                     notifier.name, row.event.short_id, end.isoformat(timespec="minutes"))
         return True
@@ -212,7 +287,7 @@ class Dispatcher:
                 await self._retry(notifier, row, message, getattr(err, "retry_after", None))
             return
         for row in rows:
-            await self._db(self.store.mark_sent, row.id)
+            await self._record(row.id, "mark_sent")
         self.stats[notifier.name].delivered += len(rows)
 
     async def _retry(self, notifier: Notifier, row: OutboxRow, message: str,
@@ -230,8 +305,8 @@ class Dispatcher:
         level = logging.WARNING if row.attempts == 0 and not quiet else logging.INFO
         logger.log(level, "notifier %s: delivery of %s failed (attempt %d), retrying in %.1f s: %s",
                    notifier.name, row.event.short_id, row.attempts + 1, delay, message)
-        await self._db(self.store.mark_retry, row.id, next_attempt_at=time.time() + delay,
-                       error=message)
+        await self._record(row.id, "mark_retry", next_attempt_at=time.time() + delay,
+                           error=message)
         return False
 
     async def _dead(self, notifier: Notifier, row: OutboxRow, message: str) -> None:
@@ -240,15 +315,16 @@ class Dispatcher:
         stats.last_error = message
         logger.error("notifier %s: gave up on %s (%s %s): %s", notifier.name,
                      row.event.short_id, row.event.scene, row.event.order_id, message)
-        await self._db(self.store.mark_dead, row.id, error=message)
+        await self._record(row.id, "mark_dead", error=message)
         if row.event.event_type == "SYSTEM" and row.event.payload.get("notifier"):
             return  # never announce the failure of an announcement (no loops)
         now: datetime = utcnow()
-        await self._commit(Batch(events=[system_event(
-            SystemScene.NOTIFIER_DEAD_LETTER, notifier=notifier.name, detected_at=now,
-            broker=row.event.broker, order_id=row.event.order_id,
-            discriminator=row.event.id,
-            message=(f"notifier {notifier.name} could not deliver {row.event.short_id} "
-                     f"({row.event.scene} {row.event.order_id}): {message}. "
-                     f"Fix the cause, then run: poller events --requeue {notifier.name}"),
-        )]))
+        with contextlib.suppress(StoreError):  # the store's health announces its own trouble
+            await self._commit(Batch(events=[system_event(
+                SystemScene.NOTIFIER_DEAD_LETTER, notifier=notifier.name, detected_at=now,
+                broker=row.event.broker, order_id=row.event.order_id,
+                discriminator=row.event.id,
+                message=(f"notifier {notifier.name} could not deliver {row.event.short_id} "
+                         f"({row.event.scene} {row.event.order_id}): {message}. "
+                         f"Fix the cause, then run: poller events --requeue {notifier.name}"),
+            )]))

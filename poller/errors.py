@@ -285,4 +285,21 @@ class DeliveryFailed(NotifierError, NeedsHuman):
 
 
 class StoreError(PollerError, NeedsHuman):
-    """The state database cannot be opened or used."""
+    """The state database cannot be opened or used.
+
+    ``reason`` sorts the fault: ``locked`` (another process holds a lock: wait or stop it),
+    ``full`` (no space: the disk, or ``daemon.max_database_mb``), ``readonly`` (file, folder
+    or mount not writable), ``io`` (the device failed), ``corrupt`` (not a sound database),
+    ``replaced`` (the file was deleted or swapped while in use), ``busy`` (another daemon
+    runs on it) or ``other``. Only ``corrupt`` ever moves a file aside.
+    """
+
+    def __init__(self, message: str, *, reason: str = "other") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    @property
+    def transient(self) -> bool:
+        """Whether the same write may work later without anyone touching the file (a full
+        disk can get space back; a lock is released)."""
+        return self.reason in ("full", "locked", "io")

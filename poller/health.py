@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from poller.dispatch import Dispatcher
 from poller.models import iso
+from poller.storehealth import StoreHealth
 from poller.tracker import Tracker
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class DaemonView(Protocol):
     def events_by_scene(self) -> Mapping[str, int]: ...
     @property
     def last_tick(self) -> float: ...
+    @property
+    def store_health(self) -> StoreHealth: ...
 
 
 class AppCollector(Collector):
@@ -109,19 +112,36 @@ class AppCollector(Collector):
         for name, count in list(app.backlog.items()):
             backlog.add_metric([name], count)
         yield from (deliveries, latency, backlog)
+        store_ok = GaugeMetricFamily("poller_store_healthy",
+                                     "1 while the state database commits, 0 while it cannot")
+        store_ok.add_metric([], 1.0 if app.store_health.ok else 0.0)
+        failures = CounterMetricFamily("poller_store_commit_failures",
+                                       "Commits the state database refused")
+        failures.add_metric([], app.store_health.failures_total)
+        yield from (store_ok, failures)
 
 
 def health(app: DaemonView, *, stale_after: float) -> tuple[bool, dict[str, Any]]:
-    """Whether the daemon is alive, and the details ``/healthz`` shows."""
+    """Whether the daemon is healthy, and the details ``/healthz`` shows.
+
+    ``stalled`` (the main loop stopped ticking) and ``degraded`` (the store cannot commit)
+    answer 503; ``ok`` answers 200.
+    """
     alive = time.monotonic() - app.last_tick < stale_after
-    return alive, {
-        "status": "ok" if alive else "stalled",
+    outage = app.store_health.outage
+    status = "stalled" if not alive else "degraded" if outage is not None else "ok"
+    return status == "ok", {
+        "status": status,
         "connections": {
             name: {"last_success": iso(t.last_success), "open_orders": t.open_orders,
                    "stopped": t.stopped_reason}
             for name, t in list(app.trackers.items())
         },
         "outbox_backlog": dict(app.backlog),
+        "store": {"ok": outage is None,
+                  **({} if outage is None else {
+                      "failing_since": iso(outage.since), "reason": outage.reason,
+                      "error": outage.error, "failed_commits": outage.failures})},
     }
 
 

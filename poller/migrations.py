@@ -85,4 +85,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX actions_state ON actions (state, broker);
     """,
+    # 5: facts about the file itself; the daemon writes "opened_at" at every start, which
+    # proves the file writable before READY=1 (issue 11).
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]

@@ -65,6 +65,8 @@ class SystemScene(StrEnum):
     ORDER_RETIRED = "ORDER_RETIRED"
     NOTIFIER_DEAD_LETTER = "NOTIFIER_DEAD_LETTER"
     DATABASE_RECOVERED = "DATABASE_RECOVERED"
+    STORE_FAILING = "STORE_FAILING"
+    STORE_RECOVERED = "STORE_RECOVERED"
 
 
 def to_decimal(value: object, *, default: Decimal | None = None) -> Decimal | None:

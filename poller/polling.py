@@ -20,7 +20,7 @@ from typing import Protocol
 from poller.adapter import BrokerAdapter, ListScope, first_problem
 from poller.coordinator import Coordinator
 from poller.diff import diff
-from poller.errors import BrokerError
+from poller.errors import BrokerError, StoreError
 from poller.events import OrderEvent, system_event
 from poller.logsetup import ConnectionLog
 from poller.models import OrderSnapshot, OrderStatus, SystemScene, iso, utcnow
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 Commit = Callable[[Batch], Awaitable[list[OrderEvent]]]
 Watched = Callable[[], Awaitable[list[tuple[str, str]]]]
 
+#: Pauses before a failed commit is tried again (seconds), for faults that pass.
+COMMIT_BACKOFF = (0.5, 1.0, 2.0)
 #: Orders diffed between two yields to the event loop.
 YIELD_EVERY = 100
 #: Statuses in which an order is about to change: polled again soon.
@@ -131,7 +133,8 @@ class ConnectionPoller:
         try:
             result = await self.adapter.list_orders(scope)
         except BrokerError as err:
-            await self.commit(Batch(events=self.coordinator.failed(err, self._clock())))
+            await self._commit_or_later(Batch(events=self.coordinator.failed(err,
+                                                                             self._clock())))
             return
         now = self._clock()  # when the answer was read, not when the budget let us ask
         batch = Batch()
@@ -154,7 +157,8 @@ class ConnectionPoller:
         if first:
             batch.baselined.append((self.name, scope.label))
         batch.events.extend(self.coordinator.succeeded(now))
-        await self.commit(batch)
+        if not await self._commit_or_later(batch):
+            return
         if first and not announce:
             self.log.info("%s: recorded %d existing order(s) as the baseline "
                           "(set daemon.announce_existing to announce them)", scope.label,
@@ -170,7 +174,8 @@ class ConnectionPoller:
             found = await self.adapter.fetch_order(account_id, order_id)
         except BrokerError as err:
             if self.coordinator.concerns_connection(err):
-                await self.commit(Batch(events=self.coordinator.failed(err, self._clock())))
+                await self._commit_or_later(Batch(events=self.coordinator.failed(
+                    err, self._clock())))
             else:
                 self.coordinator.order_failed(err)
                 self.log.info("order %s: poll failed (%s): %s", order_id, err.category, err)
@@ -184,7 +189,9 @@ class ConnectionPoller:
             self._count_missing(self.book.view(key), key, batch, now)
         else:
             await self.apply(found, batch, now)
-        await self.commit(batch)
+        if not await self._commit_or_later(batch):
+            # Not in memory either: look at this order again soon, not a round-robin later.
+            self.queue.urgent(key, self._mono() + self.recheck_after())
 
     # -- what an answer means ----------------------------------------------------------
 
@@ -308,11 +315,33 @@ class ConnectionPoller:
     async def commit(self, batch: Batch) -> list[OrderEvent]:
         """Commit ``batch``; only once that succeeded does memory take its changes.
 
-        :raises StoreError: the commit failed; the book, the queue and pending actions are
-            as they were, so the next answer derives the same facts again.
+        A commit that fails for a reason that passes (a full disk, a lock held a while, an
+        I/O error) is tried again after :data:`COMMIT_BACKOFF` pauses.
+
+        :raises StoreError: the commit failed for good; the book, the queue and pending
+            actions are as they were, so the next answer derives the same facts again.
         """
-        fresh = await self._commit(batch) if batch else []
+        fresh: list[OrderEvent] = []
+        if batch:
+            for pause in (*COMMIT_BACKOFF, None):
+                try:
+                    fresh = await self._commit(batch)
+                    break
+                except StoreError as err:
+                    if pause is None or not err.transient:
+                        raise
+                    await asyncio.sleep(pause)
         self.book.apply(batch)
         for effect in batch.effects:
             effect()
         return fresh
+
+    async def _commit_or_later(self, batch: Batch) -> bool:
+        """Commit a poll's batch; False when the store refused (the store's health reports
+        the outage once; this answer's facts come again with the next one)."""
+        try:
+            await self.commit(batch)
+        except StoreError as err:
+            self.log.debug("commit failed, the next answer will say the same: %s", err)
+            return False
+        return True

@@ -8,23 +8,51 @@ so a crash can never leave a transition recorded without its deliveries (or the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar, cast
 
-from poller.dbfile import REQUIRED_PRAGMAS, check, connect, migrate, move_aside, take_lock
-from poller.errors import StoreError
+from poller.dbfile import (
+    REQUIRED_PRAGMAS,
+    Identity,
+    check,
+    connect,
+    fault,
+    limit_size,
+    lock_path_of,
+    make_private,
+    migrate,
+    move_aside,
+    probe_write,
+    reason_of,
+    take_lock,
+)
 from poller.events import OrderEvent
 from poller.models import OrderSnapshot, iso, utcnow
 from poller.records import ActionRow, Batch, Delivery, OutboxRow, StoredOrder
 
 logger = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
+
+
+def guarded(doing: str) -> Callable[[F], F]:
+    """Turn any sqlite3 error of a Store method into one :class:`StoreError` line."""
+    def wrap(method: F) -> F:
+        @functools.wraps(method)
+        def call(self: Store, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as err:
+                raise fault(err, self.path, doing) from err
+        return cast(F, call)
+    return wrap
 
 
 class Store:
@@ -35,39 +63,68 @@ class Store:
         self.path = path
         self._lock = lock
         self.recovered_from: Path | None = None
+        self._identity = Identity.of(path)
+        self._lock_identity = Identity.of(lock_path_of(path)) if lock is not None else None
 
     @classmethod
-    def open(cls, path: Path | str, *, lock: bool = False) -> Store:
+    def open(cls, path: Path | str, *, lock: bool = False,
+             max_mb: float | None = None) -> Store:
         """Open (creating and migrating if needed) the database at ``path``.
 
-        With ``lock=True`` the caller becomes the one daemon allowed on this database; a
-        second one gets a :class:`StoreError`. A file that is not a sound SQLite database is
-        moved aside (``recovered_from`` says where) and a fresh one is created, so the
-        daemon starts from a silent baseline instead of re-announcing everything.
+        With ``lock=True`` the caller becomes the one daemon allowed on this database (a
+        second one gets a :class:`StoreError`), the file must be writable (checked with a
+        real write, before the daemon says it is ready), and a file SQLite calls damaged is
+        moved aside (``recovered_from`` says where) for a fresh one, so the daemon starts
+        from a silent baseline instead of re-announcing everything. Without the lock (the
+        read commands) a damaged file is left alone and reported; a locked one is waited
+        for a bounded time. Every fault is a :class:`StoreError` naming its ``reason``.
+
+        :param max_mb: cap the file's size (``daemon.max_database_mb``).
         """
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as err:
-            raise StoreError(f"cannot create {path.parent}: {err.strerror}") from err
+            raise fault(err, path.parent, "create the folder of") from err
         lock_file = take_lock(path) if lock else None
+        try:
+            store = cls._open_locked(path, lock_file, max_mb)
+        except BaseException:
+            if lock_file is not None:
+                lock_file.close()
+            raise
+        return store
+
+    @classmethod
+    def _open_locked(cls, path: Path, lock_file: IO[bytes] | None,
+                     max_mb: float | None) -> Store:
         recovered: Path | None = None
         try:
-            try:
-                conn = connect(path)
-                try:
-                    check(conn)
-                except sqlite3.DatabaseError:
-                    conn.close()
-                    raise
-            except sqlite3.DatabaseError as err:
-                recovered = move_aside(path, str(err))
-                conn = connect(path)
-            migrate(conn)
+            make_private(path)
+        except OSError as err:
+            raise fault(err, path, "create") from err
+        try:
+            conn = _checked(path)
         except sqlite3.Error as err:
-            if lock_file:
-                lock_file.close()
-            raise StoreError(f"cannot use database {path}: {err}") from err
+            if reason_of(err) != "corrupt" or lock_file is None:
+                raise fault(err, path, "open") from err
+            # Damaged, and we are the daemon: nobody else can be using the file.
+            recovered = move_aside(path, str(err))
+            make_private(path)
+            try:
+                conn = _checked(path)
+            except sqlite3.Error as again:
+                raise fault(again, path, "create") from again
+        try:
+            migrate(conn)
+            limit_size(conn, max_mb)
+            if lock_file is not None:
+                _probe(conn, path)
+        except BaseException as err:
+            conn.close()
+            if isinstance(err, sqlite3.Error):
+                raise fault(err, path, "write to") from err
+            raise
         store = cls(conn, path, lock_file)
         store.recovered_from = recovered
         return store
@@ -84,18 +141,45 @@ class Store:
         return {name: self._conn.execute(f"PRAGMA {name}").fetchone()[0] for name in
                 (*REQUIRED_PRAGMAS, "busy_timeout")}
 
+    @guarded("limit the size of")
+    def set_size_limit(self, max_mb: float | None) -> None:
+        """Change the size cap (``daemon.max_database_mb``, on reload)."""
+        limit_size(self._conn, max_mb)
+
+    def identity_problem(self) -> str | None:
+        """Why the files this store opened are not the ones at their paths any more, or None.
+
+        A database or lock file deleted or replaced while the daemon runs would let a second
+        daemon start beside this one (on a new lock file) or write to a file nobody reads.
+        """
+        checks = [(self.path, self._identity)]
+        if self._lock is not None:
+            checks.append((lock_path_of(self.path), self._lock_identity))
+        for where, opened in checks:
+            now = Identity.of(where)
+            if now is None:
+                return f"{where} was deleted while poller was using it"
+            if now != opened:
+                return f"{where} was replaced by another file while poller was using it"
+        return None
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            # A failed statement may have ended the transaction already (SQLite rolls back
+            # by itself after some I/O errors): never let the rollback hide the cause.
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
 
     # -- orders -------------------------------------------------------------------------
 
+    @guarded("read")
     def load_orders(self, broker: str) -> dict[tuple[str, str, str], OrderSnapshot]:
         """Every stored snapshot of one connection, keyed by (broker, account, order id)."""
         rows = self._conn.execute(
@@ -107,6 +191,7 @@ class Store:
             result[snap.key] = snap
         return result
 
+    @guarded("read")
     def missing_counts(self, broker: str) -> dict[tuple[str, str, str], int]:
         """How many polls in a row each non-final order of a connection was absent."""
         rows = self._conn.execute(
@@ -115,6 +200,7 @@ class Store:
         ).fetchall()
         return {(broker, a, o): n for a, o, n in rows}
 
+    @guarded("read")
     def known_accounts(self, broker: str) -> set[str]:
         """Accounts of a connection whose baseline has been recorded."""
         rows = self._conn.execute(
@@ -122,6 +208,7 @@ class Store:
         ).fetchall()
         return {a for (a,) in rows}
 
+    @guarded("read")
     def list_orders(self, broker: str | None = None, *, include_final: bool = True) -> list[
         StoredOrder
     ]:
@@ -143,6 +230,7 @@ class Store:
 
     # -- the one write path --------------------------------------------------------------
 
+    @guarded("write to")
     def commit(self, batch: Batch) -> list[OrderEvent]:
         """Write a poll's snapshots, events and outbox rows in one transaction.
 
@@ -154,63 +242,61 @@ class Store:
         now = iso(utcnow())
         epoch = time.time()
         fresh: list[OrderEvent] = []
-        try:
-            with self._transaction() as db:
-                for broker, account in batch.baselined:
+        with self._transaction() as db:
+            for broker, account in batch.baselined:
+                db.execute(
+                    "INSERT OR IGNORE INTO accounts (broker, account_id, baseline_at) "
+                    "VALUES (?, ?, ?)", (broker, account, now),
+                )
+            for snap in batch.snapshots:
+                db.execute(
+                    "INSERT INTO orders (broker, account_id, order_id, status, final, "
+                    "snapshot, first_seen, last_seen, last_changed, missing, stale) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0) "
+                    "ON CONFLICT (broker, account_id, order_id) DO UPDATE SET "
+                    "status = excluded.status, final = excluded.final, "
+                    "snapshot = excluded.snapshot, last_seen = excluded.last_seen, "
+                    "last_changed = excluded.last_changed, missing = 0, stale = 0",
+                    (*snap.key, snap.status.value, int(snap.final),
+                     json.dumps(snap.to_json(), separators=(",", ":")), now, now, now),
+                )
+            for key in batch.seen:
+                db.execute(
+                    "UPDATE orders SET last_seen = ?, missing = 0 WHERE broker = ? "
+                    "AND account_id = ? AND order_id = ?", (now, *key),
+                )
+            for key, count in batch.missing.items():
+                db.execute(
+                    "UPDATE orders SET missing = ? WHERE broker = ? AND account_id = ? "
+                    "AND order_id = ?", (count, *key),
+                )
+            for key in batch.stale:
+                db.execute(
+                    "UPDATE orders SET stale = 1 WHERE broker = ? AND account_id = ? "
+                    "AND order_id = ?", key,
+                )
+            for event in batch.events:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO events (id, event_type, scene, broker, "
+                    "account_id, order_id, created_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event.id, event.event_type, event.scene, event.broker,
+                     event.account_id, event.order_id, now,
+                     json.dumps(event.to_json(), separators=(",", ":"))),
+                )
+                if cursor.rowcount != 1:
+                    continue
+                fresh.append(event)
+                for notifier in batch.routes.get(event.id, ()):
                     db.execute(
-                        "INSERT OR IGNORE INTO accounts (broker, account_id, baseline_at) "
-                        "VALUES (?, ?, ?)", (broker, account, now),
+                        "INSERT INTO outbox (event_seq, notifier, state, next_attempt_at, "
+                        "created_at) VALUES (?, ?, 'pending', ?, ?)",
+                        (cursor.lastrowid, notifier, epoch, now),
                     )
-                for snap in batch.snapshots:
-                    db.execute(
-                        "INSERT INTO orders (broker, account_id, order_id, status, final, "
-                        "snapshot, first_seen, last_seen, last_changed, missing, stale) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0) "
-                        "ON CONFLICT (broker, account_id, order_id) DO UPDATE SET "
-                        "status = excluded.status, final = excluded.final, "
-                        "snapshot = excluded.snapshot, last_seen = excluded.last_seen, "
-                        "last_changed = excluded.last_changed, missing = 0, stale = 0",
-                        (*snap.key, snap.status.value, int(snap.final),
-                         json.dumps(snap.to_json(), separators=(",", ":")), now, now, now),
-                    )
-                for key in batch.seen:
-                    db.execute(
-                        "UPDATE orders SET last_seen = ?, missing = 0 WHERE broker = ? "
-                        "AND account_id = ? AND order_id = ?", (now, *key),
-                    )
-                for key, count in batch.missing.items():
-                    db.execute(
-                        "UPDATE orders SET missing = ? WHERE broker = ? AND account_id = ? "
-                        "AND order_id = ?", (count, *key),
-                    )
-                for key in batch.stale:
-                    db.execute(
-                        "UPDATE orders SET stale = 1 WHERE broker = ? AND account_id = ? "
-                        "AND order_id = ?", key,
-                    )
-                for event in batch.events:
-                    cursor = db.execute(
-                        "INSERT OR IGNORE INTO events (id, event_type, scene, broker, "
-                        "account_id, order_id, created_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (event.id, event.event_type, event.scene, event.broker,
-                         event.account_id, event.order_id, now,
-                         json.dumps(event.to_json(), separators=(",", ":"))),
-                    )
-                    if cursor.rowcount != 1:
-                        continue
-                    fresh.append(event)
-                    for notifier in batch.routes.get(event.id, ()):
-                        db.execute(
-                            "INSERT INTO outbox (event_seq, notifier, state, next_attempt_at, "
-                            "created_at) VALUES (?, ?, 'pending', ?, ?)",
-                            (cursor.lastrowid, notifier, epoch, now),
-                        )
-        except sqlite3.Error as err:
-            raise StoreError(f"cannot write to {self.path}: {err}") from err
         return fresh
 
     # -- outbox ---------------------------------------------------------------------------
 
+    @guarded("read")
     def due(self, notifier: str, *, now: float | None = None, limit: int = 50) -> list[OutboxRow]:
         """Pending deliveries of one notifier whose time has come, oldest event first.
 
@@ -243,12 +329,14 @@ class Store:
                 break
         return result
 
+    @guarded("write to")
     def hold(self, row_id: int, *, until: float) -> None:
         """Hold a delivery for quiet hours; it is sent in a digest at ``until``."""
         with self._transaction() as db:
             db.execute("UPDATE outbox SET held = 1, next_attempt_at = ? WHERE id = ?",
                        (until, row_id))
 
+    @guarded("read")
     def next_attempt(self, notifier: str) -> float | None:
         """When the earliest pending delivery of a notifier becomes due (epoch seconds)."""
         row = self._conn.execute(
@@ -257,6 +345,7 @@ class Store:
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
+    @guarded("write to")
     def mark_sent(self, row_id: int) -> None:
         """Record that the service accepted a delivery (only ever after it did)."""
         with self._transaction() as db:
@@ -265,6 +354,7 @@ class Store:
                 "last_error = '', held = 0 WHERE id = ?", (iso(utcnow()), row_id),
             )
 
+    @guarded("write to")
     def mark_retry(self, row_id: int, *, next_attempt_at: float, error: str) -> None:
         """Record a failed attempt and when to try again."""
         with self._transaction() as db:
@@ -273,6 +363,7 @@ class Store:
                 "WHERE id = ?", (next_attempt_at, error, row_id),
             )
 
+    @guarded("write to")
     def mark_dead(self, row_id: int, *, error: str) -> None:
         """Give up on a delivery (dead letter); ``requeue_dead`` brings it back."""
         with self._transaction() as db:
@@ -281,6 +372,7 @@ class Store:
                 "WHERE id = ?", (error, row_id),
             )
 
+    @guarded("write to")
     def requeue_dead(self, notifier: str | None = None) -> int:
         """Put dead-lettered deliveries back in the queue; returns how many."""
         sql = "UPDATE outbox SET state = 'pending', next_attempt_at = ? WHERE state = 'dead'"
@@ -291,6 +383,7 @@ class Store:
         with self._transaction() as db:
             return db.execute(sql, args).rowcount
 
+    @guarded("read")
     def backlog(self) -> dict[str, int]:
         """Pending deliveries per notifier."""
         rows = self._conn.execute(
@@ -298,6 +391,7 @@ class Store:
         ).fetchall()
         return {n: c for n, c in rows}
 
+    @guarded("read")
     def recent_events(
         self, limit: int = 50, *, broker: str | None = None
     ) -> list[tuple[OrderEvent, list[Delivery]]]:
@@ -327,6 +421,7 @@ class Store:
     _ACTION_COLUMNS = ("id, broker, account_id, order_id, kind, qty, price, state, attempts, "
                        "outcome, message, created_at, updated_at")
 
+    @guarded("write to")
     def add_action(self, broker: str, account_id: str, order_id: str, kind: str, *,
                    qty: str | None = None, price: str | None = None) -> int:
         """Queue a replace or cancel for the daemon; returns the action id."""
@@ -338,12 +433,14 @@ class Store:
                 (broker, account_id, order_id, kind, qty, price, now, now))
             return int(cursor.lastrowid or 0)
 
+    @guarded("read")
     def action(self, action_id: int) -> ActionRow | None:
         """One action by id."""
         row = self._conn.execute(
             f"SELECT {self._ACTION_COLUMNS} FROM actions WHERE id = ?", (action_id,)).fetchone()
         return ActionRow(*row) if row else None
 
+    @guarded("read")
     def open_actions(self, broker: str | None = None) -> list[ActionRow]:
         """Actions not finished yet (queued, or interrupted while sending/verifying)."""
         sql = f"SELECT {self._ACTION_COLUMNS} FROM actions WHERE state IN " \
@@ -354,6 +451,7 @@ class Store:
             args.append(broker)
         return [ActionRow(*r) for r in self._conn.execute(sql + " ORDER BY id", args)]
 
+    @guarded("write to")
     def update_action(self, action_id: int, state: str, *, outcome: str = "",
                       message: str = "", attempt: bool = False) -> None:
         """Move an action to ``state`` (and record its outcome)."""
@@ -365,6 +463,7 @@ class Store:
 
     # -- watched orders ---------------------------------------------------------------------
 
+    @guarded("write to")
     def watch(self, broker: str, account_id: str, order_id: str) -> bool:
         """Add an order id no list call discovers; False if it was already watched."""
         with self._transaction() as db:
@@ -374,6 +473,7 @@ class Store:
             )
             return cur.rowcount == 1
 
+    @guarded("write to")
     def unwatch(self, broker: str, order_id: str) -> bool:
         """Stop watching an order id; False if it was not watched."""
         with self._transaction() as db:
@@ -382,6 +482,7 @@ class Store:
             )
             return cur.rowcount == 1
 
+    @guarded("read")
     def watched(self, broker: str) -> list[tuple[str, str]]:
         """(account id, order id) pairs watched on one connection."""
         return [
@@ -392,3 +493,25 @@ class Store:
         ]
 
 
+
+
+def _checked(path: Path) -> sqlite3.Connection:
+    """A connection to a file that passed ``quick_check``."""
+    conn = connect(path)
+    try:
+        check(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _probe(conn: sqlite3.Connection, path: Path) -> None:
+    """The daemon's start-up write: a read-only file refuses it; a full one is let through
+    (space may come back; commits are retried), with a warning."""
+    try:
+        probe_write(conn)
+    except sqlite3.Error as err:
+        if reason_of(err) != "full":
+            raise
+        logger.warning("%s", fault(err, path, "write to"))

@@ -91,7 +91,7 @@ class StoreCommit:
         self.calls += 1
         if self.fail_next:
             self.fail_next -= 1
-            raise StoreError("cannot write to poller.db: database or disk is full")
+            raise StoreError("cannot write to poller.db: no space left", reason="full")
         batch.routes.update({e.id: ("hook",) for e in batch.events})
         return self.store.commit(batch)
 

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from poller.dispatch import Dispatcher
+from poller.errors import StoreError
 from poller.health import HealthServer
 from poller.models import parse_iso
 from poller.simulator.shioaji import ShioajiSim
+from poller.storehealth import StoreHealth
 from poller.tracker import Tracker
 from tests.conftest import Receiver, daemon_config, running_app
 
@@ -36,6 +39,7 @@ class View:
     backlog: dict[str, int] = field(default_factory=dict)
     events_by_scene: dict[str, int] = field(default_factory=dict)
     last_tick: float = field(default_factory=time.monotonic)
+    store_health: StoreHealth = field(default_factory=StoreHealth)
 
 
 def get(port: int, path: str) -> tuple[int, str, str]:
@@ -70,6 +74,7 @@ def view(shared_view: View) -> View:
     shared_view.backlog = {"hook": 2, "mail": 0}
     shared_view.events_by_scene = {"PLACED": 3, "FILLED": 1}
     shared_view.last_tick = time.monotonic()
+    shared_view.store_health = StoreHealth()
     return shared_view
 
 
@@ -94,7 +99,8 @@ def test_healthz_follows_the_main_loop_tick(view: View, server: HealthServer, ag
     code, content_type, body = get(server.port, "/healthz")
     assert (code, content_type) == (status, "application/json")
     assert json.loads(body) == {"status": word, "connections": {},
-                                "outbox_backlog": {"hook": 2, "mail": 0}}
+                                "outbox_backlog": {"hook": 2, "mail": 0},
+                                "store": {"ok": True}}
 
 
 def test_metrics_are_read_at_scrape_time(view: View, server: HealthServer) -> None:
@@ -104,7 +110,9 @@ def test_metrics_are_read_at_scrape_time(view: View, server: HealthServer) -> No
     assert sample(first, "poller_outbox_backlog", notifier="hook") == 2.0
     assert sample(first, "poller_outbox_backlog", notifier="mail") == 0.0
     # No connection and no dispatcher: those families have no samples at all.
-    assert {name for name, _ in first} == {"poller_events_total", "poller_outbox_backlog"}
+    assert {name for name, _ in first} == {"poller_events_total", "poller_outbox_backlog",
+                                           "poller_store_healthy",
+                                           "poller_store_commit_failures_total"}
 
     view.events_by_scene["PLACED"] = 4
     view.events_by_scene["EXPIRED"] = 1
@@ -220,3 +228,20 @@ def test_a_running_daemon(tmp_path: Path, receiver: Receiver) -> None:
         latency = sample(scraped, "poller_delivery_latency_seconds", notifier="hook",
                          quantile=quantile)
         assert latency is not None and latency >= 0.0
+
+
+def test_a_store_that_cannot_commit_makes_health_degraded(server: HealthServer,
+                                                          view: View) -> None:
+    view.store_health.failed(StoreError("cannot write to p.db: no space left", reason="full"),
+                             datetime(2026, 5, 20, 3, 0, tzinfo=UTC))
+    status, _, body = get(server.port, "/healthz")
+    data = json.loads(body)
+    assert (status, data["status"]) == (503, "degraded")
+    assert data["store"] == {"ok": False, "failing_since": "2026-05-20T03:00:00.000Z",
+                             "reason": "full", "error": "cannot write to p.db: no space left",
+                             "failed_commits": 1}
+    samples = metrics(server.port)
+    assert sample(samples, "poller_store_healthy") == 0.0
+    assert sample(samples, "poller_store_commit_failures_total") == 1.0
+    view.store_health.succeeded()
+    assert get(server.port, "/healthz")[0] == 200

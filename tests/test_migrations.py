@@ -23,6 +23,7 @@ STEPS: list[tuple[set[str], dict[str, set[str]]]] = [
     ({"watched"}, {}),
     (set(), {"outbox": {"held"}}),
     ({"actions", "actions_state"}, {}),
+    ({"meta"}, {}),
 ]
 
 T0 = datetime(2026, 5, 20, 3, 24, 30, 125000, tzinfo=UTC)
@@ -156,10 +157,11 @@ def test_an_older_database_is_migrated_forward_keeping_its_rows(tmp_path: Path,
         assert (row.event.id, row.event.payload, row.held, row.attempts) == (
             EVENT.id, EVENT.payload, False, 0)
         assert store.watched("tw") == ([("A1", "W9")] if upto >= 2 else [])
-        assert store.open_actions() == []
+        queued = [("O1", "replace", "600")] if upto >= 4 else []
+        assert [(a.order_id, a.kind, a.qty) for a in store.open_actions()] == queued
         # The tables and columns the migration added are usable at once.
         assert store.watch("tw", "A1", "W10")
-        action = store.action(store.add_action("tw", "A1", "O1", "cancel"))
+        action = store.action(store.add_action("tw", "A1", "O2", "cancel"))
         assert action is not None and (action.kind, action.state) == ("cancel", "queued")
         store.hold(row.id, until=5.0)
         assert store.due("hook", now=1.0) == [] and store.due("hook", now=6.0)[0].held

@@ -12,10 +12,10 @@ import pytest
 
 from poller.adapter import ListResult, ListScope
 from poller.coordinator import Coordinator
-from poller.errors import BrokerAuthError, BrokerUnavailable, StoreError
+from poller.errors import BrokerAuthError, BrokerUnavailable
 from poller.models import OrderStatus
 from poller.orderbook import OrderBook
-from poller.polling import ConnectionPoller, recheck_after
+from poller.polling import COMMIT_BACKOFF, ConnectionPoller, recheck_after
 from poller.pollqueue import OrderQueue
 from tests.scripted import T0, ScriptedAdapter, StoreCommit, clock_at, order
 
@@ -64,15 +64,26 @@ def test_a_failed_commit_changes_nothing_in_memory_and_the_facts_come_again(
     async def run() -> None:
         await poller.poll()
         adapter.orders["1"] = order("1", OrderStatus.PARTIAL_FILLED, filled=4)
-        commit.fail_next = 1
-        with pytest.raises(StoreError):
-            await poller.poll()
+        commit.fail_next = 10  # more than the poll's own retries: the disk stays full
+        await poller.poll()
+        assert commit.calls == 2 + len(COMMIT_BACKOFF)  # the baseline, then every retry
         assert poller.book.known[("cx", "A", "1")].filled_qty == 0
+        commit.fail_next = 0  # space is back
         await poller.poll()
 
     asyncio.run(run())
     assert commit.scenes() == ["FILLED"]
     assert poller.book.known[("cx", "A", "1")].filled_qty == 4
+
+
+def test_a_commit_that_fails_once_is_retried_within_the_poll(tmp_path: Path) -> None:
+    adapter = ScriptedAdapter()
+    commit = StoreCommit(tmp_path)
+    poller = poller_for(adapter, commit, announce=True)
+    adapter.orders["1"] = order("1")
+    commit.fail_next = 1
+    asyncio.run(poller.poll())
+    assert commit.scenes() == ["PLACED"] and commit.calls == 2
 
 
 def test_one_answer_repeating_an_order_and_an_older_state_gives_one_event(
@@ -180,14 +191,17 @@ def test_a_changed_order_is_requeued_urgently_once_committed(tmp_path: Path) -> 
     async def run() -> None:
         await poller.poll()
         adapter.orders["1"] = replace(order("1", OrderStatus.PARTIAL_FILLED, filled=2))
-        commit.fail_next = 1
-        with pytest.raises(StoreError):
-            await poller.poll_order(("cx", "A", "1"))
-        assert poller.queue.next_due() is None  # nothing changed in memory: not requeued
+        commit.fail_next = 10
+        await poller.poll_order(("cx", "A", "1"))
+        assert poller.book.known[("cx", "A", "1")].filled_qty == 0  # nothing in memory
+        assert poller.queue.next_due() is not None  # but looked at again soon
+        poller.queue.pop(float("inf"))
+        commit.fail_next = 0
         await poller.poll_order(("cx", "A", "1"))
 
     asyncio.run(run())
     assert poller.queue.next_due() is not None
+    assert commit.scenes() == ["FILLED"]
 
 
 @pytest.mark.parametrize(("queued", "rate", "expected"), [

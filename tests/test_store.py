@@ -116,10 +116,13 @@ def test_only_one_daemon_per_database(tmp_path: Path) -> None:
     Store.open(tmp_path / "s.db", lock=True).close()
 
 
-def test_a_damaged_database_is_moved_aside(tmp_path: Path) -> None:
+def test_a_damaged_database_is_moved_aside_only_by_the_daemon(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     path.write_bytes(b"this is not a database" * 100)
-    store = Store.open(path)
+    with pytest.raises(StoreError, match="is damaged") as caught:
+        Store.open(path)  # a read command: reports, touches nothing
+    assert caught.value.reason == "corrupt" and path.read_bytes().startswith(b"this is not")
+    store = Store.open(path, lock=True)
     assert store.recovered_from is not None and store.recovered_from.exists()
     assert store.recovered_from.read_bytes().startswith(b"this is not")
     assert store.load_orders("tw") == {} and store.known_accounts("tw") == set()
