@@ -216,6 +216,8 @@ class App:
         if loaded.settings.daemon.database != self.settings.daemon.database:
             logger.warning("daemon.database changed; the new path takes effect after a restart")
         self.redactor.add(loaded.validated.secrets())
+        if loaded.settings.daemon.max_database_mb != self.settings.daemon.max_database_mb:
+            await self.db(self.store.set_size_limit, loaded.settings.daemon.max_database_mb)
         self.settings = loaded.settings.model_copy(
             update={"daemon": loaded.settings.daemon.model_copy(
                 update={"database": self.settings.daemon.database})})

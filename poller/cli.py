@@ -142,13 +142,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     redactor = setup_logging(level=args.log_level or settings.daemon.log_level,
                              fmt=args.log_format or settings.daemon.log_format,
                              redactor=Redactor(validated.secrets()))
-    store = Store.open(settings.daemon.database, lock=True)
+    store = Store.open(settings.daemon.database, lock=True,
+                       max_mb=settings.daemon.max_database_mb)
     try:
         app = App.create(settings, loaded.plugins, validated, redactor=redactor, store=store)
-        asyncio.run(serve(app, reloader=lambda: load(path)))
+        lifecycle = asyncio.run(serve(app, reloader=lambda: load(path)))
     finally:
         store.close()
-    return EX_OK
+    return lifecycle.exit_code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

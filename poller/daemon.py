@@ -27,6 +27,7 @@ from poller.systemd import watchdog_interval
 logger = logging.getLogger(__name__)
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EX_IOERR = 74
 STATUS_EVERY = 5.0
 
 Reloader = Callable[[], Loaded]
@@ -40,6 +41,8 @@ class Lifecycle:
         self.should_exit = asyncio.Event()
         self.reload = asyncio.Event()
         self.force_exit = False
+        #: What ``poller run`` exits with (74 when the database was taken away under us).
+        self.exit_code = 0
         self.signals: list[int] = []
         self.on_force: Callable[[], None] | None = None
 
@@ -151,7 +154,15 @@ class Server:
             await self.on_tick()
 
     async def on_tick(self) -> None:
-        """Ping the watchdog while polls keep completing; refresh the status line."""
+        """Check the database is still ours; ping the watchdog while polls keep completing;
+        refresh the status line."""
+        problem = await self.app.db(self.app.store.identity_problem)
+        if problem is not None:
+            logger.error("%s; stopping, since another poller could now start beside this one "
+                         "(restore the file, then start poller again)", problem)
+            self.lifecycle.exit_code = EX_IOERR
+            self.lifecycle.should_exit.set()
+            return
         beat = self.app.heartbeat
         if self._watchdog and beat != self._last_beat:
             self.systemd.watchdog()  # only while polls keep completing

@@ -38,6 +38,7 @@ DbCall = Callable[..., Awaitable[Any]]
 class Mark:
     """A delivery outcome to write to the outbox: the Store method and its arguments."""
 
+    notifier: str
     method: str
     values: dict[str, Any]
 
@@ -162,6 +163,11 @@ class Dispatcher:
             wake.clear()
             if self._unrecorded:
                 await self._flush()
+            if self._unrecorded_sends(name):
+                # A delivery the store could not record yet: send nothing more until it is,
+                # so a crash meanwhile repeats one message, not every message since.
+                await self._sleep_until_due(name, wake, at_most=1.0)
+                continue
             rows = await self._due(name)
             if not rows:
                 if self._stopping:
@@ -187,10 +193,16 @@ class Dispatcher:
                     continue
                 if not await self._deliver(notifier, row):
                     waiting.add(key)
-            if held:
+                if self._unrecorded_sends(name):
+                    break  # the store stopped recording: wait for it (see above)
+            if held and not self._unrecorded_sends(name):
                 await self._deliver_digest(notifier, held)
             if self._stopping and not await self._due(name):
                 return
+
+    def _unrecorded_sends(self, name: str) -> bool:
+        """Whether a delivery of this notifier is sent (or given up) but not yet recorded."""
+        return any(m.notifier == name and m.final for m in self._unrecorded.values())
 
     async def _due(self, name: str) -> list[OutboxRow]:
         """The notifier's due rows; none while the store cannot be read (its health says
@@ -202,9 +214,9 @@ class Dispatcher:
             return []
         return rows
 
-    async def _record(self, row_id: int, method: str, **values: Any) -> None:
+    async def _record(self, notifier: str, row_id: int, method: str, **values: Any) -> None:
         """Write one delivery outcome; if the store refuses, keep it to write later."""
-        mark = Mark(method, values)
+        mark = Mark(notifier, method, values)
         try:
             await self._db(getattr(self.store, method), row_id, **values)
         except StoreError as err:
@@ -222,13 +234,14 @@ class Dispatcher:
                 return
             self._unrecorded.pop(row_id, None)
 
-    async def _sleep_until_due(self, name: str, wake: asyncio.Event) -> None:
+    async def _sleep_until_due(self, name: str, wake: asyncio.Event, *,
+                               at_most: float | None = None) -> None:
         try:
             due = await self._db(self.store.next_attempt, name)
         except StoreError:
             due = None
         timeout = self.policy.idle_wait if due is None else max(0.0, due - time.time())
-        timeout = min(timeout, self.policy.idle_wait)
+        timeout = min(timeout, self.policy.idle_wait, at_most or self.policy.idle_wait)
         try:
             await asyncio.wait_for(wake.wait(), timeout=timeout)
         except TimeoutError:
@@ -253,7 +266,7 @@ class Dispatcher:
             logger.exception("notifier %s raised unexpectedly", notifier.name)
             message = self._redact(f"{type(err).__name__}: {err}")
             return await self._retry(notifier, row, message, None)
-        await self._record(row.id, "mark_sent")
+        await self._record(notifier.name, row.id, "mark_sent")
         stats.delivered += 1
         stats.latencies.append((utcnow() - row.event.timestamp).total_seconds())
         del stats.latencies[:-1000]
@@ -267,7 +280,7 @@ class Dispatcher:
         end = quiet.end_of_quiet(utcnow())
         if end is None:
             return False
-        await self._record(row.id, "hold", until=end.timestamp())
+        await self._record(notifier.name, row.id, "hold", until=end.timestamp())
         logger.info("notifier %s: holding %s until the end of quiet hours (%s)",
                     notifier.name, row.event.short_id, end.isoformat(timespec="minutes"))
         return True
@@ -287,7 +300,7 @@ class Dispatcher:
                 await self._retry(notifier, row, message, getattr(err, "retry_after", None))
             return
         for row in rows:
-            await self._record(row.id, "mark_sent")
+            await self._record(notifier.name, row.id, "mark_sent")
         self.stats[notifier.name].delivered += len(rows)
 
     async def _retry(self, notifier: Notifier, row: OutboxRow, message: str,
@@ -305,8 +318,8 @@ class Dispatcher:
         level = logging.WARNING if row.attempts == 0 and not quiet else logging.INFO
         logger.log(level, "notifier %s: delivery of %s failed (attempt %d), retrying in %.1f s: %s",
                    notifier.name, row.event.short_id, row.attempts + 1, delay, message)
-        await self._record(row.id, "mark_retry", next_attempt_at=time.time() + delay,
-                           error=message)
+        await self._record(notifier.name, row.id, "mark_retry",
+                           next_attempt_at=time.time() + delay, error=message)
         return False
 
     async def _dead(self, notifier: Notifier, row: OutboxRow, message: str) -> None:
@@ -315,7 +328,7 @@ class Dispatcher:
         stats.last_error = message
         logger.error("notifier %s: gave up on %s (%s %s): %s", notifier.name,
                      row.event.short_id, row.event.scene, row.event.order_id, message)
-        await self._record(row.id, "mark_dead", error=message)
+        await self._record(notifier.name, row.id, "mark_dead", error=message)
         if row.event.event_type == "SYSTEM" and row.event.payload.get("notifier"):
             return  # never announce the failure of an announcement (no loops)
         now: datetime = utcnow()

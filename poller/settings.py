@@ -86,6 +86,11 @@ class DaemonSettings(BaseModel):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token the action API requires (needed with "
                                   "api_listen).")
+    max_database_mb: float | None = Field(
+        default=None, gt=0,
+        description="Cap the state database at this many MiB (protects a small disk); past "
+                    "it commits fail as on a full disk and are retried. Default: no cap.",
+    )
     give_up_after: float = Field(
         default=24 * 3600.0, gt=0,
         description="Seconds after which an undeliverable message is dead-lettered.",

@@ -98,7 +98,8 @@ async def running_app(config: dict[str, Any], extra_plugins: tuple[str, ...] = (
     settings = load_settings(data=config)
     plugins = get_plugin_manager(builtins=DEFAULT_PLUGINS + extra_plugins)
     validated = validate(settings, plugins.registry(), "<test>")
-    store = Store.open(settings.daemon.database, lock=True)
+    store = Store.open(settings.daemon.database, lock=True,
+                       max_mb=settings.daemon.max_database_mb)
     redactor = redactor or Redactor()
     redactor.add(validated.secrets())
     app = App.create(settings, plugins, validated, redactor=redactor, store=store)

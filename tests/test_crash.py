@@ -1,6 +1,7 @@
 """kill -9 at random points over >= 1 000 transitions and >= 30 kills, with a receiver that
-sometimes fails: 0 lost events, 0 lost deliveries, integrity_check ok after every kill, and
-duplicates no more than the kills (design.md §6, reliability.md G1.1/G2.2)."""
+sometimes fails and a database that is full for a third of the run: 0 lost events, 0 lost
+deliveries once space is back, integrity_check ok after every kill, and duplicates no more
+than the kills (design.md §6, reliability.md G1.1/G2.2, issue 11)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from tests.test_lifecycle import FakeSystemd
 ORDERS = 170
 FILLS_PER_ORDER = 5  # with the acceptance: 6 transitions per order, 1 020 in all
 KILLS = 30
+#: Runs (between kills) in which the database is full: SQLite's max_page_count, set through
+#: daemon.max_database_mb, holds the file at its size, so every commit that grows it fails.
+FULL = range(10, 20)
 
 
 def test_kill_nine_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
@@ -65,19 +69,29 @@ def test_kill_nine_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
                            receiver.url, announce_existing=True, shutdown_grace=2.0)
     path = tmp_path / "config.toml"
     path.write_text(_toml(config))
+    full_path = tmp_path / "full.toml"
+    config["daemon"]["max_database_mb"] = 0.001
+    full_path.write_text(_toml(config))
     database = tmp_path / "poller.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "poller", "run", "-c", str(path)],
+    def start(config_path: Path = path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "poller", "run", "-c", str(config_path)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     thread = threading.Thread(target=trader, daemon=True)
     thread.start()
     kills = 0
     try:
+        full_failures = 0
         while kills < KILLS:
-            proc = start()
+            full = kills in FULL
+            if kills == FULL.start:
+                # No free pages left to reuse: from here every commit that grows the file
+                # needs a page the cap refuses.
+                with sqlite3.connect(database) as conn:
+                    conn.execute("VACUUM")
+            proc = start(full_path if full else path)
             try:
                 proc.wait(timeout=rng.uniform(0.6, 1.6))  # a random moment to crash at
             except subprocess.TimeoutExpired:
@@ -88,7 +102,11 @@ def test_kill_nine_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
                 raise AssertionError(proc.stderr.read().decode() if proc.stderr else "exited")
             finally:
                 if proc.stderr:
+                    log = proc.stderr.read().decode()
                     proc.stderr.close()
+            if full:
+                full_failures += "no space left" in log
+                assert "Traceback" not in log, log
             with sqlite3.connect(database) as conn:
                 assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         thread.join(timeout=120)
@@ -132,7 +150,9 @@ def test_kill_nine_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
     assert set(per_order.values()) == {FILLS_PER_ORDER}
     duplicates = sum(count - 1 for count in delivered.values())
     assert duplicates <= kills
+    assert full_failures >= 1  # the full runs did meet a full database
     report = {"transitions": transitions["total"] + ORDERS, "kills": kills,
+              "runs on a full database": len(FULL), "of which saw it": full_failures,
               "events": len(stored), "deliveries": sum(delivered.values()),
               "duplicates": duplicates, "lost": 0}
     print("crash test:", json.dumps(report))
