@@ -17,6 +17,7 @@ from poller.adapter import (
     first_problem,
 )
 from poller.errors import (
+    BrokerAnswerTooLarge,
     BrokerAuthError,
     BrokerError,
     BrokerMalformed,
@@ -58,6 +59,7 @@ from poller.templates import Message
 __all__ = [
     "Answer",
     "BrokerAdapter",
+    "BrokerAnswerTooLarge",
     "BrokerAuthError",
     "BrokerConfig",
     "BrokerError",

@@ -66,6 +66,10 @@ class BrokerConfig(BaseModel):
         description="Allow `limits` above the documented ones (e.g. a limit your broker raised "
                     "for you in writing); poller warns at every start.",
     )
+    max_answer_mb: float = Field(
+        default=8.0, gt=0, le=1024,
+        description="Largest answer read, in MiB (a list of 100 000 orders is ~70 MiB).",
+    )
     enabled: bool = Field(default=True, description="Set false to keep the section but not poll.")
     per_order_polling: bool | None = Field(
         default=None,
@@ -287,9 +291,13 @@ class BrokerAdapter(ABC, Generic[C]):
     async def request(self, kind: RequestKind, request: httpx.Request) -> Answer:
         """Send one request through the rate budget of the groups ``kind`` consumes."""
         await self.budget.acquire(*self.groups_of(kind))
-        return await send(
-            self.client, request, connection=self.name, deadline=self.config.timeout
-        )
+        return await send(self.client, request, connection=self.name,
+                          deadline=self.config.timeout, max_bytes=self.max_answer_bytes)
+
+    @property
+    def max_answer_bytes(self) -> int:
+        """The largest answer this connection reads (``max_answer_mb``)."""
+        return int(self.config.max_answer_mb * 1024 * 1024)
 
     def read_answer(self, answer: Answer) -> Success | ErrorAnswer:
         """Read the broker's envelope: a success's data, or an error's code and message.

@@ -229,6 +229,10 @@ class App:
                 await self._remove_connection(name)
                 logger.info("connection %s %s", name,
                             "removed" if name not in new else "reconfigured")
+        for name, tracker in self.trackers.items():
+            if tracker.stopped_reason:  # kept its config, maybe the key was fixed: try now
+                tracker.coordinator.resume()
+                self._poll_soon(name)
         for name, (bcls, bcfg) in new.items():
             if name in self.adapters or not bcfg.enabled:
                 continue
@@ -298,6 +302,13 @@ class App:
 
         :param grace: seconds to keep delivering (default ``daemon.shutdown_grace``).
         """
+        for adapter in self.adapters.values():
+            # A poll asleep in a long pause (a rate-limit answer's Retry-After) would hold
+            # shutdown for that long; it has sent nothing yet, so it is simply cancelled.
+            waiting = adapter.budget.close()
+            if waiting:
+                logger.info("%s: %d request(s) waiting for the rate budget cancelled",
+                            adapter.name, waiting)
         if self.actions is not None:
             await self.actions.stop()
         if self.jobs is not None:

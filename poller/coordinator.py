@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
 
-from poller.errors import BrokerAuthError, BrokerError, BrokerRateLimited
+from poller.errors import BrokerAnswerTooLarge, BrokerAuthError, BrokerError, BrokerRateLimited
 from poller.events import OrderEvent, system_event
 from poller.logsetup import ConnectionLog
 from poller.models import SystemScene, iso, utcnow
@@ -28,6 +28,11 @@ logger = logging.getLogger(__name__)
 #: Consecutive failed polls before the circuit opens, and how long it stays open.
 BREAKER_FAILURES = 5
 BREAKER_OPEN_SECONDS = 60.0
+#: A connection stopped for refused credentials is tried again (one list call) after this
+#: long, then twice as long each time it is still refused, up to PROBE_MAX: a 401 can be a
+#: broker's passing hiccup, and a key can be re-enabled without poller being told.
+PROBE_FIRST = 300.0
+PROBE_MAX = 3600.0
 #: Consecutive failed polls, and seconds of failure, before "unreachable" is announced.
 UNREACHABLE_AFTER_FAILURES = 5
 UNREACHABLE_AFTER_SECONDS = 60.0
@@ -39,6 +44,7 @@ class Policy(Enum):
     STOP = "stop"  # needs a human: stop polling, tell them once
     PAUSE = "pause"  # the broker asked us to slow down: already paused, tell them once
     RETRY = "retry"  # try again at the next poll; a long outage is announced once
+    TELL = "tell"  # a limit a person set was hit: tell them once, keep trying, no breaker
 
 
 #: The error table, most specific first. Refused credentials are the one failure that no
@@ -46,6 +52,7 @@ class Policy(Enum):
 #: (it counts towards the breaker and the "unreachable" announcement).
 POLICY: tuple[tuple[type[BrokerError], Policy], ...] = (
     (BrokerAuthError, Policy.STOP),
+    (BrokerAnswerTooLarge, Policy.TELL),
     (BrokerRateLimited, Policy.PAUSE),
     (BrokerError, Policy.RETRY),
 )
@@ -75,6 +82,8 @@ class Coordinator:
         self._failures = 0
         self._unreachable_announced = False
         self._breaker_until = 0.0
+        self._probe_at = 0.0
+        self._probe_wait = PROBE_FIRST
 
     @property
     def paused(self) -> bool:
@@ -89,6 +98,17 @@ class Coordinator:
             return True
         self._breaker_until = 0.0  # half-open: the next poll is the trial
         return False
+
+    def probe_due(self) -> bool:
+        """Whether a stopped connection may try its credentials again now."""
+        return self.stopped_reason is not None and self._mono() >= self._probe_at
+
+    def resume(self) -> None:
+        """Try a stopped connection again at its next poll (SIGHUP: maybe the key is fixed)."""
+        if self.stopped_reason is not None:
+            self.log.info("reload: trying the refused credentials again")
+            self._probe_at = 0.0
+            self._probe_wait = PROBE_FIRST
 
     def breaker_wait(self) -> float | None:
         """Seconds until the circuit closes again (None when it is closed)."""
@@ -113,8 +133,10 @@ class Coordinator:
         now = now or utcnow()
         category = err.category
         self.errors[category] = self.errors.get(category, 0) + 1
-        self._failures += 1
         policy = policy_of(err)
+        if policy is Policy.TELL:
+            return self._tell(err, category, now)
+        self._failures += 1
         if policy is Policy.PAUSE:
             self.rate_limit_answers += 1
         if self._failures >= BREAKER_FAILURES and policy is not Policy.STOP:
@@ -128,14 +150,21 @@ class Coordinator:
         return self._retry(err, category, now)
 
     def _stop(self, err: BrokerError, now: datetime) -> list[OrderEvent]:
+        again = self.stopped_reason is not None
         self.stopped_reason = str(err)
-        self.log.error("credentials refused; polling of this connection stops until the "
-                       "config is fixed and poller reloaded: %s", err)
+        self._probe_at = self._mono() + self._probe_wait
+        wait, self._probe_wait = self._probe_wait, min(self._probe_wait * 2, PROBE_MAX)
+        if again:
+            self.log.info("credentials still refused; trying again in %g s: %s", wait, err)
+            return []
+        self.log.error("credentials refused; polling of this connection stops (tried again "
+                       "in %g s, or at once after a reload): %s", wait, err)
         return [system_event(
             SystemScene.BROKER_AUTH_FAILED, broker=self.name, detected_at=now,
             discriminator=self._episode_start("auth", now),
-            message=f"{self.name}: the broker refused the credentials ({err}); "
-                    "polling of this connection has stopped",
+            message=f"{self.name}: the broker refused the credentials ({err}); polling of "
+                    "this connection has stopped. Fix the key, then `systemctl reload poller` "
+                    "(it is also tried again by itself, at most hourly)",
         )]
 
     def _rate_limited(self, err: BrokerError, now: datetime) -> list[OrderEvent]:
@@ -151,6 +180,16 @@ class Coordinator:
             discriminator=self._episode_start("rate_limited", now),
             message=f"{self.name}: rate-limited by the broker{pause}: {err}",
         )]
+
+    def _tell(self, err: BrokerError, category: str, now: datetime) -> list[OrderEvent]:
+        if category in self._episode:
+            self.log.debug("still %s: %s", category, err)
+            return []
+        self.log.error("%s", err)
+        return [system_event(
+            SystemScene.BROKER_ANSWER_TOO_LARGE, broker=self.name, detected_at=now,
+            discriminator=self._episode_start(category, now),
+            message=f"{self.name}: {err}; this connection's list calls fail until then")]
 
     def _retry(self, err: BrokerError, category: str, now: datetime) -> list[OrderEvent]:
         if category not in self._episode:
@@ -176,7 +215,17 @@ class Coordinator:
         """A list call worked: close the episode; returns the "recovered" event if one is due."""
         self.last_success = now
         events: list[OrderEvent] = []
-        if self._unreachable_announced:
+        if self.stopped_reason is not None:
+            since = self._episode.get("auth", now)
+            events.append(system_event(
+                SystemScene.BROKER_RECOVERED, broker=self.name, detected_at=now,
+                discriminator="auth:" + (iso(since) or ""),
+                message=f"{self.name}: the broker accepts the credentials again (refused "
+                        f"since {iso(since)}); polling goes on"))
+            self.log.info("credentials accepted again; polling goes on")
+            self.stopped_reason = None
+            self._probe_wait = PROBE_FIRST
+        elif self._unreachable_announced:
             first = min(self._episode.values())
             events.append(system_event(
                 SystemScene.BROKER_RECOVERED, broker=self.name, detected_at=now,

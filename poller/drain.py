@@ -67,11 +67,12 @@ class OrderDrain:
         self._wake.set()
         if self._task is None:
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=self._stop_within)
-        except TimeoutError:
+        # asyncio.wait, not wait_for: the task may end cancelled (a request still waiting
+        # for budget is cancelled at shutdown), which must not cancel the one stopping it.
+        await asyncio.wait({self._task}, timeout=self._stop_within)
+        if not self._task.done():
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
 
     async def _loop(self) -> None:

@@ -104,6 +104,11 @@ class BrokerMalformed(BrokerError, Retryable):
     """The broker answered with something we cannot read (not JSON, wrong shape)."""
 
 
+class BrokerAnswerTooLarge(BrokerMalformed):
+    """The answer was bigger than the connection allows (``max_answer_mb``): not an outage
+    and not garbage, but a limit a person sets (raise it, or narrow the list call)."""
+
+
 class BrokerAuthError(BrokerError, NeedsHuman):
     """The broker refused our credentials; polling that connection stops."""
 
@@ -124,6 +129,7 @@ _CATEGORY: dict[type[BrokerError], str] = {
     BrokerUnavailable: "unavailable",
     BrokerRateLimited: "rate_limited",
     BrokerMalformed: "malformed",
+    BrokerAnswerTooLarge: "too_large",
     BrokerAuthError: "auth",
     BrokerRejected: "rejected",
     BrokerNotFound: "not_found",

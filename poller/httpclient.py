@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from poller.__about__ import __version__
-from poller.errors import BrokerMalformed, BrokerUnavailable
+from poller.errors import BrokerAnswerTooLarge, BrokerMalformed, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ async def send(
     connection: str,
     deadline: float,
     expect_json: bool = True,
+    max_bytes: int = MAX_BODY_BYTES,
 ) -> Answer:
     """Send ``request`` and read its whole answer within ``deadline`` seconds.
 
@@ -84,9 +85,10 @@ async def send(
                 size = 0
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
-                    if size > MAX_BODY_BYTES:
-                        raise BrokerMalformed(
-                            f"answer larger than {MAX_BODY_BYTES // 1024 // 1024} MiB",
+                    if size > max_bytes:
+                        raise BrokerAnswerTooLarge(
+                            f"the answer is larger than {max_bytes / 1024 / 1024:g} MiB "
+                            f"(raise brokers.{connection}.max_answer_mb if that is expected)",
                             connection=connection,
                         )
                     chunks.append(chunk)

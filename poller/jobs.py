@@ -77,6 +77,10 @@ class PollJobs:
         running.add(task)
         try:
             await job()
+        except asyncio.CancelledError:
+            # Shutdown closed the rate budget under a poll waiting for room: it sent nothing
+            # and is simply over (the scheduler would report it as a failed job).
+            logger.debug("%s: poll cancelled at shutdown", name)
         except Exception:  # the daemon never dies from one bad poll
             logger.exception("%s: poll failed unexpectedly", name)
         finally:

@@ -109,8 +109,17 @@ class ConnectionPoller:
     # -- list calls --------------------------------------------------------------------
 
     async def poll(self) -> None:
-        """Run every list call of the connection once (an APScheduler job)."""
-        if self.coordinator.paused:
+        """Run every list call of the connection once (an APScheduler job).
+
+        A connection stopped for refused credentials makes one list call, and only when its
+        probe is due (:meth:`Coordinator.probe_due`); if that works, polling goes on.
+        """
+        if self.coordinator.stopped_reason is not None:
+            scopes = self.adapter.scopes()
+            if scopes and self.coordinator.probe_due():
+                await self.poll_scope(scopes[0])
+            return
+        if self.coordinator.breaker_open():
             return
         for scope in self.adapter.scopes():
             if self.coordinator.stopped_reason:
@@ -156,9 +165,12 @@ class ConnectionPoller:
         self._probe_missing(scope, present, batch, now)
         if first:
             batch.baselined.append((self.name, scope.label))
+        was_stopped = self.coordinator.stopped_reason is not None
         batch.events.extend(self.coordinator.succeeded(now))
         if not await self._commit_or_later(batch):
             return
+        if was_stopped:
+            self._wake()  # the per-order loop idles while the connection is stopped
         if first and not announce:
             self.log.info("%s: recorded %d existing order(s) as the baseline "
                           "(set daemon.announce_existing to announce them)", scope.label,

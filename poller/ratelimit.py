@@ -145,7 +145,9 @@ class RateBudget:
         self._clock = clock
         self._sleep = sleep
         self._waiting: dict[tuple[int, int], list[LimitGroup]] = {}
+        self._waiters: dict[tuple[int, int], asyncio.Task[object] | None] = {}
         self._tickets = itertools.count()
+        self._closed = False
 
     def group(self, name: str) -> LimitGroup:
         """The group called ``name`` (KeyError names the group when it does not exist)."""
@@ -160,10 +162,13 @@ class RateBudget:
 
         :returns: the (budget clock) time the request was admitted.
         """
+        if self._closed:
+            raise asyncio.CancelledError("the rate budget is closed (shutting down)")
         groups = [self.groups[n] for n in names]
         rank = PRIORITY.get() if priority is None else priority
         ticket = (-rank, next(self._tickets))
         self._waiting[ticket] = groups
+        self._waiters[ticket] = asyncio.current_task()
         try:
             while True:
                 now = self._clock()
@@ -180,6 +185,7 @@ class RateBudget:
                 await self._sleep(wait)
         finally:
             del self._waiting[ticket]
+            del self._waiters[ticket]
 
     def _someone_ahead(self, ticket: tuple[int, int], groups: list[LimitGroup],
                        now: float) -> bool:
@@ -190,6 +196,16 @@ class RateBudget:
                     (g.wait_time(now) for g in their), default=0.0) <= 0:
                 return True
         return False
+
+    def close(self) -> int:
+        """Shut the budget: cancel every request still waiting for room and every later
+        one (shutdown must not wait out a long pause); a request already admitted is not
+        touched. Returns how many were waiting."""
+        self._closed = True
+        tasks = [t for t in self._waiters.values() if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
 
     def pause(self, names: Iterable[str], seconds: float) -> None:
         """Pause the named groups for ``seconds`` from now."""

@@ -13,6 +13,7 @@ from poller.models import SystemScene
 from poller.plugins import get_plugin_manager
 from poller.records import Batch
 from poller.settings import load_settings
+from poller.simulator.httpserver import SimRequest, SimResponse
 from poller.simulator.shioaji import ShioajiSim
 from tests.conftest import Receiver, daemon_config, running_app
 from tests.scripted import T0
@@ -73,3 +74,40 @@ def test_reload_keeps_unchanged_connections_and_rebuilds_changed_ones(
             sim.stop()
     assert same and not rebuilt_same and names == ["a", "b", "c"]
     assert status.startswith("3 connection(s), ") and "queued notification(s)" in status
+
+
+def test_a_reload_tries_a_stopped_connection_again(tmp_path: Path, receiver: Receiver) -> None:
+    """Refused credentials stop a connection for minutes; SIGHUP (the key fixed, the config
+    unchanged) tries it again at once."""
+    sim = ShioajiSim()
+    sim.start()
+    refused: list[int] = []
+
+    def once(request: SimRequest) -> SimResponse | None:
+        if not refused:
+            refused.append(1)
+            return SimResponse(403, {"code": 403, "message": "no", "details": None})
+        return None
+
+    try:
+        config = daemon_config(tmp_path, {"tw": sim.broker_config("tw") | {"interval": 0.2}},
+                               receiver.url)
+
+        async def run() -> tuple[str | None, str | None]:
+            async with running_app(config) as app:
+                sim.server.fault = once
+                tracker = app.trackers["tw"]
+                while tracker.stopped_reason is None:
+                    await asyncio.sleep(0.05)
+                stopped = tracker.stopped_reason
+                await app.reconfigure(loaded(config))
+                while tracker.stopped_reason is not None:
+                    await asyncio.sleep(0.05)
+                return stopped, tracker.stopped_reason
+
+        stopped, after = asyncio.run(run())
+    finally:
+        sim.stop()
+    assert stopped is not None and "credentials refused" in stopped and after is None
+    receiver.wait_for(lambda e: [x["payload"]["scene_type"] for x in e] == [
+        "BROKER_AUTH_FAILED", "BROKER_RECOVERED"])

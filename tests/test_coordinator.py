@@ -10,12 +10,15 @@ import pytest
 from poller.coordinator import (
     BREAKER_FAILURES,
     BREAKER_OPEN_SECONDS,
+    PROBE_FIRST,
+    PROBE_MAX,
     UNREACHABLE_AFTER_SECONDS,
     Coordinator,
     Policy,
     policy_of,
 )
 from poller.errors import (
+    BrokerAnswerTooLarge,
     BrokerAuthError,
     BrokerError,
     BrokerMalformed,
@@ -100,3 +103,35 @@ def test_per_order_failures_are_counted_without_an_episode() -> None:
     c.order_failed(BrokerMalformed("bad json"))
     assert c.errors == {"malformed": 1}
     assert c.succeeded(T0) == []
+
+
+def test_a_stopped_connection_is_probed_with_a_capped_backoff_and_recovers() -> None:
+    clock = Clock()
+    c = Coordinator("cx", monotonic=clock)
+    first = c.failed(BrokerAuthError("401"), T0)
+    assert [e.scene for e in first] == ["BROKER_AUTH_FAILED"] and not c.probe_due()
+    waits = []
+    for _ in range(6):
+        start = clock.t
+        while not c.probe_due():
+            clock.t += 60.0
+        waits.append(clock.t - start)
+        assert c.failed(BrokerAuthError("401 again"), T0) == []  # one event per episode
+    assert waits == [PROBE_FIRST, 600.0, 1200.0, 2400.0, PROBE_MAX, PROBE_MAX]
+    c.resume()  # SIGHUP: at once, and the backoff starts over
+    assert c.probe_due()
+    recovered = c.succeeded(T0 + timedelta(hours=5))
+    assert [e.scene for e in recovered] == ["BROKER_RECOVERED"]
+    assert "accepts the credentials again" in recovered[0].payload["message"]
+    assert c.stopped_reason is None and not c.paused
+
+
+def test_an_answer_too_large_is_told_once_without_the_breaker() -> None:
+    c = Coordinator("cx")
+    told = []
+    for n in range(BREAKER_FAILURES + 2):
+        told += c.failed(BrokerAnswerTooLarge("the answer is larger than 8 MiB"),
+                         T0 + timedelta(minutes=n))
+    assert [e.scene for e in told] == ["BROKER_ANSWER_TOO_LARGE"]
+    assert not c.breaker_open() and c.errors == {"too_large": BREAKER_FAILURES + 2}
+    assert policy_of(BrokerAnswerTooLarge("x")) is Policy.TELL

@@ -200,3 +200,49 @@ def test_a_damaged_database_is_replaced_with_an_operator_event(tmp_path: Path,
     # The existing order was taken as the silent baseline; only the new one is announced.
     assert [e["payload"]["scene_type"] for e in receiver.events[1:]] == ["PLACED"]
     assert list(tmp_path.glob("poller.db.corrupt-*"))
+
+
+def test_sigterm_does_not_wait_out_a_rate_limit_pause(tmp_path: Path, receiver: Receiver) -> None:
+    """A 429 pauses the group past the broker's penalty (65 s for Shioaji); SIGTERM then
+    cancels the polls waiting for budget instead of sleeping through the pause."""
+    import time
+
+    from tests.test_lifecycle import FakeSystemd
+
+    sim = ShioajiSim()
+    sim.start()
+    limited: list[float] = []
+
+    def slow_down(request: SimRequest) -> SimResponse | None:
+        if request.path == "/api/v1/order/update_status" and not limited:
+            limited.append(request.arrived)
+            return SimResponse(429, {"code": 429, "message": "slow down", "details": None},
+                               headers={"Retry-After": "999999"})
+        return None
+
+    sim.server.fault = slow_down
+    systemd = FakeSystemd(tmp_path / "notify.sock")
+    try:
+        config = daemon_config(tmp_path, {"tw": sim.broker_config("tw") | {"interval": 0.2}},
+                               receiver.url)
+        path = tmp_path / "config.toml"
+        path.write_text(_toml(config))
+        env = {**os.environ, "NOTIFY_SOCKET": systemd.path, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "poller", "run", "-c", str(path)],
+                                stderr=subprocess.PIPE, text=True, env=env)
+        systemd.wait_for("READY=1")
+        receiver.wait_for(lambda e: any(x["payload"]["scene_type"] == "BROKER_RATE_LIMITED"
+                                        for x in e))
+        # The main loop's first tick (5 s on): by then the next list poll, due every 0.2 s,
+        # has long been waiting for the paused group.
+        systemd.wait_for("STATUS=")
+        started = time.monotonic()
+        code, err = _stop(proc)
+        took = time.monotonic() - started
+    finally:
+        systemd.close()
+        sim.stop()
+    assert code == 0, err
+    assert "request(s) waiting for the rate budget cancelled" in err
+    assert took < 30  # bounded by the shutdown grace, not by the 65 s pause
+    assert "Traceback" not in err

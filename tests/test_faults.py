@@ -29,7 +29,7 @@ FAULTS: list[tuple[str, SimResponse | None, str]] = [
     ("truncated JSON", SimResponse(200, raw=b'[{"order": {"id": "x"'), "malformed"),
     ("wrong shape", SimResponse(200, {"trades": []}), "malformed"),
     ("null body", SimResponse(200, raw=b"null"), "malformed"),
-    ("huge body", SimResponse(200, raw=b"[" + b"0," * (5 * 1024 * 1024) + b"0]"), "malformed"),
+    ("huge body", SimResponse(200, raw=b"[" + b"0," * (5 * 1024 * 1024) + b"0]"), "too_large"),
     ("timeout", SimResponse(200, [], delay=3.0), "unavailable"),
     ("trickling body", SimResponse(200, raw=b"[" + b" " * 200 + b"]", trickle=0.05),
      "unavailable"),
@@ -82,7 +82,7 @@ def test_faults_are_contained(tmp_path: Path, receiver: Receiver,
     finally:
         sim.stop()
     assert errors == {category: 2}
-    word = "rate-limited" if category == "rate_limited" else category
+    word = {"rate_limited": "rate-limited", "too_large": "larger than"}.get(category, category)
     lines = [r for r in caplog.records if r.name.startswith("poller") and r.levelno >= logging.INFO
              and word in r.getMessage()]
     assert len(lines) in (1, 2), [r.getMessage() for r in lines]  # one per episode (+recovery)
@@ -161,3 +161,74 @@ def test_duplicated_reordered_and_unknown_items(tmp_path: Path, receiver: Receiv
     assert receiver.scenes(b.order_id) in ([], ["PLACED"])
     mystery = [r for r in caplog.records if "Mystery" in r.getMessage()]
     assert len(mystery) == 1
+
+
+def test_refused_credentials_stop_the_connection_and_a_probe_brings_it_back(
+        tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transient 401: one BROKER_AUTH_FAILED, probes (one list call each) at the backoff,
+    one BROKER_RECOVERED, then orders are announced again. A reload probes at once."""
+    from poller import coordinator
+    monkeypatch.setattr(coordinator, "PROBE_FIRST", 0.3)
+    sim = ShioajiSim()
+    sim.start()
+    refused: list[float] = []
+
+    def refuse(request: SimRequest) -> SimResponse | None:
+        if request.path == LIST and len(refused) < 3:
+            refused.append(request.arrived)
+            return SimResponse(401, {"code": 401, "message": "token expired", "details": None})
+        return None
+
+    try:
+        account = sim.accounts()[0]
+        config = daemon_config(tmp_path, {"tw": sim.broker_config("tw") | {"interval": 0.1}},
+                               receiver.url, announce_existing=True)
+
+        async def scenario() -> tuple[list[str], str | None]:
+            async with running_app(config) as app:
+                sim.server.fault = refuse
+                await asyncio.to_thread(receiver.wait_for, lambda e: any(
+                    x["payload"]["scene_type"] == "BROKER_RECOVERED" for x in e), 30)
+                order = sim.book.place(account, "2890", "BUY", 1, "27.1")
+                await asyncio.to_thread(receiver.wait_for,
+                                        lambda e: "PLACED" in receiver.scenes(order.order_id))
+                return receiver.scenes(), app.trackers["tw"].stopped_reason
+
+        scenes, stopped = asyncio.run(scenario())
+    finally:
+        sim.stop()
+    assert [s for s in scenes if s.startswith("BROKER_")] == ["BROKER_AUTH_FAILED",
+                                                               "BROKER_RECOVERED"]
+    assert stopped is None and len(refused) == 3
+    gaps = [b - a for a, b in zip(refused, refused[1:], strict=False)]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6  # one probe at a time, backing off
+
+
+def test_an_answer_over_the_limit_names_the_cause_and_the_limit_is_configurable(
+        tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    sim = ShioajiSim()
+    sim.start()
+    big = SimResponse(200, raw=b"[" + b" " * (9 * 1024 * 1024) + b"]")
+    try:
+        for limit, expected in ((None, {"too_large"}), (16.0, set())):
+            sim.server.fault = lambda r: big if r.path == LIST else None
+            table = sim.broker_config("tw") | {"interval": 0.1}
+            if limit is not None:
+                table["max_answer_mb"] = limit
+            config = daemon_config(tmp_path / str(limit), {"tw": table}, receiver.url)
+
+            async def scenario() -> set[str]:
+                async with running_app(config) as app:
+                    tracker = app.trackers["tw"]
+                    while tracker.polls < 3:
+                        await asyncio.sleep(0.05)
+                    return set(tracker.errors)
+
+            assert asyncio.run(scenario()) == expected
+    finally:
+        sim.stop()
+    told = [e for e in receiver.events
+            if e["payload"]["scene_type"] == "BROKER_ANSWER_TOO_LARGE"]
+    assert len(told) == 1
+    assert "larger than 8 MiB (raise brokers.tw.max_answer_mb" in told[0]["payload"]["message"]
+    assert "unreachable" not in caplog.text

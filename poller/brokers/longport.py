@@ -320,7 +320,8 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
             self.authorize(request)
             try:
                 return await send(self.client, request, connection=self.name,
-                                  deadline=self.config.timeout)
+                                  deadline=self.config.timeout,
+                                  max_bytes=self.max_answer_bytes)
             finally:
                 self._last_done = time.monotonic()
 
