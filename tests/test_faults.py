@@ -217,14 +217,14 @@ def test_an_answer_over_the_limit_names_the_cause_and_the_limit_is_configurable(
                 table["max_answer_mb"] = limit
             config = daemon_config(tmp_path / str(limit), {"tw": table}, receiver.url)
 
-            async def scenario() -> set[str]:
+            async def scenario(config: dict[str, Any]) -> set[str]:
                 async with running_app(config) as app:
                     tracker = app.trackers["tw"]
                     while tracker.polls < 3:
                         await asyncio.sleep(0.05)
                     return set(tracker.errors)
 
-            assert asyncio.run(scenario()) == expected
+            assert asyncio.run(scenario(config)) == expected
     finally:
         sim.stop()
     told = [e for e in receiver.events
