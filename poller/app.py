@@ -29,6 +29,7 @@ from poller.jobs import PollJobs
 from poller.logsetup import Redactor
 from poller.models import SystemScene, iso
 from poller.notifiers import Notifier
+from poller.observers import ObserverQueue
 from poller.orderbook import OrderBook
 from poller.plugins import Plugins
 from poller.records import Batch
@@ -65,6 +66,7 @@ class App:
         self.backlog: dict[str, int] = {}
         self.last_tick = time.monotonic()
         self.store_health = StoreHealth()
+        self.observers = ObserverQueue(plugins)
 
     @classmethod
     def create(cls, settings: Settings, plugins: Plugins, validated: Validated, *,
@@ -104,7 +106,7 @@ class App:
             for listener in self.event_listeners:
                 listener(fresh)
             for event in fresh:
-                await self.plugins.call_observers("order_event", event=event)
+                self.observers.put(event)
         if ended is not None:
             await self._store_recovered(ended)
         return fresh
@@ -147,6 +149,7 @@ class App:
                          f"{self.store.recovered_from}; poller started from a fresh, silent "
                          "baseline (orders are not re-announced)"))]))
         self.jobs = PollJobs()
+        self.observers.start()
         for name in self.adapters:
             await self._add_tracker(name)
         self._start_dispatcher()
@@ -222,6 +225,7 @@ class App:
             update={"daemon": loaded.settings.daemon.model_copy(
                 update={"database": self.settings.daemon.database})})
         self.plugins = loaded.plugins
+        self.observers.plugins = loaded.plugins
         self.validated = loaded.validated
         new = loaded.validated.brokers
         for name in list(self.adapters):
@@ -317,6 +321,8 @@ class App:
         if self.dispatcher is not None:
             await self.dispatcher.stop(
                 self.settings.daemon.shutdown_grace if grace is None else grace)
+        await self.observers.stop(self.settings.daemon.shutdown_grace if grace is None
+                                  else min(grace, 1.0))
         await self.plugins.call_observers("shutdown", app=self)
         for adapter in self.adapters.values():
             await adapter.aclose()

@@ -9,6 +9,7 @@ folder or file is writable by others). ``pm.check_pending()`` then catches missp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -16,6 +17,7 @@ import logging
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -128,32 +130,64 @@ class Plugins:
     async def call_observers(self, hook: str, **kwargs: Any) -> None:
         """Call every implementation of an observer hook, each isolated from the others.
 
-        pluggy stops at the first raising implementation, so each one is called on its own;
-        coroutines are awaited together with a timeout, and failures are only logged.
+        pluggy stops at the first raising implementation, so each one is called on its own.
+        ``async def`` implementations run on the loop, plain ones in a thread of their own
+        (one that blocks — ``time.sleep``, a slow socket — must not freeze the daemon); all
+        together, each within :data:`HOOK_TIMEOUT`. Failures and overruns are only logged.
         """
-        pending: list[tuple[str, Any]] = []
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            try:
-                result = impl.function(*(kwargs[arg] for arg in impl.argnames))
-            except Exception:
-                logger.exception("plugin %s: %s hook failed", impl.plugin_name, hook)
-                continue
-            if inspect.isawaitable(result):
-                pending.append((impl.plugin_name, result))
-        if not pending:
+        calls = [self._guarded(hook, impl, kwargs)
+                 for impl in getattr(self.pm.hook, hook).get_hookimpls()]
+        await asyncio.gather(*calls)
+
+    async def _guarded(self, hook: str, impl: Any, kwargs: dict[str, Any]) -> None:
+        args = [kwargs[arg] for arg in impl.argnames]
+        name = impl.plugin_name
+        try:
+            async with asyncio.timeout(HOOK_TIMEOUT):
+                if inspect.iscoroutinefunction(impl.function):
+                    await impl.function(*args)
+                else:
+                    result = await in_daemon_thread(impl.function, *args)
+                    if inspect.isawaitable(result):  # a plain function returning a coroutine
+                        await result
+        except TimeoutError:
+            logger.warning("plugin %s: %s hook took longer than %g s; not waiting for it "
+                           "(a plain function that blocks keeps its thread)", name, hook,
+                           HOOK_TIMEOUT)
+        except Exception:
+            logger.exception("plugin %s: %s hook failed", name, hook)
+
+
+async def in_daemon_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` in a new daemon thread and await its result.
+
+    Not ``asyncio.to_thread``: its pool's threads are joined when the interpreter exits, so
+    one plugin function that never returns would keep the daemon from ever stopping.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return  # given up on (timed out): nobody waits any more
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as err:  # handed to the waiting coroutine, not lost
+            with contextlib.suppress(RuntimeError):  # the loop may be gone by now
+                loop.call_soon_threadsafe(settle, None, err)
             return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, None)
 
-        async def guarded(name: str, awaitable: Any) -> None:
-            try:
-                async with asyncio.timeout(HOOK_TIMEOUT):
-                    await awaitable
-            except TimeoutError:
-                logger.error("plugin %s: %s hook took longer than %g s", name, hook,
-                             HOOK_TIMEOUT)
-            except Exception:
-                logger.exception("plugin %s: %s hook failed", name, hook)
-
-        await asyncio.gather(*(guarded(n, a) for n, a in pending))
+    threading.Thread(target=run, name=f"plugin-{getattr(fn, '__name__', 'hook')}",
+                     daemon=True).start()
+    return await future
 
 
 def get_plugin_manager(
