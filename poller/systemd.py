@@ -21,6 +21,8 @@ class Notifier:
 
     def __init__(self, address: str | None = None) -> None:
         address = os.environ.get("NOTIFY_SOCKET") if address is None else address
+        #: Messages dropped because the socket was full.
+        self.dropped = 0
         self._address: str | None = None
         self._socket: socket.socket | None = None
         if not address:
@@ -31,7 +33,11 @@ class Notifier:
             logger.warning("NOTIFY_SOCKET is neither a path nor an abstract socket; ignoring it")
             return
         self._address = address
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        # Non-blocking: a notify socket nobody reads (a stuck or absent systemd) fills up
+        # after a few datagrams, and a blocking send would then freeze the event loop.
+        self._socket = socket.socket(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+
 
     @property
     def enabled(self) -> bool:
@@ -44,6 +50,11 @@ class Notifier:
             return
         try:
             self._socket.sendto("\n".join(fields).encode(), self._address)
+        except BlockingIOError:
+            self.dropped += 1
+            if self.dropped == 1:
+                logger.warning("the systemd notify socket is full (nobody reads it); status "
+                               "messages are dropped until it drains")
         except OSError as err:
             logger.debug("sd_notify failed: %s", err)
 
