@@ -8,26 +8,23 @@ the exposition format.
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from poller.dispatch import Dispatcher
+from poller.loopserver import LoopbackServer, StartResponse, json_answer
 from poller.models import iso
 from poller.storehealth import StoreHealth
 from poller.tracker import Tracker
 
 logger = logging.getLogger(__name__)
 
-StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 class DaemonView(Protocol):
@@ -145,49 +142,37 @@ def health(app: DaemonView, *, stale_after: float) -> tuple[bool, dict[str, Any]
     }
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("health: " + format, *args)
-
-
 class HealthServer:
-    """Serves ``/healthz`` and ``/metrics`` for ``app`` on ``host:port`` in a thread."""
+    """Serves ``/healthz`` and ``/metrics`` for ``app`` on ``host:port`` in threads."""
 
-    def __init__(self, app: DaemonView, host: str, port: int, *, stale_after: float = 60.0) -> None:
+    def __init__(self, app: DaemonView, host: str, port: int, *,
+                 stale_after: float = 60.0) -> None:
         self.app = app
         self.stale_after = stale_after
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AppCollector(app))
-        self._server: WSGIServer = make_server(host, port, self._wsgi,
-                                               handler_class=_QuietHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health",
-                                        daemon=True)
+        self._server = LoopbackServer(self._wsgi, host, port, name="health")
 
     @property
     def port(self) -> int:
         """The port actually bound (useful with port 0)."""
-        return int(self._server.server_port)
+        return self._server.port
 
     def _wsgi(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == "/healthz":
             ok, body = health(self.app, stale_after=self.stale_after)
-            start("200 OK" if ok else "503 Service Unavailable",
-                  [("Content-Type", "application/json")])
-            return [json.dumps(body).encode()]
+            return json_answer(start, "200 OK" if ok else "503 Service Unavailable", body)
         if path == "/metrics":
             start("200 OK", [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
             return [generate_latest(self.registry)]
-        start("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found\n"]
+        return json_answer(start, "404 Not Found", {"error": f"no such path {path}"})
 
     def start(self) -> None:
         """Start serving."""
-        self._thread.start()
-        logger.info("health and metrics on http://%s:%d/", *self._server.server_address[:2])
+        self._server.start()
+        logger.info("health and metrics on http://%s/", self._server.address)
 
     def stop(self) -> None:
         """Stop serving."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()

@@ -246,3 +246,34 @@ def test_sigterm_does_not_wait_out_a_rate_limit_pause(tmp_path: Path, receiver: 
     assert "request(s) waiting for the rate budget cancelled" in err
     assert took < 30  # bounded by the shutdown grace, not by the 65 s pause
     assert "Traceback" not in err
+
+
+def test_idle_clients_of_the_local_servers_do_not_hold_up_sigterm(
+        tmp_path: Path, receiver: Receiver) -> None:
+    import socket
+
+    from tests.test_lifecycle import FakeSystemd, free_port
+
+    health, api = free_port(), free_port()
+    config = daemon_config(tmp_path, {}, receiver.url, health_listen=f"127.0.0.1:{health}",
+                           api_listen=f"127.0.0.1:{api}", api_token="t0ken-for-the-local-api")
+    path = tmp_path / "config.toml"
+    path.write_text(_toml(config))
+    systemd = FakeSystemd(tmp_path / "notify.sock")
+    env = {**os.environ, "NOTIFY_SOCKET": systemd.path, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "poller", "run", "-c", str(path)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    idle: list[socket.socket] = []
+    try:
+        systemd.wait_for("READY=1")
+        for port in (health, api, health, api):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost:")  # and then nothing more
+            idle.append(sock)
+        code, err = _stop(proc)  # communicate(timeout=10): a hang fails the test
+    finally:
+        for sock in idle:
+            sock.close()
+        systemd.close()
+    assert code == 0, err
+    assert "Traceback" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -125,7 +126,8 @@ def test_metrics_are_read_at_scrape_time(view: View, server: HealthServer) -> No
 
 @pytest.mark.parametrize("path", ["/", "/health", "/metrics/extra", "/healthz/"])
 def test_other_paths_are_not_found(view: View, server: HealthServer, path: str) -> None:
-    assert get(server.port, path) == (404, "text/plain", "not found\n")
+    assert get(server.port, path) == (404, "application/json",
+                                      json.dumps({"error": f"no such path {path}"}))
 
 
 def test_stop_closes_the_port() -> None:
@@ -245,3 +247,22 @@ def test_a_store_that_cannot_commit_makes_health_degraded(server: HealthServer,
     assert sample(samples, "poller_store_commit_failures_total") == 1.0
     view.store_health.succeeded()
     assert get(server.port, "/healthz")[0] == 200
+
+
+def test_a_failing_view_answers_json_500_and_idle_clients_block_no_one(
+        server: HealthServer, view: View) -> None:
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+    try:
+        saved = view.backlog
+        view.backlog = None  # type: ignore[assignment]  # dict(None) raises inside /healthz
+        try:
+            status, content_type, body = get(server.port, "/healthz")
+        finally:
+            view.backlog = saved
+        assert (status, content_type) == (500, "application/json")
+        assert json.loads(body) == {"error": "internal error (logged by the daemon)"}
+        assert get(server.port, "/healthz")[0] == 200
+        assert get(server.port, "/nope")[:2] == (404, "application/json")
+    finally:
+        for sock in idle:
+            sock.close()
