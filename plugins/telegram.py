@@ -31,6 +31,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -455,9 +456,11 @@ class TelegramNotifier(Notifier[TelegramConfig]):
 
 
 def _seconds(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A JSON ``retry_after``: a finite number of seconds, clamped like a Retry-After
+    header (an infinite or absurd value must not park the chat for ever)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return None
-    return max(0.0, float(value))
+    return retry_after_seconds(str(value))
 
 
 @hookimpl

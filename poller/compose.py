@@ -34,10 +34,12 @@ class Validated:
 
     brokers: dict[str, tuple[type[BrokerAdapter[Any]], BrokerConfig]]
     notifiers: dict[str, tuple[type[Notifier], NotifierConfig]]
+    #: Secrets of the [daemon] table (the action API's token).
+    daemon_secrets: tuple[str, ...] = ()
 
     def secrets(self) -> list[str]:
         """Every secret value in the configuration, for redaction."""
-        found: list[str] = []
+        found: list[str] = list(self.daemon_secrets)
         for cls, cfg in self.brokers.values():
             found.extend(cls.secrets(cfg))
         for _, ncfg in self.notifiers.values():
@@ -106,7 +108,7 @@ def validate(settings: Settings, registry: Registry, source: str) -> Validated:
                 notifiers[name] = (notifier_cls, config)
     if problems:
         raise ConfigError(problems)
-    return Validated(brokers, notifiers)
+    return Validated(brokers, notifiers, tuple(secret_values(settings.daemon)))
 
 
 def _limit_problems(cls: type[BrokerAdapter[Any]], config: BrokerConfig, source: str,

@@ -154,10 +154,3 @@ def retry_after_seconds(value: str | None, *, now: float | None = None) -> float
         return None
     current = time.time() if now is None else now
     return min(MAX_RETRY_AFTER, max(0.0, moment.timestamp() - current))
-
-
-def clamp_retry_after(value: object) -> float | None:
-    """A service's ``retry_after`` from a JSON body (Telegram), made safe the same way."""
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
-        return None
-    return retry_after_seconds(str(value))

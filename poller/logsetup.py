@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 REDACTED = "**********"
 
@@ -24,9 +24,13 @@ class Redactor:
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        """Learn more secrets (e.g. after a reload)."""
+        """Learn more secrets (e.g. after a reload).
+
+        A secret that is a URL (a webhook's) brings its secret parts too: a server's error
+        page echoing only the path, or only a query value, must not reveal them.
+        """
         found = set(self._secrets)
-        for secret in secrets:
+        for secret in (part for value in secrets for part in (value, *url_secrets(value))):
             if len(secret) < 4:
                 continue  # too short to redact without mangling ordinary text
             found.update({secret, quote(secret, safe=""), quote(secret)})
@@ -38,6 +42,29 @@ class Redactor:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return text
+
+
+def url_secrets(value: str) -> list[str]:
+    """The parts of a URL that may be secrets: its path (whole, and every segment that
+    looks like a token: 8 characters or more, with a digit), its query and each query value,
+    and the password in it. Nothing for a text that is not an http(s) URL."""
+    try:
+        url = urlsplit(value.strip())
+    except ValueError:
+        return []
+    if url.scheme not in ("http", "https") or not url.netloc:
+        return []
+    parts: list[str] = []
+    if url.path not in ("", "/"):
+        parts += [url.path, url.path.lstrip("/"), unquote(url.path)]
+        parts += [seg for seg in url.path.split("/")
+                  if len(seg) >= 8 and any(ch.isdigit() for ch in seg)]
+    if url.query:
+        parts.append(url.query)
+        parts += [v for _, v in parse_qsl(url.query, keep_blank_values=False)]
+    if url.password:
+        parts.append(url.password)
+    return parts
 
 
 class RedactingFilter(logging.Filter):

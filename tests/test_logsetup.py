@@ -18,6 +18,7 @@ from poller.logsetup import (
     LogScrubber,
     Redactor,
     setup_logging,
+    url_secrets,
 )
 
 SECRET = "tok/12 34+ab=cd&z"  # every character quote() treats specially
@@ -176,3 +177,16 @@ def test_log_scrubber_install_and_remove(caplog: pytest.LogCaptureFixture) -> No
     ]
     assert caplog.records[0].args is None  # the secret is not kept in the args either
     assert caplog.records[2].args == ("line",)
+
+
+def test_the_secret_parts_of_a_url_are_secrets_too() -> None:
+    url = "https://user:pa55word@hooks.example.com/services/T0001/B0002/xoxb1234abcd?token=tk-987"
+    parts = url_secrets(url)
+    assert {"/services/T0001/B0002/xoxb1234abcd", "xoxb1234abcd", "token=tk-987", "tk-987",
+            "pa55word"} <= set(parts)
+    assert "services" not in parts and "T0001" not in parts  # words, not tokens
+    assert url_secrets("not a url") == [] and url_secrets("https://example.com/") == []
+    redact = Redactor([url])
+    assert redact("404: Cannot POST /services/T0001/B0002/xoxb1234abcd") == \
+        f"404: Cannot POST {REDACTED}"
+    assert "tk-987" not in redact("bad token tk-987") and "services" in redact("services")

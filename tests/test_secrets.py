@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from poller.api import ApiServer
 from poller.logsetup import setup_logging
 from poller.simulator.coinw import CoinWSim
 from poller.simulator.httpserver import SimResponse
 from poller.simulator.longport import LongPortSim
 from poller.simulator.shioaji import ShioajiSim
 from tests.conftest import Receiver, daemon_config, running_app
+from tests.test_api import call
+from tests.test_lifecycle import free_port
 
 CANARIES = {
     "sj_key": "cnry-sj-key-11aa", "sj_secret": "cnry-sj-sec-22bb",
@@ -23,6 +26,7 @@ CANARIES = {
     "lp_token": "cnry-lp-tok-55ee", "cw_key": "cnry-cw-key-66ff", "cw_secret": "cnry-cw-sec-77aa",
     "cw_wrong": "cnry-cw-bad-88bb", "hook_path": "cnry-hook-99cc", "hook_secret": "cnry-hm-00dd",
     "hook_header": "cnry-hdr-12ef", "dead_path": "cnry-dead-34ab",
+    "api_token": "cnry-api-token-56cd-7890",
 }
 
 
@@ -37,7 +41,9 @@ def test_no_canary_anywhere(tmp_path: Path, receiver: Receiver,
     for sim in sims:
         sim.start()
     receiver.server.route("POST", f"/{c['hook_path']}/hook", receiver._hook)
-    receiver.server.route("POST", f"/{c['dead_path']}", lambda r: SimResponse(400, {"e": 1}))
+    # A receiver whose 404 page echoes the path it was asked for, token and all.
+    receiver.server.route("POST", f"/{c['dead_path']}", lambda r: SimResponse(
+        404, raw=f"Cannot POST {r.path}".encode(), headers={"Content-Type": "text/plain"}))
     stream = io.StringIO()
     try:
         brokers = {
@@ -46,7 +52,9 @@ def test_no_canary_anywhere(tmp_path: Path, receiver: Receiver,
             "cw": cw.broker_config("cw") | {"interval": 0.3},
             "cw-bad": cw.broker_config("cw-bad") | {"secret_key": c["cw_wrong"]},
         }
-        config = daemon_config(tmp_path, brokers, None, announce_existing=True)
+        api_port = free_port()
+        config = daemon_config(tmp_path, brokers, None, announce_existing=True,
+                               api_listen=f"127.0.0.1:{api_port}", api_token=c["api_token"])
         config["notifiers"] = {
             "hook": {"kind": "webhook",
                      "url": f"{receiver.server.url}/{c['hook_path']}/hook",
@@ -61,6 +69,17 @@ def test_no_canary_anywhere(tmp_path: Path, receiver: Receiver,
 
         async def scenario() -> None:
             async with running_app(config, redactor=redactor) as app:
+                api = ApiServer(app.settings.daemon.database, c["api_token"], "127.0.0.1",
+                                api_port, connections=lambda: set(app.trackers),
+                                wake=lambda: None)
+                api.start()
+                try:
+                    logging.getLogger("poller").debug("settings: %r / %s", app.settings.daemon,
+                                                      c["api_token"])
+                    await asyncio.to_thread(call, api_port, "GET", "/v1/actions/1",
+                                            token=c["api_token"])
+                finally:
+                    api.stop()
                 for sim in sims:
                     account = sim.accounts()[0]
                     symbol, price = sim.symbols[0]

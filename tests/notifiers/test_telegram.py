@@ -161,6 +161,13 @@ OUTCOMES: list[tuple[str, SimResponse, type[Exception], str, float | None]] = [
     ("not-found", api_error(404, "Not Found"), DeliveryFailed, "refused the bot token", None),
     ("flood", api_error(429, "Too Many Requests: retry after 5", retry_after=5),
      DeliveryRateLimited, "Too Many Requests: retry after 5", 5.0),
+    ("flood-huge", api_error(429, "Too Many Requests: retry after 99999999",
+                             retry_after=99999999),
+     DeliveryRateLimited, "retry after 99999999", 3600.0),  # clamped to an hour
+    ("flood-infinite", SimResponse(429, raw=b'{"ok": false, "error_code": 429, '
+                                        b'"description": "slow", "parameters": '
+                                        b'{"retry_after": 1e400}}'),
+     DeliveryRateLimited, "slow", 30.0),  # garbage: the default pause
     ("flood-header", SimResponse(429, raw=b"slow down", headers={"Retry-After": "4"}),
      DeliveryRateLimited, "slow down", 4.0),
     ("migrated", api_error(400, "Bad Request: group chat was upgraded to a supergroup chat",
