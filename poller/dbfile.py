@@ -240,3 +240,63 @@ def take_lock(path: Path) -> IO[bytes]:
 def lock_path_of(path: Path) -> Path:
     """The lock file beside a database."""
     return Path(str(path) + ".lock")
+
+
+def open_file(path: Path, *, daemon: bool, max_mb: float | None
+              ) -> tuple[sqlite3.Connection, Path | None]:
+    """Open, check, migrate (and for the daemon: probe) the database at ``path``.
+
+    :param daemon: the caller holds the daemon lock: only it moves a damaged file aside
+        (returned as the second value), and it proves the file writable.
+    :raises StoreError: any fault, sorted (see :func:`fault`).
+    """
+    recovered: Path | None = None
+    try:
+        make_private(path)
+    except OSError as err:
+        raise fault(err, path, "create") from err
+    try:
+        conn = _checked(path)
+    except sqlite3.Error as err:
+        if reason_of(err) != "corrupt" or not daemon:
+            raise fault(err, path, "open") from err
+        # Damaged, and we are the daemon: nobody else can be using the file.
+        recovered = move_aside(path, str(err))
+        make_private(path)
+        try:
+            conn = _checked(path)
+        except sqlite3.Error as again:
+            raise fault(again, path, "create") from again
+    try:
+        migrate(conn)
+        limit_size(conn, max_mb)
+        if daemon:
+            _probe(conn, path)
+    except BaseException as err:
+        conn.close()
+        if isinstance(err, sqlite3.Error):
+            raise fault(err, path, "write to") from err
+        raise
+    return conn, recovered
+
+
+def _checked(path: Path) -> sqlite3.Connection:
+    """A connection to a file that passed ``quick_check``."""
+    conn = connect(path)
+    try:
+        check(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _probe(conn: sqlite3.Connection, path: Path) -> None:
+    """The daemon's start-up write: a read-only file refuses it; a full one is let through
+    (space may come back; commits are retried), with a warning."""
+    try:
+        probe_write(conn)
+    except sqlite3.Error as err:
+        if reason_of(err) != "full":
+            raise
+        logger.warning("%s", fault(err, path, "write to"))

@@ -46,8 +46,9 @@ class Redactor:
 
 def url_secrets(value: str) -> list[str]:
     """The parts of a URL that may be secrets: its path (whole, and every segment that
-    looks like a token: 8 characters or more, with a digit), its query and each query value,
-    and the password in it. Nothing for a text that is not an http(s) URL."""
+    looks like a token: 8 characters or more, with a digit) unless it is a short path of
+    plain words, its query and each query value, and the password in it. Nothing for a text
+    that is not an http(s) URL."""
     try:
         url = urlsplit(value.strip())
     except ValueError:
@@ -55,10 +56,12 @@ def url_secrets(value: str) -> list[str]:
     if url.scheme not in ("http", "https") or not url.netloc:
         return []
     parts: list[str] = []
-    if url.path not in ("", "/"):
-        parts += [url.path, url.path.lstrip("/"), unquote(url.path)]
-        parts += [seg for seg in url.path.split("/")
-                  if len(seg) >= 8 and any(ch.isdigit() for ch in seg)]
+    tokens = [seg for seg in url.path.split("/")
+              if len(seg) >= 8 and any(ch.isdigit() for ch in seg)]
+    # A short path of plain words ("/hook") is no secret, and redacting it would mangle
+    # every line that says "hook".
+    if tokens or len(url.path) >= 12:
+        parts += [url.path, url.path.lstrip("/"), unquote(url.path), *tokens]
     if url.query:
         parts.append(url.query)
         parts += [v for _, v in parse_qsl(url.query, keep_blank_values=False)]

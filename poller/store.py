@@ -3,6 +3,9 @@
 Everything the daemon must not forget goes through :meth:`Store.commit`, which writes the
 new snapshots, the new events and one outbox row per (event, notifier) in ONE transaction,
 so a crash can never leave a transition recorded without its deliveries (or the reverse).
+
+Over 400 lines: every SQL statement the daemon runs is here, one short method each, so the
+schema (``migrations.py``) and the queries that depend on it are read in one place.
 """
 
 from __future__ import annotations
@@ -21,16 +24,10 @@ from typing import IO, Any, TypeVar, cast
 from poller.dbfile import (
     REQUIRED_PRAGMAS,
     Identity,
-    check,
-    connect,
     fault,
     limit_size,
     lock_path_of,
-    make_private,
-    migrate,
-    move_aside,
-    probe_write,
-    reason_of,
+    open_file,
     take_lock,
 )
 from poller.events import OrderEvent
@@ -88,42 +85,10 @@ class Store:
             raise fault(err, path.parent, "create the folder of") from err
         lock_file = take_lock(path) if lock else None
         try:
-            store = cls._open_locked(path, lock_file, max_mb)
+            conn, recovered = open_file(path, daemon=lock_file is not None, max_mb=max_mb)
         except BaseException:
             if lock_file is not None:
                 lock_file.close()
-            raise
-        return store
-
-    @classmethod
-    def _open_locked(cls, path: Path, lock_file: IO[bytes] | None,
-                     max_mb: float | None) -> Store:
-        recovered: Path | None = None
-        try:
-            make_private(path)
-        except OSError as err:
-            raise fault(err, path, "create") from err
-        try:
-            conn = _checked(path)
-        except sqlite3.Error as err:
-            if reason_of(err) != "corrupt" or lock_file is None:
-                raise fault(err, path, "open") from err
-            # Damaged, and we are the daemon: nobody else can be using the file.
-            recovered = move_aside(path, str(err))
-            make_private(path)
-            try:
-                conn = _checked(path)
-            except sqlite3.Error as again:
-                raise fault(again, path, "create") from again
-        try:
-            migrate(conn)
-            limit_size(conn, max_mb)
-            if lock_file is not None:
-                _probe(conn, path)
-        except BaseException as err:
-            conn.close()
-            if isinstance(err, sqlite3.Error):
-                raise fault(err, path, "write to") from err
             raise
         store = cls(conn, path, lock_file)
         store.recovered_from = recovered
@@ -494,24 +459,3 @@ class Store:
 
 
 
-
-def _checked(path: Path) -> sqlite3.Connection:
-    """A connection to a file that passed ``quick_check``."""
-    conn = connect(path)
-    try:
-        check(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _probe(conn: sqlite3.Connection, path: Path) -> None:
-    """The daemon's start-up write: a read-only file refuses it; a full one is let through
-    (space may come back; commits are retried), with a warning."""
-    try:
-        probe_write(conn)
-    except sqlite3.Error as err:
-        if reason_of(err) != "full":
-            raise
-        logger.warning("%s", fault(err, path, "write to"))

@@ -10,6 +10,7 @@ import pytest
 
 from poller import errors
 from poller.errors import (
+    BrokerAnswerTooLarge,
     BrokerAuthError,
     BrokerError,
     BrokerMalformed,
@@ -42,6 +43,7 @@ TREE: dict[type[PollerError], tuple[type[PollerError] | None, type | None]] = {
     BrokerUnavailable: (BrokerError, Retryable),
     BrokerRateLimited: (BrokerError, Retryable),
     BrokerMalformed: (BrokerError, Retryable),
+    BrokerAnswerTooLarge: (BrokerMalformed, Retryable),
     BrokerAuthError: (BrokerError, NeedsHuman),
     BrokerRejected: (BrokerError, NeedsHuman),
     BrokerNotFound: (BrokerRejected, NeedsHuman),
@@ -76,6 +78,7 @@ def test_parent_and_marker(cls: type[PollerError]) -> None:
     (BrokerUnavailable, "unavailable"),
     (BrokerRateLimited, "rate_limited"),
     (BrokerMalformed, "malformed"),
+    (BrokerAnswerTooLarge, "too_large"),
     (BrokerAuthError, "auth"),
     (BrokerRejected, "rejected"),
     (BrokerNotFound, "not_found"),

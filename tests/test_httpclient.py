@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from poller.__about__ import __version__
-from poller.errors import BrokerMalformed, BrokerUnavailable
+from poller.errors import BrokerAnswerTooLarge, BrokerMalformed, BrokerUnavailable
 from poller.httpclient import (
     LARGE_BODY,
     MAX_BODY_BYTES,
@@ -104,9 +104,11 @@ def test_body_size_limit(server: SimServer) -> None:
     answer_with(server, SimResponse(200, raw=fits), "/fits")
     answer_with(server, SimResponse(200, raw=fits + b" "), "/too-big")
     assert len(fetch(server.url, "/fits").body) == MAX_BODY_BYTES - 2
-    with pytest.raises(BrokerMalformed, match=r"^answer larger than 8 MiB$") as caught:
+    with pytest.raises(BrokerAnswerTooLarge) as caught:
         fetch(server.url, "/too-big")
-    assert caught.value.connection == "tw"
+    assert str(caught.value) == ("the answer is larger than 8 MiB (raise "
+                                 "brokers.tw.max_answer_mb if that is expected)")
+    assert caught.value.connection == "tw" and isinstance(caught.value, BrokerMalformed)
 
 
 def test_the_deadline_covers_a_trickling_body(server: SimServer) -> None:

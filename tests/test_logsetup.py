@@ -186,6 +186,7 @@ def test_the_secret_parts_of_a_url_are_secrets_too() -> None:
             "pa55word"} <= set(parts)
     assert "services" not in parts and "T0001" not in parts  # words, not tokens
     assert url_secrets("not a url") == [] and url_secrets("https://example.com/") == []
+    assert url_secrets("http://127.0.0.1:8080/hook") == []  # a plain word, not a token
     redact = Redactor([url])
     assert redact("404: Cannot POST /services/T0001/B0002/xoxb1234abcd") == \
         f"404: Cannot POST {REDACTED}"
