@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -65,6 +65,11 @@ class BrokerConfig(BaseModel):
         default=False,
         description="Allow `limits` above the documented ones (e.g. a limit your broker raised "
                     "for you in writing); poller warns at every start.",
+    )
+    max_in_flight: int = Field(
+        default=8, ge=1, le=64,
+        description="Per-order requests of this connection on the wire at once, at most "
+                    "(the rate is the budget's; this only keeps slow answers from idling it).",
     )
     max_answer_mb: float = Field(
         default=8.0, gt=0, le=1024,
@@ -290,9 +295,11 @@ class BrokerAdapter(ABC, Generic[C]):
 
     async def request(self, kind: RequestKind, request: httpx.Request) -> Answer:
         """Send one request through the rate budget of the groups ``kind`` consumes."""
-        await self.budget.acquire(*self.groups_of(kind))
-        return await send(self.client, request, connection=self.name,
-                          deadline=self.config.timeout, max_bytes=self.max_answer_bytes)
+        admitted = await self.budget.acquire(*self.groups_of(kind))
+        answer = await send(self.client, request, connection=self.name,
+                            deadline=self.config.timeout, max_bytes=self.max_answer_bytes)
+        self.budget.observe_round_trip(self.budget.now() - admitted)
+        return answer
 
     @property
     def max_answer_bytes(self) -> int:
@@ -452,6 +459,36 @@ def describe_body(text: str) -> str:
     if text.startswith("<"):
         return "an HTML error page"
     return text[:120] or "no body"
+
+
+class ParseCache:
+    """The snapshots of the last list answer, by the raw item they were read from.
+
+    A list of thousands of open orders mostly repeats itself; an item equal to the one the
+    same scope answered last time gives the same snapshot back without building Decimals
+    and a new snapshot again (and the diff sees an identical object). One generation per
+    scope: items that left the list leave the cache with the next answer.
+    """
+
+    def __init__(self) -> None:
+        self._scopes: dict[str, dict[str, tuple[Any, OrderSnapshot]]] = {}
+        self._fresh: dict[str, dict[str, tuple[Any, OrderSnapshot]]] = {}
+
+    def get(self, scope: str, item_id: str, item: Any, parse: Callable[[], OrderSnapshot]
+            ) -> OrderSnapshot:
+        """The snapshot of ``item``: cached when the raw item is unchanged, else parsed."""
+        fresh = self._fresh.setdefault(scope, {})
+        cached = self._scopes.get(scope, {}).get(item_id)
+        if cached is not None and cached[0] == item:
+            snapshot = cached[1]
+        else:
+            snapshot = parse()
+        fresh[item_id] = (item, snapshot)
+        return snapshot
+
+    def done(self, scope: str) -> None:
+        """The list answer of ``scope`` is read: its items are the cache from now on."""
+        self._scopes[scope] = self._fresh.pop(scope, {})
 
 
 def secret_values(model: BaseModel) -> list[str]:

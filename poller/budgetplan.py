@@ -27,6 +27,9 @@ class GroupPlan:
     window: float
     rate: float
     list_rate: float
+    share: float = 1.0
+    pad: float = 0.0
+    max_pad: float = 0.0
 
     @property
     def spare_rate(self) -> float:
@@ -48,7 +51,8 @@ def plan(cls: type[BrokerAdapter[Any]], config: BrokerConfig, budget: RateBudget
     return [
         GroupPlan(
             name=g.name, documented=str(g.spec), allowed=g.allowed, window=g.base_window,
-            rate=g.rate, list_rate=calls if g.name in list_groups else 0.0)
+            rate=g.rate, list_rate=calls if g.name in list_groups else 0.0, share=g.share,
+            pad=round(g.pad, 3), max_pad=round(g.max_pad, 3))
         for g in budget.groups.values()
     ]
 
@@ -61,8 +65,9 @@ def describe(cls: type[BrokerAdapter[Any]], config: BrokerConfig, plans: list[Gr
     per_order = cls.per_order_polling if config.per_order_polling is None \
         else config.per_order_polling
     for p in plans:
-        text = (f"  limit {p.name}: documented {p.documented}; poller uses {p.allowed} per "
-                f"{p.window:g} s ({p.rate:.2f}/s)")
+        text = (f"  limit {p.name}: documented {p.documented}; share {p.share:g} → "
+                f"{p.allowed} per {p.window:g} s, window padded {p.pad:g} s (follows the "
+                f"measured round-trip jitter, up to {p.max_pad:g} s) → {p.rate:.2f}/s")
         if p.list_rate:
             text += f"; list calls take {p.list_rate:.2f}/s"
         lines.append(text)

@@ -161,7 +161,9 @@ def load(path: Path) -> Loaded:
 def build_adapter(name: str, cls: type[BrokerAdapter[Any]], config: BrokerConfig
                   ) -> BrokerAdapter[Any]:
     """One connection's adapter with its own httpx client and rate budget."""
-    client = build_client(config.base_url, timeout=config.timeout)
+    # Room for every per-order request in flight, plus the list call and an order action.
+    client = build_client(config.base_url, timeout=config.timeout,
+                          connections=config.max_in_flight + 2)
     return cls(name, config, client, build_budget(cls, config))
 
 

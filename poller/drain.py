@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 
 
 class OrderDrain:
-    """Drains one connection's per-order queue at the budget's pace."""
+    """Drains one connection's per-order queue at the budget's pace, with up to
+    ``in_flight`` polls on the wire at once (the rate is the budget's, never 1 / round trip).
+    """
 
     def __init__(
         self,
@@ -34,6 +36,7 @@ class OrderDrain:
         coordinator: Coordinator,
         *,
         stop_within: float,
+        in_flight: int = 1,
         monotonic: Callable[[], float] = time.monotonic,
         log: ConnectionLog | None = None,
     ) -> None:
@@ -43,6 +46,8 @@ class OrderDrain:
         self._poll_one = poll_one
         self._coordinator = coordinator
         self._stop_within = stop_within
+        #: Per-order polls of this connection on the wire at once, at most.
+        self._in_flight = max(1, in_flight)
         self._mono = monotonic
         self.log = log or ConnectionLog(logger, {"connection": name})
         self._task: asyncio.Task[None] | None = None
@@ -76,30 +81,54 @@ class OrderDrain:
         self._task = None
 
     async def _loop(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            if self._coordinator.paused:
-                await self._idle(self._coordinator.breaker_wait())
-                continue
-            key = self.queue.pop(self._mono())
-            if key is None:
-                due = self.queue.next_due()
-                await self._idle(None if due is None else due - self._mono())
-                continue
-            # Orders that just changed or left a list go before the round-robin refresh.
-            token = PRIORITY.set(PRIORITY_URGENT if self.queue.last_was_urgent
-                                 else PRIORITY_ROUTINE)
-            try:
-                await self._poll_one(key)
-            except Exception:  # the loop must survive anything one order's answer does
-                self.log.exception("per-order poll of %s failed unexpectedly", key[2])
-            finally:
-                PRIORITY.reset(token)
-                self.queue.polled(key, self._mono())
-                self.completed += 1
-            # A poll that finished without suspending (an answer from a cache, an error
-            # raised before any I/O) must not let this loop starve the event loop.
-            await asyncio.sleep(0)
+        slots = asyncio.Semaphore(self._in_flight)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                if self._coordinator.paused:
+                    await self._idle(self._coordinator.breaker_wait())
+                    continue
+                # A free slot first, then the key: the queue decides at the last moment, so
+                # an order that became urgent meanwhile goes first.
+                await slots.acquire()
+                if self._stopping:
+                    slots.release()
+                    break
+                key = self.queue.pop(self._mono())
+                if key is None:
+                    slots.release()
+                    due = self.queue.next_due()
+                    await self._idle(None if due is None else due - self._mono())
+                    continue
+                urgent = self.queue.last_was_urgent
+                task = asyncio.create_task(self._one(key, urgent, slots),
+                                           name=f"order-{self.name}-{key[2]}")
+                running.add(task)
+                task.add_done_callback(running.discard)
+                # Let the new poll reach the budget before the next key is chosen.
+                await asyncio.sleep(0)
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _one(self, key: Key, urgent: bool, slots: asyncio.Semaphore) -> None:
+        """One per-order poll in its own task; the budget, not the round trip, sets the
+        pace, and several polls of one connection may be on the wire at once."""
+        # Orders that just changed or left a list go before the round-robin refresh.
+        PRIORITY.set(PRIORITY_URGENT if urgent else PRIORITY_ROUTINE)  # this task's own
+        try:
+            await self._poll_one(key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the loop must survive anything one order's answer does
+            self.log.exception("per-order poll of %s failed unexpectedly", key[2])
+        finally:
+            self.queue.polled(key, self._mono())
+            self.completed += 1
+            slots.release()
+            if self.queue.next_due() is not None:
+                self._wake.set()
 
     async def _idle(self, timeout: float | None) -> None:
         try:

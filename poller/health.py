@@ -63,6 +63,10 @@ class AppCollector(Collector):
         admitted = CounterMetricFamily("poller_budget_requests",
                                        "Requests admitted by each limit group",
                                        labels=["connection", "group"])
+        pads = GaugeMetricFamily("poller_budget_pad_seconds",
+                                 "Seconds each limit group's window is padded by (follows the "
+                                 "measured spread of round trips)",
+                                 labels=["connection", "group"])
         use = GaugeMetricFamily("poller_budget_window_use",
                                 "Share of a limit group's allowance used in the current window",
                                 labels=["connection", "group"])
@@ -83,7 +87,8 @@ class AppCollector(Collector):
             for group in list(tracker.adapter.budget.groups.values()):
                 admitted.add_metric([name, group.name], group.admitted)
                 use.add_metric([name, group.name], group.in_window(now) / group.allowed)
-        yield from (polls, errors, limited, admitted, use, last, open_orders)
+                pads.add_metric([name, group.name], group.pad)
+        yield from (polls, errors, limited, admitted, use, pads, last, open_orders)
         events = CounterMetricFamily("poller_events", "Events committed", labels=["scene"])
         for scene, count in list(app.events_by_scene.items()):
             events.add_metric([scene], count)

@@ -32,15 +32,21 @@ _DELAY = re.compile(r"^-?\d{1,12}(?:\.\d{1,6})?$")
 LARGE_BODY = 256 * 1024
 
 
-def build_client(base_url: str, *, timeout: float, headers: dict[str, str] | None = None
-                 ) -> httpx.AsyncClient:
-    """The one ``httpx.AsyncClient`` of a broker connection or notifier."""
+def build_client(base_url: str, *, timeout: float, headers: dict[str, str] | None = None,
+                 connections: int = 4) -> httpx.AsyncClient:
+    """The one ``httpx.AsyncClient`` of a broker connection or notifier.
+
+    :param connections: how many requests may be on the wire at once. A request the rate
+        budget admitted must not then wait for a pooled connection: it would leave late,
+        bunched with others, and arrive at the broker compressed into one window.
+    """
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
         headers={"User-Agent": f"poller/{__version__}", **(headers or {})},
         follow_redirects=False,
-        limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+        limits=httpx.Limits(max_connections=connections,
+                            max_keepalive_connections=connections),
     )
 
 

@@ -152,6 +152,10 @@ class OrderSnapshot:
     provisional: bool = False
     unknown_status: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    #: Which call produced this snapshot (CoinW: the list or the status call). Internal: not
+    #: a fact the broker stated, so never part of a comparison, never stored — a list answer
+    #: and a per-order answer saying the same thing are the same snapshot, not a change.
+    origin: str = field(default="", compare=False)
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -89,9 +89,13 @@ class LimitGroup:
             self.allowed = 1
             base = spec.window / share
         self.base_window = base
-        # The pad covers network jitter compressing our spacing at the broker; `share`
-        # already leaves 20 % of the limit unused, so a small pad keeps utilisation high.
-        self.window = base + (pad if pad is not None else max(0.05, min(0.03 * base, 0.25)))
+        # The pad covers network jitter compressing our spacing at the broker: a log of send
+        # times padded by the spread J of the transit times admits at most N arrivals in any
+        # window W. It starts at a small floor and follows the measured spread (set_pad).
+        self.min_pad = pad if pad is not None else max(0.05, min(0.03 * base, 0.25))
+        self.max_pad = max(self.min_pad, min(0.5 * base, 2.0))
+        self.pad = self.min_pad
+        self.window = base + self.pad
         self.spacing = spec.spacing
         self._starts: deque[float] = deque()
         self.paused_until = 0.0
@@ -118,6 +122,11 @@ class LimitGroup:
         self._starts.append(now)
         self.admitted += 1
 
+    def set_pad(self, jitter: float) -> None:
+        """Pad the window by the measured jitter, kept between ``min_pad`` and ``max_pad``."""
+        self.pad = min(self.max_pad, max(self.min_pad, jitter))
+        self.window = self.base_window + self.pad
+
     def pause(self, until: float) -> None:
         """Admit nothing before ``until`` (after the broker said we went too fast)."""
         self.paused_until = max(self.paused_until, until)
@@ -126,6 +135,41 @@ class LimitGroup:
     def rate(self) -> float:
         """Requests per second this group allows us."""
         return self.allowed / self.window
+
+
+class Jitter:
+    """The spread of recent round-trip times, which sizes the budget's window pad.
+
+    A request's arrival at the broker lies somewhere between its send and its answer, so
+    transit times vary at most by the spread of round trips (the 99th percentile minus the
+    1st, over the last :data:`SAMPLES` answers: one lost packet's retransmit should not pad
+    the window for good).
+    """
+
+    SAMPLES = 200
+    #: Answers between two recomputations of the pad.
+    EVERY = 20
+
+    def __init__(self) -> None:
+        self._rtts: deque[float] = deque(maxlen=self.SAMPLES)
+        self._since = 0
+
+    def observe(self, rtt: float) -> float | None:
+        """Record one round trip; every :data:`EVERY` answers, the new spread (else None)."""
+        self._rtts.append(rtt)
+        self._since += 1
+        if self._since < self.EVERY:
+            return None
+        self._since = 0
+        return self.spread()
+
+    def spread(self) -> float:
+        """p99 − p1 of the recent round trips (0 before there are two)."""
+        if len(self._rtts) < 2:
+            return 0.0
+        ordered = sorted(self._rtts)
+        last = len(ordered) - 1
+        return ordered[round(0.99 * last)] - ordered[round(0.01 * last)]
 
 
 class RateBudget:
@@ -148,6 +192,7 @@ class RateBudget:
         self._waiters: dict[tuple[int, int], asyncio.Task[object] | None] = {}
         self._tickets = itertools.count()
         self._closed = False
+        self.jitter = Jitter()
 
     def group(self, name: str) -> LimitGroup:
         """The group called ``name`` (KeyError names the group when it does not exist)."""
@@ -196,6 +241,14 @@ class RateBudget:
                     (g.wait_time(now) for g in their), default=0.0) <= 0:
                 return True
         return False
+
+    def observe_round_trip(self, seconds: float) -> None:
+        """An admitted request was answered after ``seconds``: let the pad follow the
+        network (every group's window grows or shrinks with the measured jitter)."""
+        spread = self.jitter.observe(seconds)
+        if spread is not None:
+            for group in self.groups.values():
+                group.set_pad(spread)
 
     def close(self) -> int:
         """Shut the budget: cancel every request still waiting for room and every later

@@ -71,7 +71,8 @@ class Tracker:
             log=self.log)
         self.drain = OrderDrain(
             self.name, self.queue, self._wake, self.poller.poll_order, self.coordinator,
-            stop_within=adapter.config.timeout + 1, monotonic=monotonic, log=self.log)
+            stop_within=adapter.config.timeout + 1, in_flight=adapter.config.max_in_flight,
+            monotonic=monotonic, log=self.log)
         self.actions = ActionExecutor(
             adapter, book, self.poller, self.coordinator, self.pending,
             look_again=self._look_again, record_state=record_state,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import httpx
@@ -32,8 +33,9 @@ from poller import (
     RequestKind,
     Success,
 )
-from poller.adapter import adapter_problems
+from poller.adapter import ParseCache, adapter_problems
 from poller.errors import ConfigError, http_error
+from poller.models import OrderSnapshot, OrderStatus
 from poller.plugins import get_plugin_manager
 
 # -- the classifier ---------------------------------------------------------------------------
@@ -366,3 +368,30 @@ def test_registering_a_misspelt_request_kind_is_a_clear_config_error() -> None:
     assert [str(p) for p in caught.value.problems] == [
         "plugins: brokers: Variant: request_groups has an unknown request kind 'detial'; "
         "did you mean 'detail'?"]
+
+
+def test_the_parse_cache_returns_the_same_snapshot_for_an_unchanged_item() -> None:
+    parsed: list[str] = []
+
+    def reader(item: dict[str, str]) -> Callable[[], OrderSnapshot]:
+        def read() -> OrderSnapshot:
+            parsed.append(item["id"])
+            return OrderSnapshot(broker="b", broker_kind="k", account_id="A",
+                                 order_id=item["id"], status=OrderStatus.SUBMITTED,
+                                 broker_status=item["state"])
+        return read
+
+    cache = ParseCache()
+    first = {"id": "1", "state": "open"}
+    one = cache.get("A", "1", first, reader(first))
+    cache.done("A")
+    again = cache.get("A", "1", dict(first), reader(first))  # equal, not the same object
+    changed = {"id": "2", "state": "open"}
+    cache.get("A", "2", changed, reader(changed))
+    cache.done("A")
+    assert again is one and parsed == ["1", "2"]
+    moved = {"id": "1", "state": "partial"}
+    assert cache.get("A", "1", moved, reader(moved)).broker_status == "partial"
+    cache.done("A")
+    gone = cache.get("A", "2", changed, reader(changed))  # left the list a call ago
+    assert parsed == ["1", "2", "1", "2"] and gone.order_id == "2"

@@ -64,13 +64,15 @@ def test_share_and_a_lowered_limit_change_the_figures() -> None:
     assert one.rate == pytest.approx(1 / 1.30)
 
 
+PAD = "window padded 0.06 s (follows the measured round-trip jitter, up to 1 s)"
 LINES = [
-    "  limit returnOpenOrders: documented 30/2s; poller uses 24 per 2 s (11.65/s); "
+    f"  limit returnOpenOrders: documented 30/2s; share 0.8 → 24 per 2 s, {PAD} → 11.65/s; "
     "list calls take 0.40/s",
-    "  limit returnOrderStatus: documented 30/2s; poller uses 24 per 2 s (11.65/s)",
-    "  limit returnOrderTrades: documented 30/2s; poller uses 24 per 2 s (11.65/s)",
-    "  limit cancelOrder: documented 30/2s; poller uses 24 per 2 s (11.65/s)",
-    "  limit uid: documented 300/1s; poller uses 240 per 1 s (228.57/s); list calls take 0.40/s",
+    f"  limit returnOrderStatus: documented 30/2s; share 0.8 → 24 per 2 s, {PAD} → 11.65/s",
+    f"  limit returnOrderTrades: documented 30/2s; share 0.8 → 24 per 2 s, {PAD} → 11.65/s",
+    f"  limit cancelOrder: documented 30/2s; share 0.8 → 24 per 2 s, {PAD} → 11.65/s",
+    "  limit uid: documented 300/1s; share 0.8 → 240 per 1 s, window padded 0.05 s (follows "
+    "the measured round-trip jitter, up to 0.5 s) → 228.57/s; list calls take 0.40/s",
 ]
 
 

@@ -97,3 +97,38 @@ def test_stop_waits_for_the_poll_in_progress_within_its_bound() -> None:
         return bool(finished), hung.running
 
     assert asyncio.run(run()) == (True, False)
+
+
+def test_several_polls_are_in_flight_at_once_up_to_the_cap() -> None:
+    """The rate is the budget's, not 1 / round trip: with slow answers the drain keeps up
+    to ``in_flight`` polls waiting at once, never more."""
+    async def run() -> tuple[int, int]:
+        queue: OrderQueue[Key] = OrderQueue()
+        for key in keys(*(str(n) for n in range(20))):
+            queue.add(key)
+        wake = asyncio.Event()
+        in_flight = peak = done = 0
+        release = asyncio.Event()
+        all_done = asyncio.Event()
+
+        async def poll_one(key: Key) -> None:
+            nonlocal in_flight, peak, done
+            in_flight += 1
+            peak = max(peak, in_flight)
+            if peak == 4:
+                release.set()  # the cap is reached: answer them all
+            await release.wait()
+            in_flight -= 1
+            done += 1
+            if done >= 12:
+                all_done.set()
+
+        drain = OrderDrain("cx", queue, wake, poll_one, Coordinator("cx"), stop_within=5.0,
+                           in_flight=4)
+        drain.start()
+        await asyncio.wait_for(all_done.wait(), 10)
+        await drain.stop()
+        return peak, done
+
+    peak, done = asyncio.run(run())
+    assert peak == 4 and done >= 12

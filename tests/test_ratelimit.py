@@ -14,7 +14,7 @@ from aiolimiter import AsyncLimiter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
+from poller.ratelimit import Jitter, LimitGroup, LimitSpec, RateBudget
 
 
 class FakeTime:
@@ -213,3 +213,20 @@ def test_higher_priority_goes_first_then_first_come() -> None:
 
     asyncio.run(main())
     assert order == ["action", "urgent", "list", "list-2", "routine-1", "routine-2"]
+
+
+def test_the_window_pad_follows_the_measured_round_trip_spread() -> None:
+    group = LimitGroup("g", LimitSpec(30, 2.0), share=1.0)
+    budget = RateBudget([group])
+    assert (group.pad, group.max_pad) == (0.06, 1.0)
+    for n in range(Jitter.EVERY):  # round trips from 10 to 310 ms
+        budget.observe_round_trip(0.01 + 0.3 * n / (Jitter.EVERY - 1))
+    assert group.pad == pytest.approx(0.3, abs=0.02)
+    assert group.window == pytest.approx(2.0 + group.pad)
+    assert group.rate == pytest.approx(30 / group.window)
+    for _ in range(Jitter.SAMPLES):  # a quiet network: back to the floor
+        budget.observe_round_trip(0.002)
+    assert group.pad == group.min_pad
+    for n in range(Jitter.SAMPLES):  # a terrible one: held at the cap
+        budget.observe_round_trip(5.0 * (n % 2))
+    assert group.pad == group.max_pad == 1.0

@@ -153,7 +153,8 @@ def test_check_config_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["check-config", "-c", str(path)]) == 0
     out = capsys.readouterr().out
     assert "broker tw-main: shioaji at https://sj.example.com" in out
-    assert "limit orders: documented 250/10s; poller uses 200 per 10 s (19.51/s)" in out
+    assert ("limit orders: documented 250/10s; share 0.8 → 200 per 10 s, window padded 0.25 s "
+            "(follows the measured round-trip jitter, up to 2 s) → 19.51/s") in out
     assert "notifier hook: webhook" in out and CANARY not in out
 
 

@@ -54,6 +54,7 @@ from poller import (
     ListScope,
     OrderSnapshot,
     OrderStatus,
+    ParseCache,
     RateBudget,
     RequestKind,
     Success,
@@ -300,8 +301,8 @@ def parse_open_order(item: Any, *, broker: str, account_id: str, pair: str) -> O
         filled_qty=filled,
         avg_fill_price=average_price(filled, _amount(item.get("success_amount"))),
         placed_at=_moment(item.get("date")),
-        extra={"source": LIST_SOURCE,
-               "starting_amount": str(item.get("startingAmount") or "")},
+        extra={"starting_amount": str(item.get("startingAmount") or "")},
+        origin=LIST_SOURCE,
     )
 
 
@@ -330,8 +331,8 @@ def parse_order_status(
         side=_side(data.get("type")),
         qty=_amount(data["total"]),
         placed_at=_lenient_moment(data.get("date")),
-        extra={"source": STATUS_SOURCE,
-               "starting_amount": str(data.get("startingAmount") or "")},
+        extra={"starting_amount": str(data.get("startingAmount") or "")},
+        origin=STATUS_SOURCE,
     )
 
 
@@ -358,7 +359,7 @@ def carry_over(known: OrderSnapshot | None, probed: OrderSnapshot) -> OrderSnaps
     the list's values are the order's values, and keeping them avoids a false
     MODIFY_SUCCESS or a price disappearing from the final event.
     """
-    if known is None or probed.extra.get("source") != STATUS_SOURCE:
+    if known is None or probed.origin != STATUS_SOURCE:
         return probed
     if known.order_id != probed.order_id:
         return probed
@@ -410,6 +411,10 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         # The last list snapshot of each order, so a probe can keep the price and quantity
         # returnOrderStatus does not give (see carry_over). Dropped once the order is final.
         self._listed: dict[str, OrderSnapshot] = {}
+        self._cache = ParseCache()
+        # The status, filled quantity and average price each partly filled order had when
+        # returnOrderTrades was last read for it (see _with_fills).
+        self._fills: dict[str, tuple[OrderStatus, Decimal, Decimal | None]] = {}
 
     @classmethod
     def check(cls, config: CoinWConfig) -> list[tuple[str, str]]:
@@ -442,16 +447,21 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         orders: list[OrderSnapshot] = []
         problems: list[str] = []
         for index, item in enumerate(data):
+            number = item.get("orderNumber") if isinstance(item, dict) else None
+
+            def read(item: Any = item) -> OrderSnapshot:
+                return parse_open_order(item, broker=self.name, account_id=scope.account_id,
+                                        pair=pair)
+
             try:
-                snapshot = parse_open_order(item, broker=self.name,
-                                            account_id=scope.account_id, pair=pair)
+                snapshot = self._cache.get(scope.label, str(number), item, read)
             except (KeyError, TypeError, ValueError, ArithmeticError) as err:
-                number = item.get("orderNumber") if isinstance(item, dict) else None
                 label = f"order {number}" if number is not None else f"order #{index}"
                 problems.append(f"{pair} {label}: {type(err).__name__}: {err}")
                 continue
             orders.append(snapshot)
             self._listed[snapshot.order_id] = snapshot
+        self._cache.done(scope.label)
         return ListResult(scope, orders, problems)
 
     async def fetch_order(self, account_id: str, order_id: str) -> OrderSnapshot | None:
@@ -487,26 +497,49 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         snapshot = await self._with_fills(snapshot)
         if snapshot.final:
             self._listed.pop(order_id, None)
+            self._fills.pop(order_id, None)
         return snapshot
 
     async def _with_fills(self, snapshot: OrderSnapshot) -> OrderSnapshot:
         status = snapshot.status
         if snapshot.unknown_status or status is OrderStatus.SUBMITTED:
             return snapshot
+        order_id = snapshot.order_id
         if status is OrderStatus.FILLED:
             average: Decimal | None = None
             try:
-                trades = await self._trades(snapshot.order_id)
+                trades = await self._trades(order_id)
             except BrokerError as err:
                 logger.info("%s: no average price for filled order %s (%s)", self.name,
-                            snapshot.order_id, err)
+                            order_id, err)
                 trades = None
             if trades is not None:
                 average = trades[1]
             return replace(snapshot, filled_qty=snapshot.qty, avg_fill_price=average)
-        trades = await self._trades(snapshot.order_id)
+        known = self._fills.get(order_id)
+        if known is not None and known[0] is status and not self._trades_free():
+            # returnOrderStatus shows no filled quantity: only a status change proves the
+            # fills moved. Unchanged, and the trades budget busy: keep what we know (the
+            # open-orders list reports each order's filled quantity too) rather than make
+            # this poll wait for a second request.
+            listed = self._listed.get(order_id)
+            if listed is not None and listed.filled_qty > known[1]:
+                return replace(snapshot, filled_qty=listed.filled_qty,
+                               avg_fill_price=listed.avg_fill_price)
+            return replace(snapshot, filled_qty=known[1], avg_fill_price=known[2])
+        trades = await self._trades(order_id)
         filled, average = trades if trades is not None else (Decimal(0), None)
+        listed = self._listed.get(order_id)
+        if listed is not None and listed.filled_qty > filled:  # the list saw more, later
+            filled, average = listed.filled_qty, listed.avg_fill_price
+        self._fills[order_id] = (status, filled, average)
         return replace(snapshot, filled_qty=filled, avg_fill_price=average)
+
+    def _trades_free(self) -> bool:
+        """Whether a returnOrderTrades call would be admitted at once."""
+        now = self.budget.now()
+        return all(self.budget.group(g).wait_time(now) <= 0
+                   for g in self.groups_of(RequestKind.TRADES))
 
     async def _trades(self, order_id: str) -> tuple[Decimal, Decimal | None] | None:
         try:

@@ -316,12 +316,14 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
             gap = self._last_done + spacing - time.monotonic()
             if gap > 0:
                 await asyncio.sleep(gap)
-            await self.budget.acquire(*groups)
+            admitted = await self.budget.acquire(*groups)
             self.authorize(request)
             try:
-                return await send(self.client, request, connection=self.name,
-                                  deadline=self.config.timeout,
-                                  max_bytes=self.max_answer_bytes)
+                answer = await send(self.client, request, connection=self.name,
+                                    deadline=self.config.timeout,
+                                    max_bytes=self.max_answer_bytes)
+                self.budget.observe_round_trip(self.budget.now() - admitted)
+                return answer
             finally:
                 self._last_done = time.monotonic()
 

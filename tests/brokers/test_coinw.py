@@ -799,3 +799,47 @@ def test_wrong_secret_stops_the_connection_once(tmp_path: Path, receiver: Receiv
     assert len(sim.server.requests(PRIVATE_PATH)) == 1  # one refused call, then silence
     assert "not-the-secret" not in json.dumps(receiver.events)
     assert sim.api_key not in json.dumps(receiver.events)
+
+
+def test_a_list_answer_and_a_status_answer_of_an_unchanged_order_are_the_same_snapshot(
+        ) -> None:
+    """No false change: which call read the order (origin) is not a fact the broker stated,
+    and a status answer completed from the list (carry_over + trades) equals the list's."""
+    listed_item = open_item(status=2, success_count="0.0002", success_amount="13.4")
+    router = Router({
+        "returnOpenOrders": (200, envelope([listed_item])),
+        "returnOrderStatus": (200, envelope({
+            "status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
+            "total": listed_item["total"], "type": "buy",
+            "startingAmount": listed_item["startingAmount"]})),
+        "returnOrderTrades": (200, envelope({
+            "success_total": "0.0002", "success_amount": "13.4"})),
+    })
+
+    async def work(a: CoinWAdapter) -> tuple[OrderSnapshot, OrderSnapshot | None]:
+        listed = (await a.list_orders(a.scopes()[0])).orders[0]
+        return listed, await a.fetch_order("spot", listed.order_id)
+
+    listed, probed = run(adapter_for(router), work)
+    assert probed is not None and probed == listed
+    assert (listed.origin, probed.origin) == ("returnOpenOrders", "returnOrderStatus")
+
+
+def test_unchanged_partial_orders_skip_the_trades_call_when_its_budget_is_busy() -> None:
+    status = envelope({"status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
+                       "total": "0.001", "type": "buy", "startingAmount": "67"})
+    router = Router({"returnOrderStatus": (200, status), "returnOrderTrades": (200, envelope(
+        {"success_total": "0.0002", "success_amount": "13.4"}))})
+
+    async def work(a: CoinWAdapter) -> list[OrderSnapshot | None]:
+        first = await a.fetch_order("spot", "1")  # unknown before: trades read
+        # The trades group is busy now (not the uid group the status call shares).
+        a.budget.group("returnOrderTrades").pause(a.budget.now() + 60)
+        second = await a.fetch_order("spot", "1")  # same status: what we know is kept
+        return [first, second]
+
+    first, second = run(adapter_for(router), work)
+    assert router.calls == ["returnOrderStatus", "returnOrderTrades", "returnOrderStatus"]
+    assert first is not None and second is not None
+    assert (second.filled_qty, second.avg_fill_price) == (first.filled_qty,
+                                                          first.avg_fill_price)

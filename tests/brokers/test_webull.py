@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -957,3 +958,37 @@ def test_wrong_secret_stops_the_connection_with_one_auth_error(tmp_path: Path,
         assert len(sim.server.requests()) == 1  # polling stopped after the refusal
     finally:
         sim.stop()
+
+
+def test_a_replace_echoes_the_last_answer_without_reading_the_detail() -> None:
+    """Replaces run at the replace limit, not the query limit: an order a list answer showed
+    is echoed from that answer (qty and price from the current snapshot); only an order no
+    answer showed yet is read first."""
+    seen: list[tuple[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        seen.append((request.url.path, body))
+        if request.url.path == "/trade/order/replace":
+            return httpx.Response(200, json=legacy({"client_order_id": HK_ORDER[
+                "client_order_id"]}))
+        if request.url.path.endswith("detail"):
+            return httpx.Response(200, json=legacy(order()))
+        return httpx.Response(200, json=legacy({"has_next": False, "orders": [order()]}))
+
+    async def work(a: WebullAdapter) -> None:
+        listed = (await a.list_orders(ListScope(ACCOUNT, open_only=True))).orders[0]
+        changed = replace(listed, price=Decimal("380"))  # an earlier replace took effect
+        await a.replace_order(changed, qty=Decimal(50), price=None)
+        a._raw.clear()  # as after a restart: nothing shown yet
+        await a.replace_order(listed, qty=None, price=Decimal("381.5"))
+
+    run(make_adapter(handler), work)
+    paths = [path for path, _ in seen]
+    assert paths == ["/trade/orders/list-open", "/trade/order/replace",
+                     "/trade/order/detail", "/trade/order/replace"]
+    first = seen[1][1]["stock_order"]
+    assert (first["qty"], first["limit_price"]) == ("50", "380")
+    assert first["client_order_id"] == HK_ORDER["client_order_id"]
+    assert first == {**replace_body(order(), qty=Decimal(50)), "limit_price": "380"}
+    assert seen[3][1]["stock_order"]["limit_price"] == "381.5"
