@@ -1,229 +1,253 @@
-"""Benchmark: the daemon against simulators with strict server-side windows.
+"""Benchmark: per-order polling against CoinW, measured from outside, beside its peers.
 
-    python -m bench.run --broker coinw --orders 50,500,5000 --duration 60
+    python -m bench.run --orders 50,500,5000 --duration 60 --latency-ms 0-300 --peers
 
-For each N it places N open orders in the simulator, lets the daemon take its baseline, then
-changes one random order every ``--change-every`` seconds (a small partial fill, so N stays
-constant) and prints, measured at the simulator: the most requests seen in any window of each
-limit group against the limit, rate-limit answers, utilisation of the per-order budget, mean and
-p99 detection latency (simulator change → event committed) next to the round-robin bound
-N ÷ rate, how soon a just-changed order was polled again, CPU seconds per 1 000 polls (the
-daemon's threads only) and peak RSS. Figures are printed, never asserted.
+The simulator runs in a process of its own (answers delayed by ``--latency-ms``, requests
+counted on arrival), the daemon in another (``poller run``, its CPU and memory its own),
+and a webhook receiver in this one. For each N: N open orders, the daemon's baseline, a
+warm-up, then one random partial fill every ``--change-every`` seconds for ``--duration``
+seconds. Printed, never asserted:
+
+* the most ``returnOrderStatus`` / all-endpoint requests in any 2 s / 1 s at the simulator
+  (by arrival) against the documented 30 / 300, and refusals;
+* utilisation: status requests per second against the documented 15/s, and against what
+  the share allows after the measured jitter pad (floor(share × 30) / (2 s + pad));
+* detection latency, simulator change → webhook receiver (mean, p99, unseen), beside the
+  round-robin bounds N/(2R) (mean) and N/R (max) for the rate R actually allowed;
+* re-poll of a just-changed order (mean) against the round-robin period N/R;
+* with ``--list-interval``: the longest gap between two polls of one order against
+  1.2 × N/R (no starvation while the lists run too);
+* daemon CPU per request and peak RSS; with ``--peers``, the naive ``AsyncLimiter(30, 2)``
+  and a 5 %-margin sliding window, each against its own simulator process, side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import random
-import resource
+import math
 import statistics
-import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from decimal import Decimal
 from typing import Any
 
-from poller.adapter import RequestKind
-from poller.app import App
-from poller.compose import validate
-from poller.events import OrderEvent
-from poller.logsetup import Redactor
-from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
-from poller.settings import load_settings
-from poller.simulator.base import BrokerSim
-from poller.simulator.catalog import SIMULATORS
-from poller.store import Store
+from bench.harness import Daemon, Receiver, Sims, max_in_window, percentile
+from bench.peers import run_peer
+
+STATUS = "command=returnOrderStatus"
 
 
 @dataclass
-class Result:
-    """Figures of one run."""
+class Figures:
+    """One row of the comparison."""
 
-    broker: str
-    orders: int
-    duration: float
-    windows: dict[str, tuple[int, int]] = field(default_factory=dict)  # group → (max, limit)
-    rate_limit_answers: int = 0
-    per_order_polls: int = 0
+    name: str
+    n: int
+    max_status: int = 0
+    max_uid: int = 0
+    refused: int = 0
+    status_rate: float = 0.0
     allowed_rate: float = 0.0
-    achieved_rate: float = 0.0
+    pad: float = 0.0
     latencies: list[float] = field(default_factory=list)
-    repoll_delays: list[float] = field(default_factory=list)
-    bound: float = 0.0
-    cpu_per_1000: float = 0.0
-    peak_rss_mb: float = 0.0
-    changes: int = 0
+    unseen: int = 0
+    repoll: list[float] = field(default_factory=list)
+    max_gap: float = 0.0
+    cpu_per_request_ms: float = 0.0
+    rss_mb: float = 0.0
+
+    @property
+    def bound_mean(self) -> float:
+        """N/(2R): the mean latency of a perfect round-robin at the allowed rate."""
+        return self.n / (2 * self.allowed_rate) if self.allowed_rate else 0.0
 
     def lines(self) -> list[str]:
-        """The figures as printable lines."""
-        out = [f"{self.broker} N={self.orders} ({self.duration:g} s, {self.changes} changes)"]
-        for group, (seen, limit) in sorted(self.windows.items()):
-            out.append(f"  max in window {group}: {seen} (limit {limit})")
-        out.append(f"  rate-limit answers: {self.rate_limit_answers}")
+        """Printable figures."""
+        out = [f"{self.name} N={self.n}:"]
+        out.append(f"  max in any 2 s (server, by arrival): returnOrderStatus "
+                   f"{self.max_status} (documented 30); all endpoints in any 1 s "
+                   f"{self.max_uid} (documented 300); refusals {self.refused}")
         if self.allowed_rate:
-            out.append(f"  per-order polls: {self.per_order_polls}, {self.achieved_rate:.2f}/s of "
-                       f"{self.allowed_rate:.2f}/s allowed → utilisation "
-                       f"{self.achieved_rate / self.allowed_rate:.3f}")
+            out.append(f"  utilisation: {self.status_rate:.2f}/s = "
+                       f"{self.status_rate / 15:.3f} of the documented 15/s; "
+                       f"{self.status_rate / self.allowed_rate:.3f} of the "
+                       f"{self.allowed_rate:.2f}/s the share allows after the "
+                       f"{self.pad:.3f} s jitter pad")
+        else:
+            out.append(f"  status requests: {self.status_rate:.2f}/s = "
+                       f"{self.status_rate / 15:.3f} of the documented 15/s")
         if self.latencies:
-            lat = sorted(self.latencies)
-            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-            bound = f"round-robin bound N/rate = {self.bound:.2f} s, " if self.bound else ""
-            out.append(f"  detection latency: mean {statistics.mean(lat):.2f} s, p99 {p99:.2f} s"
-                       f" ({bound}{len(lat)} changes matched)")
-        if self.repoll_delays:
-            out.append(f"  re-poll after a change: mean {statistics.mean(self.repoll_delays):.2f}"
-                       f" s, max {max(self.repoll_delays):.2f} s")
-        out.append(f"  CPU per 1 000 polls: {self.cpu_per_1000:.3f} s; peak RSS "
-                   f"{self.peak_rss_mb:.0f} MB")
+            mean = statistics.mean(self.latencies)
+            ratio = f" = {mean / self.bound_mean:.2f} × N/(2R) {self.bound_mean:.2f} s" \
+                if self.bound_mean else ""
+            out.append(f"  detection latency to the receiver: mean {mean:.2f} s{ratio}; "
+                       f"p99 {percentile(self.latencies, 0.99):.2f} s; max "
+                       f"{max(self.latencies):.2f} s (N/R {2 * self.bound_mean:.1f} s); "
+                       f"{len(self.latencies)} seen, {self.unseen} not seen")
+        elif self.unseen:
+            out.append(f"  detection: none of {self.unseen} changes seen")
+        if self.repoll and self.bound_mean:
+            mean = statistics.mean(self.repoll)
+            out.append(f"  re-poll after a change: mean {mean:.2f} s vs round-robin "
+                       f"{2 * self.bound_mean:.1f} s ({2 * self.bound_mean / mean:.1f} × "
+                       f"sooner)")
+        if self.max_gap and self.bound_mean:
+            out.append(f"  longest gap between two polls of one order: {self.max_gap:.1f} s "
+                       f"vs 1.2 × N/R = {2.4 * self.bound_mean:.1f} s")
+        out.append(f"  CPU per request {self.cpu_per_request_ms:.2f} ms"
+                   + (f"; peak RSS {self.rss_mb:.0f} MB" if self.rss_mb else ""))
         return out
 
 
-class ThreadCpu:
-    """CPU time of the event-loop thread and the store thread (not the simulator's)."""
-
-    def __init__(self, executor: ThreadPoolExecutor) -> None:
-        self.executor = executor
-
-    async def sample(self) -> float:
-        loop = asyncio.get_running_loop()
-        store = await loop.run_in_executor(self.executor, time.thread_time)
-        return time.thread_time() + store
-
-
-async def run_one(kind: str, n: int, duration: float, change_every: float, seed: int,
-                  extra: dict[str, Any]) -> Result:
-    """One benchmark run."""
-    sim: BrokerSim = SIMULATORS[kind](seed=seed)
-    sim.start()
-    rng = random.Random(seed)
-    result = Result(kind, n, duration)
-    try:
-        account = sim.accounts()[0]
-        symbols = sim.symbols
-        for i in range(n):
-            symbol, price = symbols[i % len(symbols)]
-            order = sim.book.place(account, symbol, "BUY", 1_000_000, price)
-            sim.book.accept(order.order_id)
-        with tempfile.TemporaryDirectory(prefix="poller-bench-") as folder:
-            config = {
-                "daemon": {"database": str(Path(folder) / "bench.db"), "log_level": "WARNING"},
-                "brokers": {"bench": sim.broker_config("bench") | extra},
-                "notifiers": {},
-            }
-            settings = load_settings(data=config)
-            plugins = get_plugin_manager(builtins=DEFAULT_PLUGINS)
-            validated = validate(settings, plugins.registry(), "<bench>")
-            store = Store.open(settings.daemon.database, lock=True)
-            app = App.create(settings, plugins, validated, redactor=Redactor(), store=store)
-            committed: list[tuple[float, OrderEvent]] = []
-            app.event_listeners.append(
-                lambda events: committed.extend((time.monotonic(), e) for e in events))
-            await app.start()
-            tracker = app.trackers["bench"]
-            # Baseline: wait until every order is known.
-            while len(tracker.known) < n:
-                await asyncio.sleep(0.05)
-            cpu = ThreadCpu(app._executor)
-            # Let the per-order budget reach its steady state first: right after the baseline
-            # its window is empty, and a first burst would flatter the rate.
-            await asyncio.sleep(5.0)
-            cpu0, polls0, t0 = await cpu.sample(), tracker.order_polls, time.monotonic()
-            log0 = len(sim.server.log)
-            stop = threading.Event()
-            changed: list[tuple[float, str]] = []
-
-            def mover() -> None:
-                while not stop.wait(change_every):
-                    live = sim.book.open_orders()
-                    if live:
-                        order = rng.choice(live)
-                        sim.book.fill(order.order_id, 1)
-                        changed.append((time.monotonic(), order.order_id))
-
-            thread = threading.Thread(target=mover, daemon=True)
-            thread.start()
-            await asyncio.sleep(duration)
-            stop.set()
-            thread.join()
-            cpu1, polls1, t1 = await cpu.sample(), tracker.order_polls, time.monotonic()
-            await asyncio.sleep(max(2.0, min(30.0, tracker.recheck_after() * 2)))
-            await app.stop()
-            store.close()
-        result.changes = len(changed)
-        result.per_order_polls = polls1 - polls0
-        polls = result.per_order_polls + sum(
-            1 for r in sim.server.log[log0:] if sim.is_list_request(r))
-        result.cpu_per_1000 = (cpu1 - cpu0) / max(1, polls) * 1000
-        result.rate_limit_answers = tracker.rate_limit_answers + sim.violations()
-        for name, window in sim.windows.items():
-            result.windows[name] = (window.max_seen, window.count)
-        adapter = app.adapters["bench"]
-        groups = [adapter.budget.groups[g] for g in adapter.groups_of(RequestKind.DETAIL)]
-        if groups and adapter.polls_each_order:
-            # The contract's rate: floor(share × N) per W (the budget's own window is padded).
-            rate = min(g.allowed / g.base_window for g in groups)
-            result.allowed_rate = rate
-            result.achieved_rate = result.per_order_polls / (t1 - t0)
-            result.bound = n / rate
-        result.latencies = _latencies(changed, committed)
-        result.repoll_delays = _repolls(sim, committed)
-        result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return result
-    finally:
-        sim.stop()
-
-
-def _latencies(changed: list[tuple[float, str]],
-               committed: list[tuple[float, OrderEvent]]) -> list[float]:
-    by_order: dict[str, list[float]] = {}
-    for at, event in committed:
-        by_order.setdefault(event.order_id, []).append(at)
-    out = []
-    for at, order_id in changed:
-        later = [t for t in by_order.get(order_id, []) if t >= at]
+def detection(changes: list[list[Any]], seen: list[tuple[float, str, Decimal]],
+              since: float) -> tuple[list[float], int]:
+    """Latencies from each change to the first sighting of at least its filled quantity."""
+    by_order: dict[str, list[tuple[float, Decimal]]] = {}
+    for at, order_id, filled in seen:
+        by_order.setdefault(order_id, []).append((at, filled))
+    latencies, unseen = [], 0
+    for at, order_id, filled in changes:
+        if at < since:
+            continue
+        later = [t for t, f in by_order.get(order_id, []) if t >= at and f >= Decimal(filled)]
         if later:
-            out.append(min(later) - at)
-    return out
+            latencies.append(min(later) - at)
+        else:
+            unseen += 1
+    return latencies, unseen
 
 
-def _repolls(sim: BrokerSim, committed: list[tuple[float, OrderEvent]]) -> list[float]:
+def status_polls(report: dict[str, Any], start: float, end: float) -> dict[str, list[float]]:
+    """Arrival times of returnOrderStatus requests per order in [start, end)."""
     polls: dict[str, list[float]] = {}
-    for request in list(sim.server.log):
-        order_id = sim.polled_order(request)
-        if order_id:
-            polls.setdefault(order_id, []).append(request.arrived)
-    out = []
-    for at, event in committed:
-        later = [t for t in polls.get(event.order_id, []) if t > at]
-        if later:
-            out.append(min(later) - at)
-    return out
+    for at, _kind, order_id, path in report["requests"]:
+        if STATUS in path and start <= at < end:
+            polls.setdefault(order_id, []).append(at)
+    return polls
+
+
+def server_side(figures: Figures, report: dict[str, Any], start: float, end: float) -> int:
+    """Fill in what the simulator counted; returns the requests in [start, end)."""
+    status = [r[0] for r in report["requests"] if STATUS in r[3]]
+    everything = [r[0] for r in report["requests"]]
+    figures.max_status = max_in_window(status, 2.0)
+    figures.max_uid = max_in_window(everything, 1.0)
+    figures.refused = report["violations"]
+    figures.status_rate = sum(1 for t in status if start <= t < end) / (end - start)
+    return sum(1 for t in everything if start <= t < end)
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def run_poller(args: argparse.Namespace, n: int) -> Figures:
+    """poller (a daemon process) against its own simulator process."""
+    sims = Sims("coinw", orders=n, latency=args.latency_ms, seed=args.seed)
+    receiver = Receiver()
+    table = sims.config(0) | {"per_order_polling": True, "share": args.share,
+                              "interval": args.list_interval or 60.0, "timeout": 30.0}
+    daemon = Daemon({"c0": table}, receiver.url)
+    figures = Figures("poller", n)
+    try:
+        daemon.start()
+
+        def baselined() -> bool:
+            return daemon.metrics().get(("poller_open_orders", (("connection", "c0"),)),
+                                        0) >= n
+        await wait_for(baselined, 120, "the baseline")
+        await asyncio.sleep(args.warm_up)  # the budget's first window is a burst
+        cpu0, t0 = daemon.cpu_seconds(), time.monotonic()
+        sims.control(0, "start", every=args.change_every, seed=args.seed)
+        await asyncio.sleep(args.duration)
+        sims.control(0, "stop")
+        cpu1, t1 = daemon.cpu_seconds(), time.monotonic()
+        metrics = daemon.metrics()
+        # Long enough for the last changes to come round: a round-robin period and more.
+        period = n / (math.floor(args.share * 30) / (2.0 + 0.3))
+        await asyncio.sleep(max(args.cool_down, 1.3 * period))
+        figures.rss_mb = daemon.peak_rss_mb()
+        report = sims.control(0, "report")
+    finally:
+        daemon.stop()
+        receiver.close()
+        sims.close()
+    requests = server_side(figures, report, t0, t1)
+    figures.cpu_per_request_ms = (cpu1 - cpu0) / max(1, requests) * 1000
+    figures.pad = metrics.get(("poller_budget_pad_seconds",
+                               (("connection", "c0"), ("group", "returnOrderStatus"))), 0.0)
+    allowed = math.floor(args.share * 30)
+    figures.allowed_rate = allowed / (2.0 + figures.pad)
+    seen = [(r.at, str(r.event["payload"]["order_id"]),
+             Decimal(r.event["payload"].get("filled_qty") or 0)) for r in receiver.events
+            if r.event["event_type"] == "TRADE"]
+    figures.latencies, figures.unseen = detection(report["changes"], seen, t0)
+    polls = status_polls(report, t0, float("inf"))
+    for at, order_id, _ in seen:
+        if t0 <= at < t1:
+            later = [p for p in polls.get(order_id, []) if p > at]
+            if later:
+                figures.repoll.append(min(later) - at)
+    if args.list_interval:
+        steady = status_polls(report, t0, t1)
+        gaps = [b - a for times in steady.values() for a, b in zip(times, times[1:],
+                                                                   strict=False)]
+        figures.max_gap = max(gaps, default=0.0)
+    return figures
+
+
+async def run_peer_figures(args: argparse.Namespace, n: int, strategy: str) -> Figures:
+    """A peer strategy in this process against its own simulator process."""
+    sims = Sims("coinw", orders=n, latency=args.latency_ms, seed=args.seed)
+    figures = Figures(f"peer {strategy}", n)
+    try:
+        t0 = time.monotonic()
+        sims.control(0, "start", every=args.change_every, seed=args.seed)
+        result = await run_peer(strategy, sims.entries[0]["url"], sims.config(0),
+                                sims.entries[0]["orders"], args.duration)
+        t1 = time.monotonic()
+        sims.control(0, "stop")
+        report = sims.control(0, "report")
+    finally:
+        sims.close()
+    requests = server_side(figures, report, t0, t1)
+    figures.refused = max(figures.refused, result.refused)
+    figures.cpu_per_request_ms = result.cpu / max(1, requests) * 1000
+    figures.latencies, figures.unseen = detection(report["changes"], result.seen, t0)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line of the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--broker", default="coinw", choices=sorted(SIMULATORS))
     parser.add_argument("--orders", default="50,500,5000", help="comma-separated N values")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds per N")
+    parser.add_argument("--duration", type=float, default=60.0, help="measured seconds per N")
+    parser.add_argument("--latency-ms", default="0-300", help="answer delay range at the sim")
     parser.add_argument("--change-every", type=float, default=0.5)
+    parser.add_argument("--share", type=float, default=0.8)
+    parser.add_argument("--list-interval", type=float, default=0.0,
+                        help="also run the open-orders list every S seconds (0: per-order "
+                             "polling only)")
+    parser.add_argument("--warm-up", type=float, default=5.0)
+    parser.add_argument("--cool-down", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--list-only", action="store_true",
-                        help="do not poll each order (CoinW: per_order_polling off)")
+    parser.add_argument("--peers", action="store_true", help="also run the peers")
     args = parser.parse_args(argv)
-    extra: dict[str, Any] = {}
-    if args.broker == "coinw" and not args.list_only:
-        # Per-order polling on returnOrderStatus at the full budget; discovery every 5 s.
-        extra = {"per_order_polling": True, "interval": 5.0}
+    print(f"CoinW per-order polling, answers delayed {args.latency_ms} ms, share {args.share}, "
+          f"one partial fill every {args.change_every} s, {args.duration:g} s per run",
+          flush=True)
     for n in [int(x) for x in args.orders.split(",")]:
-        result = asyncio.run(run_one(args.broker, n, args.duration, args.change_every,
-                                     args.seed, extra))
-        print("\n".join(result.lines()), flush=True)
+        print("\n".join(asyncio.run(run_poller(args, n)).lines()), flush=True)
+        if args.peers:
+            for strategy in ("naive", "window"):
+                figures = asyncio.run(run_peer_figures(args, n, strategy))
+                print("\n".join(figures.lines()), flush=True)
 
 
 if __name__ == "__main__":
     main()
-

@@ -29,6 +29,7 @@ from poller.jobs import PollJobs
 from poller.logsetup import Redactor
 from poller.models import SystemScene, iso
 from poller.notifiers import Notifier
+from poller.looplag import LoopLag
 from poller.observers import ObserverQueue
 from poller.orderbook import OrderBook
 from poller.plugins import Plugins
@@ -67,6 +68,7 @@ class App:
         self.last_tick = time.monotonic()
         self.store_health = StoreHealth()
         self.observers = ObserverQueue(plugins)
+        self.loop_lag = LoopLag()
 
     @classmethod
     def create(cls, settings: Settings, plugins: Plugins, validated: Validated, *,
@@ -150,6 +152,7 @@ class App:
                          "baseline (orders are not re-announced)"))]))
         self.jobs = PollJobs()
         self.observers.start()
+        self.loop_lag.start()
         for name in self.adapters:
             await self._add_tracker(name)
         self._start_dispatcher()
@@ -321,6 +324,7 @@ class App:
         if self.dispatcher is not None:
             await self.dispatcher.stop(
                 self.settings.daemon.shutdown_grace if grace is None else grace)
+        await self.loop_lag.stop()
         await self.observers.stop(self.settings.daemon.shutdown_grace if grace is None
                                   else min(grace, 1.0))
         await self.plugins.call_observers("shutdown", app=self)

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from poller.dispatch import Dispatcher
 from poller.loopserver import LoopbackServer, StartResponse, json_answer
 from poller.models import iso
+from poller.looplag import LoopLag
 from poller.storehealth import StoreHealth
 from poller.tracker import Tracker
 
@@ -43,6 +44,8 @@ class DaemonView(Protocol):
     def last_tick(self) -> float: ...
     @property
     def store_health(self) -> StoreHealth: ...
+    @property
+    def loop_lag(self) -> LoopLag: ...
 
 
 class AppCollector(Collector):
@@ -120,7 +123,12 @@ class AppCollector(Collector):
         failures = CounterMetricFamily("poller_store_commit_failures",
                                        "Commits the state database refused")
         failures.add_metric([], app.store_health.failures_total)
-        yield from (store_ok, failures)
+        lag = GaugeMetricFamily("poller_event_loop_lag_seconds",
+                                "How late the event loop ran, over the last minute",
+                                labels=["quantile"])
+        for q in (0.5, 0.99):
+            lag.add_metric([str(q)], app.loop_lag.quantile(q))
+        yield from (store_ok, failures, lag)
 
 
 def health(app: DaemonView, *, stale_after: float) -> tuple[bool, dict[str, Any]]:

@@ -52,13 +52,14 @@ class Judge(Protocol):
 def recheck_after(queued: int, rate: float) -> float:
     """Seconds before an order that just changed is polled again.
 
-    About one round-robin period (``queued`` orders at ``rate`` per-order calls a second),
-    but at least one budget slot and at most 5 s, so an order that just partly filled is
-    looked at again well within two per-order intervals.
+    A quarter of the round-robin period (``queued`` orders at ``rate`` per-order calls a
+    second), so an order that is moving is looked at again well before its turn would come
+    (it then goes to the back of the round-robin), but at least one budget slot and at most
+    5 s.
     """
     if not rate:
         return 5.0
-    return min(5.0, max(1.0 / rate, queued / rate))
+    return min(5.0, max(1.0 / rate, queued / rate / 4))
 
 
 class ConnectionPoller:

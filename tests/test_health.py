@@ -23,6 +23,7 @@ from poller.errors import StoreError
 from poller.health import HealthServer
 from poller.models import parse_iso
 from poller.simulator.shioaji import ShioajiSim
+from poller.looplag import LoopLag
 from poller.storehealth import StoreHealth
 from poller.tracker import Tracker
 from tests.conftest import Receiver, daemon_config, running_app
@@ -41,6 +42,7 @@ class View:
     events_by_scene: dict[str, int] = field(default_factory=dict)
     last_tick: float = field(default_factory=time.monotonic)
     store_health: StoreHealth = field(default_factory=StoreHealth)
+    loop_lag: LoopLag = field(default_factory=LoopLag)
 
 
 def get(port: int, path: str) -> tuple[int, str, str]:
@@ -113,7 +115,8 @@ def test_metrics_are_read_at_scrape_time(view: View, server: HealthServer) -> No
     # No connection and no dispatcher: those families have no samples at all.
     assert {name for name, _ in first} == {"poller_events_total", "poller_outbox_backlog",
                                            "poller_store_healthy",
-                                           "poller_store_commit_failures_total"}
+                                           "poller_store_commit_failures_total",
+                                           "poller_event_loop_lag_seconds"}
 
     view.events_by_scene["PLACED"] = 4
     view.events_by_scene["EXPIRED"] = 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -107,6 +108,10 @@ class SimServer:
         self.lock = threading.RLock()
         self.fault: Fault | None = None
         self.clock: Callable[[], float] = time.monotonic
+        #: Answer delay, uniform between the two bounds (seconds): a network and a broker
+        #: that take their time (benchmarks). Arrivals are stamped before it.
+        self.latency: tuple[float, float] | None = None
+        self._rng = random.Random(0)
         server = self
 
         class _Handler(BaseHTTPRequestHandler):
@@ -133,6 +138,8 @@ class SimServer:
                 response = server.dispatch(request)
                 payload = response.encode()
                 try:
+                    if server.latency is not None:
+                        time.sleep(server._rng.uniform(*server.latency))
                     if response.delay:
                         time.sleep(response.delay)  # a slow broker, for fault tests
                     self.send_response(response.status)
