@@ -27,9 +27,9 @@ from poller.errors import StoreError
 from poller.events import OrderEvent, system_event
 from poller.jobs import PollJobs
 from poller.logsetup import Redactor
+from poller.looplag import LoopLag
 from poller.models import SystemScene, iso
 from poller.notifiers import Notifier
-from poller.looplag import LoopLag
 from poller.observers import ObserverQueue
 from poller.orderbook import OrderBook
 from poller.plugins import Plugins

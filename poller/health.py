@@ -18,9 +18,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from poller.dispatch import Dispatcher
+from poller.looplag import LoopLag
 from poller.loopserver import LoopbackServer, StartResponse, json_answer
 from poller.models import iso
-from poller.looplag import LoopLag
 from poller.storehealth import StoreHealth
 from poller.tracker import Tracker
 

@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from poller.dispatch import Dispatcher
 from poller.errors import StoreError
 from poller.health import HealthServer
+from poller.looplag import LoopLag
 from poller.models import parse_iso
 from poller.simulator.shioaji import ShioajiSim
-from poller.looplag import LoopLag
 from poller.storehealth import StoreHealth
 from poller.tracker import Tracker
 from tests.conftest import Receiver, daemon_config, running_app
