@@ -1,6 +1,6 @@
 """The ``apprise`` notifier: any of Apprise's 100+ services, one URL each (optional extra).
 
-Needs ``pip install 'poller[apprise]'``; apprise is imported only when an ``apprise``
+Needs ``pip install '.[apprise]'`` from a checkout; apprise is imported only when an ``apprise``
 notifier is configured, so poller runs without it.
 
 * Every URL is a secret (Apprise URLs embed tokens and passwords). Apprise's own privacy
@@ -44,7 +44,8 @@ from poller import (
 if TYPE_CHECKING:
     import apprise
 
-INSTALL_HINT = "the apprise notifier needs the apprise package: pip install 'poller[apprise]'"
+INSTALL_HINT = ("the apprise notifier needs the apprise package: from the poller checkout run "
+                "pip install '.[apprise]' (or pip install apprise into poller's environment)")
 #: Loggers that may print an Apprise URL or part of it.
 APPRISE_LOGGERS = ("apprise", "urllib3.connectionpool", "urllib3.connection",
                    "urllib3.util.retry", "urllib3.poolmanager", "requests")

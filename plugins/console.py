@@ -1,6 +1,9 @@
 """The ``console`` notifier: one readable line per event on standard output.
 
-Colour is used only when the stream is a terminal (and ``NO_COLOR`` is not set).
+Colour is used only when the stream is a terminal (and ``NO_COLOR`` is not set). Times are
+local with their offset (``utc = true`` for UTC marked ``Z``); control characters in a
+broker's text are shown as ``\\xNN`` so they cannot drive the terminal. A stream whose reader
+went away (``poller demo | head``) is a permanent failure, not one to retry.
 """
 
 from __future__ import annotations
@@ -12,7 +15,15 @@ from typing import ClassVar, Literal, TextIO
 
 from pydantic import Field
 
-from poller import Notifier, NotifierConfig, OrderEvent, hookimpl
+from poller import (
+    DeliveryFailed,
+    Notifier,
+    NotifierConfig,
+    OrderEvent,
+    hookimpl,
+    printable,
+    shown_time,
+)
 
 _COLOURS = {
     "PLACED": "36", "FILLED": "33", "FINAL_FILLED": "32;1", "PLACE_FAILED": "31;1",
@@ -29,12 +40,18 @@ class ConsoleConfig(NotifierConfig):
     colour: Literal["auto", "always", "never"] = Field(
         default="auto", description="auto: colour only on a terminal."
     )
+    utc: bool = Field(default=False, description="Times in UTC (marked Z), not local time.")
 
 
-def format_line(event: OrderEvent) -> str:
-    """The one-line text of an event (without colour)."""
+def format_line(event: OrderEvent, *, utc: bool = False) -> str:
+    """The one-line text of an event (without colour, control characters made visible)."""
+    line = _line(event, utc=utc)
+    return printable(f"[test] {line}" if event.payload.get("test") else line)
+
+
+def _line(event: OrderEvent, *, utc: bool) -> str:
     p = event.payload
-    when = (p.get("detected_at") or "")[11:19]
+    when = shown_time(p.get("detected_at"), utc=utc, date=False)
     if event.event_type == "SYSTEM":
         return f"{when} {'SYSTEM':<8} {event.scene:<15} {p.get('message', '')}  {event.short_id}"
     qty, filled = p.get("qty") or "?", p.get("filled_qty") or "0"
@@ -69,17 +86,23 @@ class ConsoleNotifier(Notifier[ConsoleConfig]):
 
     def preview(self, event: OrderEvent) -> str:
         """The line this notifier would print."""
-        return format_line(event)
+        return format_line(event, utc=self.config.utc)
 
     async def send(self, event: OrderEvent) -> None:
         """Print the event's line and flush."""
         stream = self._stream()
-        line = format_line(event)
-        if self._colour(stream):
-            code = _COLOURS.get(event.scene, "1;31" if event.event_type == "SYSTEM" else "0")
-            line = f"\x1b[{code}m{line}\x1b[0m"
-        stream.write(line + "\n")
-        stream.flush()
+        line = format_line(event, utc=self.config.utc)
+        try:
+            if self._colour(stream):
+                code = _COLOURS.get(event.scene, "1;31" if event.event_type == "SYSTEM" else "0")
+                line = f"\x1b[{code}m{line}\x1b[0m"
+            stream.write(line + "\n")
+            stream.flush()
+        except (BrokenPipeError, ValueError) as err:
+            # The reader closed the pipe (or stdout itself was closed): no retry will ever
+            # succeed, so say so once instead of holding the message for ever.
+            raise DeliveryFailed(f"{self.config.stream} is closed ({type(err).__name__}); "
+                                 "nobody reads this console any more") from None
 
 
 @hookimpl

@@ -56,6 +56,7 @@ from poller.notifiers import Notifier, NotifierConfig, classify, post
 from poller.pacing import Pace
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
 from poller.templates import Message
+from poller.timetext import printable, shown_time
 
 __all__ = [
     "Answer",
@@ -107,8 +108,10 @@ __all__ = [
     "hookimpl",
     "is_loopback",
     "post",
+    "printable",
     "retry_after_seconds",
     "send",
+    "shown_time",
     "to_decimal",
     "utcnow",
 ]

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from poller.actions import ActionExecutor, Outcome
 from poller.errors import PollerError, StoreError
+from poller.models import utcnow
 from poller.records import ActionRow
 from poller.store import Store
 
@@ -52,8 +54,9 @@ class ActionRunner:
 
     def __init__(self, store: Store, db: DbCall,
                  executors: Callable[[str], ActionExecutor | None], *,
-                 every: float = 0.25) -> None:
+                 every: float = 0.25, expiry: float = 300.0) -> None:
         self.store = store
+        self.expiry = expiry
         self._db = db
         self._executors = executors
         self.every = every
@@ -89,6 +92,7 @@ class ActionRunner:
             self._wake.clear()
             for action_id, outcome in list(self._unrecorded.items()):
                 await self._finish(action_id, *outcome)
+            await self._expire()
             try:
                 rows: list[ActionRow] = await self._db(self.store.open_actions)
             except StoreError as err:
@@ -102,6 +106,19 @@ class ActionRunner:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.every)
             except TimeoutError:
                 pass
+
+    async def _expire(self) -> None:
+        """Queued actions older than the expiry are not sent (one line each)."""
+        cutoff = utcnow() - timedelta(seconds=self.expiry)
+        try:
+            expired: list[ActionRow] = await self._db(self.store.expire_actions, cutoff)
+        except StoreError as err:
+            logger.debug("cannot expire old actions: %s", err)
+            return
+        for row in expired:
+            logger.warning("%s: %s of order %s queued at %s expired unsent (older than "
+                           "daemon.action_expiry, %g s)", row.broker, row.kind, row.order_id,
+                           row.created_at, self.expiry)
 
     async def _run(self, row: ActionRow) -> None:
         # One action at a time per order; different orders' actions overlap (each still

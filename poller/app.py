@@ -156,7 +156,8 @@ class App:
         for name in self.adapters:
             await self._add_tracker(name)
         self._start_dispatcher()
-        self.actions = ActionRunner(self.store, self.db, self._executor_of)
+        self.actions = ActionRunner(self.store, self.db, self._executor_of,
+                                    expiry=self.settings.daemon.action_expiry)
         self.actions.start()
         await self.plugins.call_observers("startup", app=self)
         for name in self.trackers:

@@ -10,6 +10,7 @@ and :func:`build_notifier` make the parts, each with its own httpx client.
 from __future__ import annotations
 
 import logging
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,13 @@ from poller import budgetplan
 from poller.adapter import BrokerAdapter, BrokerConfig, secret_values
 from poller.errors import ConfigError, ConfigProblem
 from poller.httpclient import build_client
+from poller.logsetup import url_secrets
+from poller.models import SceneType, SystemScene
 from poller.notifiers import Notifier, NotifierConfig
 from poller.plugins import Plugins, Registry, get_plugin_manager
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
-from poller.settings import Settings, load_settings, problems_from
+from poller.settings import Settings, load_settings, problems_from, read_toml
+from poller.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +80,15 @@ def validate(settings: Settings, registry: Registry, source: str) -> Validated:
                 continue
             cls = kinds.get(str(kind))
             if cls is None:
-                known = ", ".join(sorted(kinds)) or "none"
                 problems.append(ConfigProblem(source, f"{section}.{name}.kind",
-                                              f"unknown kind {kind!r} (known: {known})"))
+                                              f"unknown kind {kind!r}"
+                                              + did_you_mean(str(kind), kinds)))
                 continue
             try:
                 config = cls.Config.model_validate(table)
             except ValidationError as err:
-                problems.extend(problems_from(err, source, (section, name)))
+                problems.extend(problems_from(err, source, (section, name),
+                                              origins=settings.origins, model=cls.Config))
                 continue
             if section == "brokers":
                 assert isinstance(config, BrokerConfig)
@@ -106,9 +111,35 @@ def validate(settings: Settings, registry: Registry, source: str) -> Validated:
                 assert isinstance(config, NotifierConfig)
                 notifier_cls: Any = cls
                 notifiers[name] = (notifier_cls, config)
+    problems += _routing_problems(notifiers, set(settings.brokers), source)
     if problems:
         raise ConfigError(problems)
     return Validated(brokers, notifiers, tuple(secret_values(settings.daemon)))
+
+
+#: Every value a notifier's ``scenes`` or ``break_through`` may name.
+KNOWN_SCENES = frozenset([s.value for s in SceneType] + [s.value for s in SystemScene])
+
+
+def _routing_problems(notifiers: dict[str, tuple[type[Notifier], NotifierConfig]],
+                      connections: set[str], source: str) -> list[ConfigProblem]:
+    """A scene or connection name a notifier routes by that does not exist would silently
+    mute it: each is a problem, with the closest real name."""
+    problems = []
+    for name, (_, config) in notifiers.items():
+        checks: list[tuple[str, str, Set[str]]] = [
+            ("scenes", value, KNOWN_SCENES) for value in config.scenes]
+        checks += [("brokers", value, connections) for value in config.brokers]
+        if config.quiet_hours is not None:
+            checks += [("quiet_hours.break_through", value, KNOWN_SCENES)
+                       for value in config.quiet_hours.break_through]
+        for key, value, known in checks:
+            if value not in known:
+                what = "scene" if key != "brokers" else "broker connection"
+                problems.append(ConfigProblem(
+                    source, f"notifiers.{name}.{key}",
+                    f"no {what} {value!r}" + did_you_mean(value, known)))
+    return problems
 
 
 def _limit_problems(cls: type[BrokerAdapter[Any]], config: BrokerConfig, source: str,
@@ -117,8 +148,8 @@ def _limit_problems(cls: type[BrokerAdapter[Any]], config: BrokerConfig, source:
     for group, text in config.limits.items():
         key = f"brokers.{name}.limits.{group}"
         if group not in cls.limits:
-            known = ", ".join(sorted(cls.limits)) or "none"
-            problems.append(ConfigProblem(source, key, f"unknown limit group (known: {known})"))
+            problems.append(ConfigProblem(source, key, "unknown limit group"
+                                          + did_you_mean(group, cls.limits)))
             continue
         try:
             spec = LimitSpec.parse(text)
@@ -150,12 +181,60 @@ def build_budget(cls: type[BrokerAdapter[Any]], config: BrokerConfig) -> RateBud
     return RateBudget(groups)
 
 
+def exposed_secrets(path: Path, validated: Validated) -> str | None:
+    """A warning when ``path`` is readable by other users and holds a secret in its text
+    (under systemd the file is 0644 and secrets belong in credentials); else ``None``."""
+    try:
+        if not path.stat().st_mode & 0o044:
+            return None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    # A URL's secret parts are its tokens, as the redactor sees them ("https://example.com/
+    # hook" holds none); short values (a port, "S") would match by accident.
+    parts = [part for secret in validated.secrets()
+             for part in (url_secrets(secret) if "://" in secret else [secret])]
+    if not any(len(part) >= 8 and part in text for part in parts):
+        return None
+    return (f"{path} is readable by other users and holds a secret: put each secret in a "
+            "credential file (LoadCredential=, see README \"Secrets\") or an environment "
+            "variable, or make the file 0600")
+
+
 def load(path: Path) -> Loaded:
-    """Read, validate and load plugins for the config at ``path`` (start and SIGHUP)."""
-    settings = load_settings(path)
-    plugins = get_plugin_manager(entry_point_names=settings.daemon.plugins,
-                                 plugin_dirs=settings.daemon.plugins_dirs)
-    return Loaded(settings, plugins, validate(settings, plugins.registry(), str(path)))
+    """Read, validate and load plugins for the config at ``path`` (start and SIGHUP).
+
+    Every stage is checked even when an earlier one failed — the ``[daemon]`` table, the
+    plugins, each connection and notifier — so one run reports every problem at once.
+
+    :raises ConfigError: with every problem found.
+    """
+    data = read_toml(path)  # nothing to check without it
+    source = str(path)
+    problems: list[ConfigProblem] = []
+    try:
+        settings = load_settings(path, data=data)
+    except ConfigError as err:
+        problems += err.problems
+        # Go on with the tables that did read, and a default [daemon], to find the rest.
+        rest = {k: v for k, v in data.items() if k in ("brokers", "notifiers")}
+        try:
+            settings = load_settings(path, data=rest)
+        except ConfigError:
+            raise ConfigError(problems) from None
+    try:
+        plugins = get_plugin_manager(entry_point_names=settings.daemon.plugins,
+                                     plugin_dirs=settings.daemon.plugins_dirs)
+    except ConfigError as err:
+        problems += err.problems
+        plugins = get_plugin_manager()
+    try:
+        validated = validate(settings, plugins.registry(), source)
+    except ConfigError as err:
+        problems += err.problems
+    if problems:
+        raise ConfigError(problems)
+    return Loaded(settings, plugins, validated)
 
 
 def build_adapter(name: str, cls: type[BrokerAdapter[Any]], config: BrokerConfig

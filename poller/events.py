@@ -63,6 +63,8 @@ class EventPayload(TypedDict, total=False):
     event_time: str | None
     detected_at: str | None
     notifier: str
+    #: True only for ``poller test-notify``'s sample: not a real order.
+    test: bool
 
 
 def event_id(*parts: str) -> str:

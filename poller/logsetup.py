@@ -1,5 +1,9 @@
 """Logging: readable text or JSON lines on stderr, with every known secret redacted.
 
+Times carry milliseconds and their zone (ISO 8601). Under journald (``JOURNAL_STREAM`` names
+our stderr) text lines start with a syslog priority (``<4>``) so ``journalctl -p warning``
+works, and leave the time out since the journal records its own.
+
 The redaction is a filter on the handler, so it covers every logger, third-party ones
 included (httpx logs full URLs at INFO, and a Telegram bot token is part of the URL).
 """
@@ -8,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, MutableMapping
+from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -129,12 +135,58 @@ class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
         return f"{name}: {msg}", kwargs
 
 
+#: syslog priorities (sd-daemon(3)) for the ``<N>`` prefix journald reads.
+PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+              logging.CRITICAL: 2}
+
+
+def iso_time(record: logging.LogRecord) -> str:
+    """The record's time in ISO 8601, local, with milliseconds and the offset."""
+    moment = datetime.fromtimestamp(record.created).astimezone()
+    return moment.isoformat(timespec="milliseconds")
+
+
+def priority(level: int) -> int:
+    """The syslog priority of a logging level (levels in between round to the lower one)."""
+    for threshold in sorted(PRIORITIES, reverse=True):
+        if level >= threshold:
+            return PRIORITIES[threshold]
+    return 7
+
+
+def on_journald(stream: TextIO) -> bool:
+    """Whether ``stream`` is the journal stream systemd connected (``JOURNAL_STREAM`` holds
+    its ``device:inode``; a redirected stderr under systemd is not)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in expected.split(":"))
+        info = os.fstat(stream.fileno())
+    except (ValueError, OSError):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: message`` for a terminal or a file; ``<priority>level logger:
+    message`` for journald."""
+
+    def __init__(self, *, journald: bool = False) -> None:
+        super().__init__("%(levelname)-7s %(name)s: %(message)s")
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.journald:
+            return f"<{priority(record.levelno)}>{text}"
+        return f"{iso_time(record)} {text}"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message (+ connection, traceback)."""
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": iso_time(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -153,13 +205,13 @@ def setup_logging(
 ) -> Redactor:
     """Configure the root logger once; returns the redactor to feed secrets to."""
     redactor = redactor or Redactor()
-    handler = logging.StreamHandler(stream or sys.stderr)
+    target = stream or sys.stderr
+    handler = logging.StreamHandler(target)
     handler.addFilter(RedactingFilter(redactor))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                                               "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(TextFormatter(journald=on_journald(target)))
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_poller", False):

@@ -4,17 +4,39 @@ from __future__ import annotations
 
 from dataclasses import replace
 from decimal import Decimal
+from typing import cast
 
 from poller.diff import diff
-from poller.events import OrderEvent, system_event
+from poller.events import EventPayload, OrderEvent, system_event
 from poller.models import Fill, OrderSnapshot, OrderStatus, SceneType, SystemScene, utcnow
 
 SCENES = [s.value for s in SceneType] + ["SYSTEM"]
 
+#: The broker's own word for each state, as Shioaji (the samples' broker) writes it, so a
+#: sample never shows a filled order whose broker status says "Submitted".
+_BROKER_STATUS = {
+    OrderStatus.SUBMITTED: "Submitted", OrderStatus.PARTIAL_FILLED: "PartFilled",
+    OrderStatus.FILLED: "Filled", OrderStatus.CANCELLED: "Cancelled",
+    OrderStatus.FAILED: "Failed", OrderStatus.EXPIRED: "Expired",
+}
+
 
 def sample_event(scene: str = "FINAL_FILLED", *, broker: str = "tw-main",
-                 broker_kind: str = "shioaji") -> OrderEvent:
-    """An event of ``scene`` about a made-up order, as the daemon would produce it."""
+                 broker_kind: str = "shioaji", test: bool = False) -> OrderEvent:
+    """An event of ``scene`` about a made-up order, as the daemon would produce it.
+
+    :param test: mark it as a test (``payload.test``, and "[test]" in the message), as
+        ``poller test-notify`` sends it: nobody must mistake it for a real fill.
+    """
+    event = _sample(scene, broker=broker, broker_kind=broker_kind)
+    if not test:
+        return event
+    payload = {**event.payload, "test": True,
+               "message": ("[test] " + (event.payload.get("message") or "")).strip()}
+    return replace(event, payload=cast(EventPayload, payload))
+
+
+def _sample(scene: str, *, broker: str, broker_kind: str) -> OrderEvent:
     now = utcnow()
     if scene == "SYSTEM":
         return system_event(SystemScene.BROKER_UNREACHABLE, broker=broker, detected_at=now,
@@ -53,5 +75,10 @@ def sample_event(scene: str = "FINAL_FILLED", *, broker: str = "tw-main",
         after = replace(base, status=OrderStatus.EXPIRED)
     else:
         raise ValueError(f"unknown scene {scene!r} (known: {', '.join(SCENES)})")
+    # Each state shows its own broker status (a filled order does not say "Submitted").
+    if before is not None:
+        before = replace(before, broker_status=_BROKER_STATUS.get(before.status,
+                                                                  before.status.value))
+    after = replace(after, broker_status=_BROKER_STATUS.get(after.status, after.status.value))
     events = [e for e in diff(before, after, detected_at=now).events if e.scene == scene]
     return events[-1]

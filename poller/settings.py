@@ -27,6 +27,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -35,6 +36,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from poller.errors import ConfigError, ConfigProblem
+from poller.suggest import did_you_mean
 
 DEFAULT_CONFIG = Path("/etc/poller/config.toml")
 SECTIONS = ("brokers", "notifiers")
@@ -86,6 +88,11 @@ class DaemonSettings(BaseModel):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token the action API requires (needed with "
                                   "api_listen).")
+    action_expiry: float = Field(
+        default=300.0, gt=0,
+        description="Seconds a queued replace or cancel may wait for a running daemon; "
+                    "older ones are not sent (outcome EXPIRED).",
+    )
     max_database_mb: float | None = Field(
         default=None, gt=0,
         description="Cap the state database at this many MiB (protects a small disk); past "
@@ -145,6 +152,14 @@ class Settings(BaseSettings):
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     brokers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     notifiers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: Where a value came from when not from the file: dotted key → "environment variable
+    #: POLLER_…" or "credential file …", so a problem with it names the right place.
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def origins(self) -> dict[str, str]:
+        """Dotted keys set from the environment or a credential file, and where from."""
+        return self._origins
 
     @classmethod
     def settings_customise_sources(
@@ -218,15 +233,21 @@ def load_settings(
                 problems.append(ConfigProblem(source, f"{section}.{name}", "must be a table"))
     if problems:
         raise ConfigError(problems)
-    merged = _overlay(data, environ)
+    origins: dict[str, str] = {}
+    merged = _overlay(data, environ, origins)
     try:
-        return Settings(**merged)
+        settings = Settings(**merged)
     except ValidationError as err:
-        raise ConfigError(problems_from(err, source)) from None
+        raise ConfigError(problems_from(err, source, origins=origins,
+                                        model=Settings)) from None
+    settings._origins.update(origins)
+    return settings
 
 
-def _overlay(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    """Merge daemon and connection keys from the environment and the credentials directory."""
+def _overlay(data: dict[str, Any], environ: dict[str, str],
+             origins: dict[str, str]) -> dict[str, Any]:
+    """Merge daemon and connection keys from the environment and the credentials directory,
+    noting in ``origins`` where each came from."""
     merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     daemon = merged.get("daemon")
     daemon = dict(daemon) if isinstance(daemon, dict) else {}
@@ -234,9 +255,12 @@ def _overlay(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     token = Path(creds) / "daemon.api_token" if creds else None
     if token is not None and token.is_file():
         daemon["api_token"] = token.read_text(encoding="utf-8").rstrip("\r\n")
+        origins["daemon.api_token"] = f"credential file {token}"
     for var, value in environ.items():
         if var.upper().startswith("POLLER_DAEMON__"):
-            daemon[var[len("POLLER_DAEMON__"):].lower()] = _env_value(value)
+            key = var[len("POLLER_DAEMON__"):].lower()
+            daemon[key] = _env_value(value)
+            origins[f"daemon.{key}"] = f"environment variable {var}"
     if daemon:
         merged["daemon"] = daemon
     for section in SECTIONS:
@@ -250,10 +274,13 @@ def _overlay(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
                         if entry.name.startswith(prefix) and entry.is_file():
                             key = entry.name[len(prefix):]
                             table[key] = entry.read_text(encoding="utf-8").rstrip("\r\n")
+                            origins[f"{section}.{name}.{key}"] = f"credential file {entry}"
             env_prefix = f"POLLER_{section.upper()}__{_env_name(name)}__"
             for var, value in environ.items():
                 if var.upper().startswith(env_prefix):
-                    table[var[len(env_prefix):].lower()] = value
+                    key = var[len(env_prefix):].lower()
+                    table[key] = value
+                    origins[f"{section}.{name}.{key}"] = f"environment variable {var}"
         if tables:
             merged[section] = tables
     return merged
@@ -274,20 +301,54 @@ def _env_name(name: str) -> str:
 
 
 def problems_from(
-    error: ValidationError, source: str, prefix: tuple[str | int, ...] = ()
+    error: ValidationError, source: str, prefix: tuple[str | int, ...] = (), *,
+    origins: dict[str, str] | None = None, model: type[BaseModel] | None = None,
 ) -> list[ConfigProblem]:
-    """One :class:`ConfigProblem` per pydantic error, worded for people, without values."""
+    """One :class:`ConfigProblem` per pydantic error, worded for people, without values.
+
+    :param origins: dotted keys that came from the environment or a credential file: a
+        problem with one is reported under that name, not as a key of the file.
+    :param model: the model validated, so an unknown key gets a "did you mean".
+    """
     problems = []
     for item in error.errors(include_input=False, include_url=False):
-        key = ".".join(str(part) for part in (*prefix, *item["loc"]))
+        loc = tuple(item["loc"])
+        key = ".".join(str(part) for part in (*prefix, *loc))
         kind = item["type"]
         if kind == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key" + did_you_mean(str(loc[-1]), _fields_at(model, loc[:-1]))
         elif kind == "missing":
             message = "required key is missing"
         else:
             message = item["msg"]
             if message.startswith("Value error, "):
                 message = message.removeprefix("Value error, ")
-        problems.append(ConfigProblem(source, key, message))
+        origin = (origins or {}).get(key)
+        if origin is not None:
+            problems.append(ConfigProblem(origin, "", f"{key}: {message}"))
+        else:
+            problems.append(ConfigProblem(source, key, message))
     return problems
+
+
+def _fields_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    """The keys a model accepts at ``loc`` (a nested model's, a table's of models)."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []  # a key of a dict (a connection's name): look inside its values
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or name for name, f in current.model_fields.items()]
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel class inside ``X | None`` or ``list[X]`` (else the annotation)."""
+    for arg in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation

@@ -416,6 +416,44 @@ class Store:
             args.append(broker)
         return [ActionRow(*r) for r in self._conn.execute(sql + " ORDER BY id", args)]
 
+    @guarded("read")
+    def list_actions(self, *, include_done: bool = False, limit: int = 100
+                     ) -> list[ActionRow]:
+        """Actions, newest first: those not finished (or all, with ``include_done``)."""
+        sql = f"SELECT {self._ACTION_COLUMNS} FROM actions"
+        if not include_done:
+            sql += " WHERE state IN ('queued', 'sending', 'sent')"
+        return [ActionRow(*r) for r in self._conn.execute(sql + " ORDER BY id DESC LIMIT ?",
+                                                           (limit,))]
+
+    @guarded("write to")
+    def drop_action(self, action_id: int, *, reason: str) -> bool:
+        """Take back a queued action before the daemon sends it; False if it is not queued
+        (unknown, finished, or already being sent: then it cannot be taken back)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE actions SET state = 'failed', outcome = 'DROPPED', message = ?, "
+                "updated_at = ? WHERE id = ? AND state = 'queued'",
+                (reason, iso(utcnow()), action_id))
+            return cursor.rowcount == 1
+
+    @guarded("write to")
+    def expire_actions(self, queued_before: datetime) -> list[ActionRow]:
+        """Give up queued actions older than ``queued_before``: sent late, a replace or a
+        cancel could act on an order the user no longer meant. Returns them."""
+        cutoff = iso(queued_before)
+        with self._transaction() as db:
+            rows = [ActionRow(*r) for r in db.execute(
+                f"SELECT {self._ACTION_COLUMNS} FROM actions WHERE state = 'queued' "
+                "AND created_at < ?", (cutoff,))]
+            for row in rows:
+                db.execute(
+                    "UPDATE actions SET state = 'failed', outcome = 'EXPIRED', message = ?, "
+                    "updated_at = ? WHERE id = ?",
+                    (f"not sent: it waited longer than daemon.action_expiry (queued "
+                     f"{row.created_at})", iso(utcnow()), row.id))
+        return rows
+
     @guarded("write to")
     def update_action(self, action_id: int, state: str, *, outcome: str = "",
                       message: str = "", attempt: bool = False) -> None:

@@ -183,6 +183,8 @@ class Templates:
             fallback = Templates()
             title = fallback._titles.get(key, fallback._titles["SYSTEM"]).render(values).strip()
             body = fallback._body.render(values).strip() + f"\n(template error: {err})"
+        if event.payload.get("test"):  # a test-notify sample, whatever the template says
+            title = f"[test] {title}"
         return Message(title=title, body=body, short_id=event.short_id, scene=event.scene,
                        event_type=event.event_type)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +20,11 @@ from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
 from poller.settings import load_settings
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer
 from poller.store import Store
+
+# Times shown to people are local with their offset; the tests expect UTC unless they choose a
+# zone themselves (subprocesses inherit it).
+os.environ["TZ"] = "UTC"
+time.tzset()
 
 
 class Receiver:

@@ -4,7 +4,9 @@ records the outcome — also when there is no such connection or the executor fa
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,8 @@ class Executor:
         return self.outcome(row)
 
 
-def run_runner(db: Path, executors: dict[str, Any], count: int) -> list[ActionRow]:
+def run_runner(db: Path, executors: dict[str, Any], count: int, *, expiry: float = 300.0
+               ) -> list[ActionRow]:
     """Run the runner until ``count`` actions are done; return every action."""
     store = Store.open(db)
 
@@ -58,7 +61,7 @@ def run_runner(db: Path, executors: dict[str, Any], count: int) -> list[ActionRo
         return fn(*args, **kwargs)
 
     async def run() -> list[ActionRow]:
-        runner = ActionRunner(store, call, executors.get, every=0.02)
+        runner = ActionRunner(store, call, executors.get, every=0.02, expiry=expiry)
         runner.start()
         try:
             while sum(1 for r in all_rows() if r.done) < count:
@@ -98,3 +101,20 @@ def test_the_runner_records_outcomes_refusals_and_internal_errors(tmp_path: Path
     assert outcome["gone"] == ("failed", "", "no running connection 'gone'")
     assert outcome["bad"] == ("failed", "", "internal error: RuntimeError")
     assert good.seen == [(1, Decimal(5), None)]
+
+
+def test_an_action_queued_too_long_ago_expires_unsent(tmp_path: Path) -> None:
+    """A replace queued while no daemon ran must not fire whenever one starts."""
+    db = tmp_path / "p.db"
+    executor = Executor(lambda r: Outcome(True, "MODIFY_SUCCESS", "sent"))
+    submit(db, "cx", "1", "replace", qty="5", wait=False)
+    submit(db, "cx", "2", "cancel", wait=False)
+    with sqlite3.connect(db) as conn:  # the first waited an hour for a daemon
+        conn.execute("UPDATE actions SET created_at = ? WHERE id = 1",
+                     ((datetime.now(UTC) - timedelta(hours=1)).isoformat(),))
+    rows = run_runner(db, {"cx": executor}, 2, expiry=300.0)
+    first, second = rows
+    assert (first.state, first.outcome) == ("failed", "EXPIRED")
+    assert "waited longer than daemon.action_expiry" in first.message
+    assert (second.state, second.outcome) == ("succeeded", "MODIFY_SUCCESS")
+    assert [seen[0] for seen in executor.seen] == [2]  # the expired one never reached it

@@ -5,6 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -83,7 +88,7 @@ def test_watch_and_unwatch(config: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert capsys.readouterr().out.strip() == "already watching lp 999"
     assert main(["unwatch", "-c", str(config), "lp", "999"]) == 0
     assert main(["unwatch", "-c", str(config), "lp", "999"]) == 1
-    assert main(["watch", "-c", str(config), "nope", "1"]) == 78
+    assert main(["watch", "-c", str(config), "nope", "1"]) == 2
 
 
 def test_test_notify(config: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]
@@ -117,3 +122,176 @@ def test_json_logs_name_the_connection() -> None:
     line = json.loads(stream.getvalue().strip().splitlines()[-1])
     assert line["message"] == "tw: poll failed (unavailable)"
     assert line["connection"] == "tw" and line["level"] == "WARNING"
+
+
+# --- A CLI that behaves like a Unix tool: one table, every item of the first-run issue. ---
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: argv (CONFIG is replaced by the fixture's file), exit code, a part of what stderr says.
+USAGE_CASES = [
+    (["replace", "-c", "CONFIG", "nosuch", "1", "--price", "1"], 2, "no connection 'nosuch'"),
+    (["cancel", "-c", "CONFIG", "l", "1"], 2, "no connection 'l'"),
+    (["orders", "-c", "CONFIG", "--broker", "nosuch"], 2, "no connection 'nosuch'"),
+    (["events", "-c", "CONFIG", "--broker", "lpp"], 2, "did you mean 'lp'?"),
+    (["events", "-c", "CONFIG", "--requeue", "hok"], 2, "no notifier 'hok'; did you mean"),
+    (["test-notify", "-c", "CONFIG", "hokk"], 2, "no notifier 'hokk'; did you mean 'hook'?"),
+    (["unwatch", "-c", "CONFIG", "nosuch", "1"], 2, "no connection 'nosuch'"),
+    (["events", "-c", "CONFIG", "--limit", "0"], 2, "must be at least 1, got 0"),
+    (["orders", "-c", "CONFIG", "--open", "--utc", "--json", "--broker"], 2, "expected one"),
+    (["actions", "-c", "CONFIG", "--limit", "-3"], 2, "must be at least 1, got -3"),
+    (["actions", "-c", "CONFIG", "--drop", "x"], 2, "not a whole number: 'x'"),
+    (["watch", "-c", "CONFIG", "lp", ""], 2, "an order id must not be empty"),
+    (["cancel", "-c", "CONFIG", "lp", "   "], 2, "an order id must not be empty"),
+    (["replace", "-c", "CONFIG", "lp", "7", "--timeout", "nan"], 2, "must be a positive"),
+    (["demo", "--duration", "0"], 2, "must be a positive number, got 0"),
+    (["test-notify", "-c", "CONFIG", "--scene", "FILED"], 2, "invalid choice: 'FILED'"),
+    (["orders", "--database", "/nonexistent/x.db"], 2, "--database: no such file"),
+    (["nosuch"], 2, "invalid choice: 'nosuch'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "code", "says"), USAGE_CASES,
+                         ids=[" ".join(c[0]).replace("CONFIG", "") for c in USAGE_CASES])
+def test_usage_errors_exit_2_with_one_clear_line(config: Path, capsys: pytest.CaptureFixture[str],
+                                                 argv: list[str], code: int, says: str) -> None:
+    argv = [str(config) if part == "CONFIG" else part for part in argv]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert says in err, err
+    assert "Traceback" not in err
+
+
+def test_every_help_has_examples_and_lists_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("run", "demo", "check-config", "orders", "events", "actions", "plugins",
+                    "test-notify", "watch", "unwatch", "replace", "cancel"):
+        assert main([command, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "examples:\n  poller " + command.split()[0] in out, command
+    main(["test-notify", "--help"])
+    out = capsys.readouterr().out
+    assert "{PLACED,FILLED,FINAL_FILLED," in out and "SYSTEM}" in out
+
+
+def test_the_readme_lists_every_command_and_flag() -> None:
+    import argparse
+
+    from poller.cli import _parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `poller ([a-z-]+)` \|.*$",
+                                                         readme, re.M)}
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(rows) == set(sub.choices)
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            long = [o for o in action.option_strings if o.startswith("--")]
+            if not long or long[0] in ("--help", "--config"):
+                continue
+            assert f"`{long[0]}" in rows[name], f"README lacks poller {name} {long[0]}"
+    assert "poller demo --print-config" not in readme
+
+
+def _closed_pipe() -> int:
+    """A pipe's write end whose reader is already gone (``| head`` that finished)."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+@pytest.mark.parametrize("argv", [["orders"], ["events"], ["actions", "--all"],
+                                  ["check-config"], ["demo", "--duration", "30"]],
+                         ids=lambda a: a[0])
+def test_a_closed_pipe_ends_the_command_quietly(config: Path, argv: list[str]) -> None:
+    write = _closed_pipe()
+    try:
+        done = subprocess.run([sys.executable, "-m", "poller", *argv],
+                              env={**os.environ, "POLLER_CONFIG": str(config)},
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_demo_stops_when_its_reader_goes_away(tmp_path: Path) -> None:
+    """``poller demo | head -3``: the demo notices the reader left and stops by itself."""
+    proc = subprocess.Popen([sys.executable, "-m", "poller", "demo", "--seed", "3",
+                             "--keep-db", str(tmp_path / "demo.db")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    lines = [proc.stdout.readline() for _ in range(3)]
+    assert lines[0].startswith("poller demo: simulators")
+    proc.stdout.close()
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert code == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    # The kept database can be explored afterwards.
+    assert main(["orders", "--database", str(tmp_path / "demo.db"), "-c", "/dev/null"]) == 0
+
+
+def test_times_say_their_zone(config: Path, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["events", "-c", str(config)]) == 0
+    assert "2026-05-20 00:00:00+00:00" in capsys.readouterr().out
+    assert main(["events", "-c", str(config), "--utc"]) == 0
+    assert "2026-05-20 00:00:00Z" in capsys.readouterr().out
+    monkeypatch.setenv("TZ", "Asia/Taipei")
+    time.tzset()
+    try:
+        assert main(["events", "-c", str(config)]) == 0
+        assert "2026-05-20 08:00:00+08:00" in capsys.readouterr().out
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_orders_open_marks_provisional_states(config: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    settings_db = config.parent / "poller.db"
+    store = Store.open(settings_db)
+    snap = OrderSnapshot(broker="lp", broker_kind="longport", account_id="acc", order_id="702",
+                         status=OrderStatus.EXPIRED, broker_status="ExpiredStatus",
+                         symbol="MSFT.US", side="SELL", qty=Decimal(5), price=Decimal("400"),
+                         filled_qty=Decimal(0), provisional=True)
+    store.commit(Batch(snapshots=[snap]))
+    store.close()
+    assert main(["orders", "-c", str(config), "--open"]) == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if " 702 " in row)
+    assert "EXPIRED (provisional: may still change)" in line
+
+
+def test_actions_lists_and_drops_queued_ones(config: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cancel", "-c", str(config), "lp", "701", "--no-wait"]) == 0
+    out = capsys.readouterr().out
+    assert "queued as action 1" in out and "expires unsent after 300 s" in out
+    assert main(["actions", "-c", str(config)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:6] == ["ID", "QUEUED", "BROKER", "ORDER", "ACTION", "STATE"]
+    assert out[1].split()[0] == "1" and " cancel " in out[1] and "queued" in out[1]
+    assert main(["actions", "-c", str(config), "--drop", "1"]) == 0
+    assert capsys.readouterr().out.strip() == "action 1 dropped; it will not be sent"
+    assert main(["actions", "-c", str(config)]) == 0
+    assert capsys.readouterr().out.strip().endswith("no queued actions")
+    assert main(["actions", "-c", str(config), "--all", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["state"], row["outcome"]) == ("failed", "DROPPED")
+    assert main(["actions", "-c", str(config), "--drop", "1"]) == 1
+    assert "cannot be dropped: it is failed" in capsys.readouterr().out
+
+
+def test_test_notify_marks_the_sample_as_a_test(config: Path, receiver: Receiver,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["test-notify", "-c", str(config), "hook", "--scene", "FINAL_FILLED"]) == 0
+    assert "(marked as a test)" in capsys.readouterr().out
+    payload = receiver.events[0]["payload"]
+    assert payload["test"] is True and payload["message"].startswith("[test]")
+    # Its broker status agrees with its state.
+    assert (payload["order_status"], payload["broker_status"]) == ("FILLED", "Filled")

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from poller.compose import Validated, build_adapter, build_budget, build_notifier, load, validate
+from poller.compose import (
+    Validated,
+    build_adapter,
+    build_budget,
+    build_notifier,
+    exposed_secrets,
+    load,
+    validate,
+)
 from poller.errors import ConfigError
 from poller.plugins import get_plugin_manager
 from poller.settings import load_settings
@@ -73,3 +81,99 @@ def test_load_reads_the_file_with_its_plugins_and_parts_get_their_own_clients(
         return result
 
     assert asyncio.run(build()) == (True, True, True)
+
+
+# --- Config mistakes are caught, all at once, with "did you mean". ---
+
+BAD = """
+[daemon]
+databse = "/tmp/x.db"
+log_level = "LOUD"
+
+[brokers.tw-main]
+kind = "shioaji"
+base_url = "http://127.0.0.1:9"
+intervall = 5
+accounts = [{ broker_id = "9A95", account_id = "1" }]
+
+[brokers.x]
+kind = "shiaoji"
+
+[notifiers.hook]
+kind = "webhook"
+url = "http://127.0.0.1:9/hook"
+scenes = ["FILED", "FINAL_FILLED"]
+brokers = ["tw-mian"]
+quiet_hours = { start = "22:00", end = "07:00", break_through = ["FINAL_FILED"] }
+"""
+
+
+def test_load_reports_every_stage_at_once_with_the_closest_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(BAD)
+    monkeypatch.setenv("POLLER_BROKERS__TW_MAIN__TIMEOUT", "soon")
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    lines = {str(p) for p in caught.value.problems}
+    where = str(path)
+    assert lines == {
+        # the [daemon] stage failed, and the brokers and notifiers were still checked
+        f"{where}: daemon.databse: unknown key; did you mean 'database'?",
+        f"{where}: daemon.log_level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'",
+        f"{where}: brokers.tw-main.intervall: unknown key; did you mean 'interval'?",
+        # a value from the environment is reported under its variable's name
+        "environment variable POLLER_BROKERS__TW_MAIN__TIMEOUT: brokers.tw-main.timeout: "
+        "Input should be a valid number, unable to parse string as a number",
+        f"{where}: brokers.x.kind: unknown kind 'shiaoji'; did you mean 'shioaji'?",
+        f"{where}: notifiers.hook.scenes: no scene 'FILED'; did you mean 'FILLED'?",
+        f"{where}: notifiers.hook.brokers: no broker connection 'tw-mian'; did you mean "
+        "'tw-main'?",
+        f"{where}: notifiers.hook.quiet_hours.break_through: no scene 'FINAL_FILED'; did you "
+        "mean 'FINAL_FILLED'?",
+    }
+
+
+def test_a_credential_file_is_named_as_the_source_of_its_value(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "brokers.c.share").write_text("lots\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    path = tmp_path / "c.toml"
+    path.write_text('[brokers.c]\nkind = "coinw"\nbase_url = "http://127.0.0.1:9"\n'
+                    'api_key = "key-1234"\nsecret_key = "sec-1234"\npairs = ["BTC_USDT"]\n')
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"credential file {creds / 'brokers.c.share'}: brokers.c.share: Input should be a "
+        "valid number, unable to parse string as a number"]
+
+
+def test_routing_by_system_scenes_and_real_names_passes() -> None:
+    result = validated({"tw": SHIOAJI}, {"n": {
+        "kind": "webhook", "url": "http://127.0.0.1:9/h", "brokers": ["tw"],
+        "scenes": ["FINAL_FILLED", "NOTIFIER_DEAD_LETTER"],
+        "quiet_hours": {"start": "22:00", "end": "07:00", "break_through": ["PLACE_FAILED"]}}})
+    assert list(result.notifiers) == ["n"]
+
+
+SLACK = 'kind = "slack"\nwebhook_url = "https://hooks.slack.com/services/T0000/B0000/XXXX1234"'
+
+
+@pytest.mark.parametrize(("mode", "table", "warned"), [
+    (0o644, SLACK, True),
+    (0o600, SLACK, False),
+    # a URL without a token holds no secret
+    (0o644, 'kind = "webhook"\nurl = "https://example.com/hook"', False),
+])
+def test_a_world_readable_config_holding_a_secret_is_warned_about(
+        tmp_path: Path, mode: int, table: str, warned: bool) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[notifiers.s]\n{table}\n")
+    path.chmod(mode)
+    warning = exposed_secrets(path, load(path).validated)
+    assert (warning is not None) is warned
+    if warning is not None:
+        assert "readable by other users and holds a secret" in warning
+        assert "XXXX1234" not in warning and "LoadCredential=" in warning

@@ -22,5 +22,5 @@ def test_demo_rejects_bad_arguments() -> None:
     done = subprocess.run([sys.executable, "-m", "poller", "demo", "--brokers", "nasdaq"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("poller: demo --brokers: unknown kind(s) nasdaq "
+    assert done.stderr.strip() == ("poller: demo: --brokers: unknown kind(s) nasdaq "
                                    "(known: shioaji, longport, webull, coinw)")

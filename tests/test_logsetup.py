@@ -6,8 +6,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -17,6 +20,7 @@ from poller.logsetup import (
     ConnectionLog,
     LogScrubber,
     Redactor,
+    on_journald,
     setup_logging,
     url_secrets,
 )
@@ -73,7 +77,7 @@ def test_text_lines_are_redacted(restore_logging: None) -> None:
     redactor.add(["learned-after-setup"])  # the daemon feeds secrets once the config loaded
     log.warning("later: %s", "learned-after-setup")
     first, second = stream.getvalue().splitlines()
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO    poller\.test: "
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d INFO    poller\.test: "
                         rf"token {re.escape(REDACTED)} and {re.escape(REDACTED)}", first)
     assert second.endswith(f"WARNING poller.test: later: {REDACTED}")
 
@@ -99,7 +103,9 @@ def test_json_fields(restore_logging: None) -> None:
     ConnectionLog(log, {"connection": "tw"}).error("poll failed")
     plain, tagged = (json.loads(line) for line in stream.getvalue().splitlines())
     assert set(plain) == {"time", "level", "logger", "message"}
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", plain["time"])
+    # ISO 8601 with milliseconds and the zone, readable by datetime.fromisoformat.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", plain["time"])
+    assert datetime.fromisoformat(plain["time"]).utcoffset() is not None
     assert (plain["level"], plain["logger"], plain["message"]) == ("INFO", "poller.test",
                                                                    "成交 3")
     assert "成交" in stream.getvalue()  # not \u-escaped
@@ -149,9 +155,14 @@ def test_connection_log_prefixes_and_tags(caplog: pytest.LogCaptureFixture) -> N
     assert (second.connection, second.order) == ("cw-spot", "O2")  # type: ignore[attr-defined]
 
 
-def test_log_scrubber_install_and_remove(caplog: pytest.LogCaptureFixture) -> None:
+def test_log_scrubber_install_and_remove(caplog: pytest.LogCaptureFixture,
+                                         restore_logging: None) -> None:
     """Installed on the named loggers themselves, so even pytest's handler sees clean records;
     other loggers and clean records are left alone."""
+    # A handler an earlier command's setup_logging left on the root (its redaction would
+    # rewrite the records before caplog sees them): only pytest's handler here.
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not getattr(h, "_poller", False)]
     for name in ("httpx", "apprise", "httpcore.http11"):
         caplog.set_level(logging.INFO, logger=name)  # whatever an earlier setup_logging left
     scrubber = LogScrubber([SECRET], ["httpx", "apprise"])
@@ -191,3 +202,32 @@ def test_the_secret_parts_of_a_url_are_secrets_too() -> None:
     assert redact("404: Cannot POST /services/T0001/B0002/xoxb1234abcd") == \
         f"404: Cannot POST {REDACTED}"
     assert "tk-987" not in redact("bad token tk-987") and "services" in redact("services")
+
+
+def test_under_journald_lines_carry_a_priority_and_no_time(
+        restore_logging: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with (tmp_path / "journal").open("w", encoding="utf-8") as stream:
+        info = os.fstat(stream.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        assert on_journald(stream)
+        setup_logging(level="DEBUG", stream=stream)
+        log = logging.getLogger("poller.test")
+        log.debug("d")
+        log.info("i")
+        log.warning("w")
+        log.error("e")
+        log.critical("c")
+    lines = (tmp_path / "journal").read_text(encoding="utf-8").splitlines()
+    assert lines == ["<7>DEBUG   poller.test: d", "<6>INFO    poller.test: i",
+                     "<4>WARNING poller.test: w", "<3>ERROR   poller.test: e",
+                     "<2>CRITICAL poller.test: c"]
+
+
+@pytest.mark.parametrize("value", ["", "garbage", "1:2", "1:2:3"])
+def test_journald_is_only_the_stream_it_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                             value: str) -> None:
+    # Under systemd with stderr redirected to a file, JOURNAL_STREAM names another stream.
+    monkeypatch.setenv("JOURNAL_STREAM", value)
+    with (tmp_path / "log").open("w", encoding="utf-8") as stream:
+        assert not on_journald(stream)
+    assert not on_journald(io.StringIO())  # no file descriptor at all

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,8 +41,10 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_example_config_is_valid_and_documents_every_key() -> None:
-    path = ROOT / "config.example.toml"
+def test_reference_config_is_valid_and_documents_every_key() -> None:
+    """config.reference.toml: every key of every built-in broker and notifier (the apprise
+    one needs the extra, which the test install has)."""
+    path = ROOT / "config.reference.toml"
     settings = load_settings(path)
     plugins = get_plugin_manager()
     validated = validate(settings, plugins.registry(), str(path))
@@ -58,6 +61,38 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     for _, (_ncls, ncfg) in validated.notifiers.items():
         for name in type(ncfg).model_fields:
             assert f"{name}" in text, f"notifier key {name} is not documented"
+
+
+def _check_config_without_apprise(path: Path) -> subprocess.CompletedProcess[str]:
+    """``poller check-config`` in a process where apprise cannot be imported: a plain
+    ``pip install .`` without the extra."""
+    code = ("import sys; sys.modules['apprise'] = None; from poller.cli import main; "
+            f"sys.exit(main(['check-config', '-c', {str(path)!r}]))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+
+
+def test_the_short_example_validates_on_a_plain_install() -> None:
+    done = _check_config_without_apprise(ROOT / "config.example.toml")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("configuration OK: 1 broker connection(s), 2 notifier(s)")
+    assert done.stderr == ""  # no warning either: its file holds no secret
+    # The reference needs the extra, and says how to get it from the checkout.
+    done = _check_config_without_apprise(ROOT / "config.reference.toml")
+    assert done.returncode == 78
+    assert "pip install '.[apprise]'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_reference_comments_quote_the_figures_check_config_prints() -> None:
+    done = subprocess.run([sys.executable, "-m", "poller", "check-config", "-c",
+                           str(ROOT / "config.reference.toml")], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    text = (ROOT / "config.reference.toml").read_text(encoding="utf-8")
+    quoted = re.findall(r"of the (\d+\.\d+)/s poller uses at share (\d\.\d+)", text)
+    assert quoted, "the reference quotes no budget figure"
+    for rate, share in quoted:
+        assert f"share {share}" in done.stdout and f"→ {rate}/s" in done.stdout, (rate, share)
 
 
 def test_config_path_priority(monkeypatch: pytest.MonkeyPatch) -> None:

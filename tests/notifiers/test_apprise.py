@@ -240,7 +240,7 @@ def test_without_apprise_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "apprise", None)  # import apprise -> ImportError
     with pytest.raises(ValidationError) as caught:
         AppriseConfig.model_validate({"kind": "apprise", "urls": [f"json://h/{CANARY}"]})
-    assert "pip install 'poller[apprise]'" in str(caught.value)
+    assert "pip install '.[apprise]'" in str(caught.value)
     [problem] = problems_from(caught.value, "<test>", ("notifiers", "phone"))
     assert problem.key == "notifiers.phone" and problem.message == INSTALL_HINT
     assert CANARY not in str(caught.value)
@@ -274,7 +274,7 @@ def test_building_without_apprise_is_a_config_error(monkeypatch: pytest.MonkeyPa
     config = AppriseConfig.model_validate({"kind": "apprise",
                                            "urls": [f"json://127.0.0.1/a/{CANARY}"]})
     monkeypatch.setitem(sys.modules, "apprise", None)  # uninstalled after validation
-    with pytest.raises(NotifierConfigError, match=r"pip install 'poller\[apprise\]'"):
+    with pytest.raises(NotifierConfigError, match=r"pip install '\.\[apprise\]'"):
         AppriseNotifier("phone", config)
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
+from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 
+from poller.errors import DeliveryFailed
 from poller.events import OrderEvent, system_event
 from poller.models import OrderStatus, SystemScene
 from poller_plugins.console import ConsoleConfig, ConsoleNotifier, format_line
@@ -36,7 +40,7 @@ CASES = [
 @pytest.mark.parametrize(("event", "parts"), CASES, ids=[c[0].scene for c in CASES])
 def test_format(event: OrderEvent, parts: list[str]) -> None:
     line = format_line(event)
-    assert "\n" not in line and line.startswith("03:24:31 ")
+    assert "\n" not in line and line.startswith("03:24:31+00:00 ")  # TZ=UTC in conftest
     for part in parts:
         assert part in line, (part, line)
     assert line.endswith(event.short_id)
@@ -60,3 +64,47 @@ def test_colour_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch, stream: io.S
     text = stream.getvalue()
     assert text.count("\n") == 1
     assert ("\x1b[" in text) is coloured
+
+
+@pytest.fixture
+def taipei(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local zone is Asia/Taipei (UTC+8) for one test."""
+    monkeypatch.setenv("TZ", "Asia/Taipei")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_times_are_local_with_their_offset_or_utc_marked_z(taipei: None) -> None:
+    event = order_event(OrderStatus.FILLED, 2)
+    assert format_line(event).startswith("11:24:31+08:00 ")
+    assert format_line(event, utc=True).startswith("03:24:31Z ")
+    notifier = ConsoleNotifier("console", ConsoleConfig(kind="console", utc=True))
+    assert notifier.preview(event).startswith("03:24:31Z ")
+
+
+def test_control_characters_from_a_broker_cannot_drive_the_terminal() -> None:
+    event = order_event(OrderStatus.FAILED, 0, message="no\x1b]0;pwned\x07 \x1b[2Jmargin\r")
+    line = format_line(replace(event, payload={**event.payload, "symbol": "28\x1b[31m90"}))
+    assert "\x1b" not in line and "\x07" not in line and "\r" not in line
+    assert "(no\\x1b]0;pwned\\x07 \\x1b[2Jmargin\\x0d)" in line
+    assert "28\\x1b[31m90" in line
+
+
+class Closed(io.StringIO):
+    """A stdout whose reader went away (``poller demo | head`` after ten lines)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("stream", [Closed(), io.StringIO()], ids=["broken-pipe", "closed"])
+def test_a_closed_stream_is_a_permanent_failure(monkeypatch: pytest.MonkeyPatch,
+                                                stream: io.StringIO) -> None:
+    if not isinstance(stream, Closed):
+        stream.close()  # writing to it raises ValueError, as on a closed sys.stdout
+    monkeypatch.setattr("sys.stdout", stream)
+    notifier = ConsoleNotifier("console", ConsoleConfig(kind="console"))
+    with pytest.raises(DeliveryFailed, match="stdout is closed"):
+        asyncio.run(notifier.send(order_event(OrderStatus.FILLED, 2)))
