@@ -148,6 +148,7 @@ class Daemon:
                   "notifiers": {"hook": {"kind": "webhook", "url": self.receiver_url}}}
         path = folder / "config.toml"
         path.write_text(toml(config))
+        path.chmod(0o600)  # it holds the simulators' keys (check-config warns otherwise)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(folder / "notify.sock"))
         notify.settimeout(120)

@@ -221,6 +221,28 @@ def _moment(state: dict[str, Any], iso_key: str, ts_key: str) -> datetime | None
     return None
 
 
+def _quantity(status: OrderStatus | None, placed: Decimal | None, net: Decimal | None,
+              cancelled: Decimal) -> Decimal:
+    """The order's quantity as poller reports it.
+
+    ``status.order_quantity`` is already net of reductions and cancels (brokers.md §4.3,
+    from Shioaji's own stock-order tutorial, whose examples are test vectors here: placed 2,
+    reduced by 1 → ``order_quantity=1, cancel_quantity=1``; cancelled → ``order_quantity=0,
+    cancel_quantity=2``). So a working or filled order's quantity is ``order_quantity`` as
+    it stands — subtracting ``cancel_quantity`` again counted every reduction twice. A
+    cancelled or failed order reports 0 there; its quantity is the one placed
+    (``order.quantity``, else ``order_quantity + cancel_quantity``), and the diff never reads a
+    finished order's quantity as a modification.
+    """
+    if status in (OrderStatus.CANCELLED, OrderStatus.FAILED):
+        if placed is not None and placed > 0:
+            return placed
+        return (net or Decimal(0)) + cancelled
+    if net is not None:
+        return net
+    return (placed or Decimal(0)) - cancelled
+
+
 def parse_trade(trade: Any, *, broker: str, account_id: str) -> OrderSnapshot:
     """Read one Shioaji Trade into an :class:`OrderSnapshot`.
 
@@ -235,9 +257,8 @@ def parse_trade(trade: Any, *, broker: str, account_id: str) -> OrderSnapshot:
     order_id = str(order.get("id") or state["id"])
     raw_status = str(state["status"])
     status = STATUS_TABLE.get(raw_status)
-    ordered = to_decimal(state.get("order_quantity"), default=None)
-    if ordered is None:
-        ordered = to_decimal(order["quantity"], default=Decimal(0)) or Decimal(0)
+    placed = to_decimal(order.get("quantity"), default=None)
+    net = to_decimal(state.get("order_quantity"), default=None)
     cancelled = to_decimal(state.get("cancel_quantity"), default=Decimal(0)) or Decimal(0)
     deals = state.get("deals") or []
     fills: list[Fill] = []
@@ -254,10 +275,7 @@ def parse_trade(trade: Any, *, broker: str, account_id: str) -> OrderSnapshot:
                  deal_sum)
     spent = sum((f.qty * f.price for f in fills if f.price is not None), Decimal(0))
     avg = (spent / deal_sum).quantize(Decimal("0.0001")).normalize() if deal_sum else None
-    # Shioaji reports a reduced quantity (update_qty) as cancel_quantity; once the order is
-    # finished, cancel_quantity is what was left unfilled, not a modification.
-    finished = status in (OrderStatus.CANCELLED, OrderStatus.FAILED)
-    qty = ordered if finished else ordered - cancelled
+    qty = _quantity(status, placed, net, cancelled)
     modified_price = to_decimal(state.get("modified_price"), default=Decimal(0)) or Decimal(0)
     price = modified_price if modified_price else to_decimal(order.get("price"))
     price_type = str(order.get("price_type", ""))

@@ -454,7 +454,9 @@ class WebullAdapter(BrokerAdapter[WebullConfig]):
         if not isinstance(orders, list):
             raise BrokerMalformed(f"{path}: orders is {type(orders).__name__}, expected a list",
                                   connection=self.name)
-        has_next = data.get("has_next", False)
+        # The open-orders pages spell the flag has_next, the US "day orders" page hasNext
+        # (brokers.md §3.4): read either, so a second page is never silently dropped.
+        has_next = data.get("has_next", data.get("hasNext", False))
         if not isinstance(has_next, bool):
             has_next = str(has_next).lower() == "true"
         return has_next, orders

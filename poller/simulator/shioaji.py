@@ -241,8 +241,12 @@ class ShioajiSim(BrokerSim):
         status = order.status
         if status == engine.PENDING_CANCEL:
             status = order.extra.get("before_cancel", engine.SUBMITTED)
-        cancelled = original - order.filled if order.status == engine.CANCELLED or (
-            order.status == engine.EXPIRED) else original - order.qty
+        # As Shioaji's tutorial shows: order_quantity is net of reductions and cancels (an
+        # order of 2 reduced by 1: 1 and cancel_quantity 1; then cancelled: 0 and 2), and
+        # order.quantity stays as placed.
+        finished = order.status in (engine.CANCELLED, engine.EXPIRED, engine.FAILED)
+        net = order.filled if finished else order.qty
+        cancelled = original - net
         created = datetime.fromtimestamp(order.created, UTC).astimezone(TAIPEI)
         modified = datetime.fromtimestamp(order.updated, UTC).astimezone(TAIPEI)
         state: dict[str, Any] = {
@@ -252,7 +256,7 @@ class ShioajiSim(BrokerSim):
             "web_id": "137",
             "msg": order.message,
             "modified_price": _num(order.price) if order.price != original_price else 0,
-            "order_quantity": _num(original),
+            "order_quantity": _num(net),
             "deal_quantity": _num(order.filled),
             "cancel_quantity": _num(cancelled),
             "deals": [

@@ -86,7 +86,9 @@ def test_seed_example_parses_exactly() -> None:
 @pytest.mark.parametrize(("state", "expected_qty", "expected_price"), [
     ({}, Decimal(2), Decimal("27.1")),
     ({"modified_price": Decimal("27.05")}, Decimal(2), Decimal("27.05")),
-    ({"order_quantity": 5, "cancel_quantity": 2}, Decimal(3), Decimal("27.1")),
+    # Shioaji's stock-order tutorial, an order of 2 reduced by 1 with update_qty:
+    # order_quantity is already net of the reduction (brokers.md §4.3).
+    ({"order_quantity": 1, "cancel_quantity": 1}, Decimal(1), Decimal("27.1")),
 ])
 def test_modifications(state: dict[str, Any], expected_qty: Decimal,
                        expected_price: Decimal) -> None:
@@ -94,12 +96,32 @@ def test_modifications(state: dict[str, Any], expected_qty: Decimal,
     assert (snap.qty, snap.price) == (expected_qty, expected_price)
 
 
-def test_cancelled_with_fills_keeps_original_quantity() -> None:
-    t = trade("Cancelled", order_quantity=5, cancel_quantity=3, deal_quantity=2,
+def test_the_tutorial_cancel_keeps_the_quantity_placed() -> None:
+    """The tutorial's cancel of the order of 2: order_quantity=0, cancel_quantity=2."""
+    snap = parse_trade(trade("Cancelled", order_quantity=0, cancel_quantity=2),
+                       broker="tw", account_id="A")
+    assert snap.status is OrderStatus.CANCELLED and snap.qty == 2 and snap.filled_qty == 0
+
+
+def test_cancelled_with_fills_keeps_the_quantity_placed() -> None:
+    t = trade("Cancelled", order_quantity=2, cancel_quantity=3, deal_quantity=2,
               deals=[{"seq": "1", "price": Decimal("27"), "quantity": 2,
                       "ts": Decimal("1747714234.5")}])
+    t["order"]["quantity"] = 5
     snap = parse_trade(t, broker="tw", account_id="A")
     assert snap.status is OrderStatus.CANCELLED and snap.qty == 5 and snap.filled_qty == 2
+
+
+def test_a_reduced_order_can_be_reduced_again() -> None:
+    """Before, the reduced order of 3 → 2 parsed as 1 and a reduction to 1 was refused as an
+    increase."""
+    t = trade("Submitted", order_quantity=2, cancel_quantity=1)
+    t["order"]["quantity"] = 3
+    snap = parse_trade(t, broker="tw", account_id="A")
+    assert snap.qty == 2
+    adapter = _adapter(lambda request: httpx.Response(500))
+    assert adapter.check_action(snap, "replace", Decimal(1), None) is None
+    assert "increase" in (adapter.check_action(snap, "replace", Decimal(3), None) or "")
 
 
 @pytest.mark.parametrize("spelling", ["datetime", "ts"])

@@ -457,6 +457,21 @@ def test_pagination_across_three_pages_with_duplicates() -> None:
     assert result.problems == []
 
 
+@pytest.mark.parametrize("flag", ["has_next", "hasNext"])
+def test_either_spelling_of_the_paging_flag_fetches_the_next_page(flag: str) -> None:
+    first, second = (order(client_order_id=f"c{i}", order_id=f"036LVV5P4I8BV0KHKN6000000{i}")
+                     for i in (1, 2))
+    pages = {None: legacy({flag: True, "orders": [first]}),
+             "c1": legacy({flag: False, "orders": [second]})}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=pages[request.url.params.get("last_client_order_id")])
+
+    adapter = make_adapter(handler, page_size=1)
+    result = run(adapter, lambda a: a.list_orders(ListScope(ACCOUNT, open_only=False)))
+    assert [s.client_order_id for s in result.orders] == ["c1", "c2"]
+
+
 def test_has_next_without_a_cursor_stops_paging() -> None:
     calls: list[httpx.Request] = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -12,6 +13,8 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from pydantic import ValidationError
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from poller.errors import DeliveryFailed, DeliveryRateLimited, DeliveryRetryable
 from poller.events import OrderEvent, system_event
@@ -90,6 +93,51 @@ def test_body_headers_and_signature(server: SimServer) -> None:
     assert request.headers["x-team"] == "desk-1"
     expected = hmac.new(b"s3cret-key", request.body, hashlib.sha256).hexdigest()
     assert request.headers["x-poller-signature"] == "sha256=" + expected
+
+
+@pytest.mark.parametrize("secret", ["s3cret-key", "whsec_" + base64.b64encode(b"k" * 24).decode()])
+def test_standard_webhooks_verifies_with_the_stock_library(server: SimServer,
+                                                           secret: str) -> None:
+    """The ``standardwebhooks`` package (the spec's own Python verifier) is the oracle: it
+    accepts our headers over the raw body, and refuses a replay outside its window."""
+    seen: list[SimRequest] = []
+    server.route("POST", "/hook", lambda r: (seen.append(r), SimResponse(200, {}))[1])
+    deliver(notifier(f"{server.url}/hook", secret=secret))
+    deliver(notifier(f"{server.url}/hook", secret=secret))  # a retry: same id, new timestamp
+    first, retry = seen
+    headers = {k: v for k, v in first.headers.items() if k.startswith("webhook-")}
+    assert headers["webhook-id"] == EVENT.id == retry.headers["webhook-id"]
+    assert headers["webhook-signature"].startswith("v1,")
+    key: str | bytes = secret if secret.startswith("whsec_") else secret.encode()
+    assert Webhook(key).verify(first.body, headers) == EVENT.to_json()
+    with pytest.raises(WebhookVerificationError):  # one byte changed
+        Webhook(key).verify(first.body.replace(b"order gone", b"order Gone"), headers)
+    stale = {**headers, "webhook-timestamp": str(int(time.time()) - 3600)}
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Webhook(key).verify(first.body, stale)
+
+
+def test_without_a_secret_the_id_and_timestamp_are_still_sent(server: SimServer) -> None:
+    seen: list[SimRequest] = []
+    server.route("POST", "/hook", lambda r: (seen.append(r), SimResponse(200, {}))[1])
+    deliver(notifier(f"{server.url}/hook"))
+    assert seen[0].headers["webhook-id"] == EVENT.id
+    assert abs(int(seen[0].headers["webhook-timestamp"]) - time.time()) < 3600
+    assert "webhook-signature" not in seen[0].headers
+
+
+@pytest.mark.parametrize("name", ["Content-Type", "webhook-id", "X-Poller-Signature",
+                                  "Webhook-Signature"])
+def test_custom_headers_cannot_replace_poller_s_own(name: str) -> None:
+    with pytest.raises(ValidationError, match="set by poller itself"):
+        WebhookConfig.model_validate({"kind": "webhook", "url": "https://example.com/h",
+                                      "headers": {name: "x"}})
+
+
+def test_a_whsec_secret_must_be_base64() -> None:
+    with pytest.raises(ValidationError, match="must be base64"):
+        WebhookConfig.model_validate({"kind": "webhook", "url": "https://example.com/h",
+                                      "secret": "whsec_"})
 
 
 def test_connection_refused_is_retryable_and_hides_the_url(
