@@ -148,6 +148,10 @@ class WebullConfig(BrokerConfig):
     account_ids: list[str] = Field(min_length=1, description="Account ids to poll.")
     signature_algorithm: Literal["HMAC-SHA1", "HMAC-SHA256"] = Field(
         default="HMAC-SHA256", description="x-signature-algorithm to sign with.")
+    api_version: Literal["v1", "v3"] = Field(
+        default="v1",
+        description="x-version sent on every request: v1 as the legacy official SDK sends "
+                    "it on these /trade paths; webull-openapi-python-sdk 3.x sends v3.")
     page_size: int = Field(default=100, ge=1, le=100, description="Orders per list page.")
     # Named ``listing`` in Python because a field called ``list`` would shadow the builtin
     # inside the class body; the TOML key stays ``list``.
@@ -346,6 +350,14 @@ class WebullAdapter(BrokerAdapter[WebullConfig]):
             nonce=self.nonce_factory(),
         )
         request.headers.update(headers)
+        # x-version: required by Webull's signature pages, sent by both official SDKs on
+        # every request and not part of the signature (webullsdkcore/request.py adds it as
+        # a plain header; auth/composer/default_signature_composer.py signs only app key,
+        # timestamp, algorithm, signature version, nonce and host). The legacy SDK
+        # (webull-python-sdk-trade 0.1.18) sends "v1" on /trade/orders/list-open,
+        # list-today, /trade/order/detail, replace and cancel — the answers poller parses;
+        # webull-openapi-python-sdk 3.0.4 sends "v3" on the same paths.
+        request.headers["x-version"] = cfg.api_version
 
     async def _get(self, kind: RequestKind, path: str, params: list[tuple[str, str]]) -> Any:
         query: list[tuple[str, str | int | float | bool | None]] = list(params)

@@ -58,6 +58,8 @@ REQUIRED_HEADERS = (
     ("x-timestamp", "MISSING_TIMESTAMP"),
     ("x-signature-version", "MISSING_VERSION"),
 )
+#: x-version values the official SDKs send (not signed).
+VERSIONS = ("v1", "v2", "v3")
 SIGNED_HEADERS = ("x-app-key", "x-signature-algorithm", "x-signature-nonce",
                   "x-signature-version", "x-timestamp")
 #: Allowed distance between x-timestamp and the simulator's clock. Webull's window is not
@@ -201,6 +203,10 @@ class WebullSim(BrokerSim):
         for name, code in REQUIRED_HEADERS:
             if not headers.get(name):
                 return _error(401, code, f"header {name} is required")
+        if headers.get("x-version") not in VERSIONS:
+            # Both official SDKs send it on every request (v1 legacy, v3 in the 3.x SDK).
+            return _error(400, "INVALID_PARAMETER", "header x-version is required (v1, v2 "
+                                                     "or v3)")
         algorithm = headers["x-signature-algorithm"]
         if algorithm not in ("HMAC-SHA1", "HMAC-SHA256"):
             return _error(401, "SIGNATURE_ALGORITHM_NOT_SUPPORTED",

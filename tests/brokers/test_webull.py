@@ -847,7 +847,7 @@ def test_sim_place_replace_and_parameter_checks() -> None:
         assert (placed.symbol, placed.qty, placed.price) == ("00005", 300, Decimal("64.05"))
         bad_algorithm = {"x-app-key": sim.app_key, "x-signature": "x", "x-signature-nonce": "n",
                          "x-signature-algorithm": "HMAC-MD5", "x-timestamp": STAMP,
-                         "x-signature-version": "1.0"}
+                         "x-signature-version": "1.0", "x-version": "v1"}
         raw = httpx.get(sim.url + "/trade/order/detail", headers=bad_algorithm)
         assert raw.json()["error_code"] == "SIGNATURE_ALGORITHM_NOT_SUPPORTED"
         assert sim.violations() == 0
@@ -1007,3 +1007,25 @@ def test_a_replace_echoes_the_last_answer_without_reading_the_detail() -> None:
     assert first["client_order_id"] == HK_ORDER["client_order_id"]
     assert first == {**replace_body(order(), qty=Decimal(50)), "limit_price": "380"}
     assert seen[3][1]["stock_order"]["limit_price"] == "381.5"
+
+
+def test_every_request_carries_x_version_and_the_sim_refuses_one_without() -> None:
+    """Both official SDKs send x-version (legacy v1, 3.x v3); it is not signed."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=legacy({"has_next": False, "orders": []}))
+
+    adapter = make_adapter(handler)
+    run(adapter, lambda a: a.list_orders(ListScope(ACCOUNT, open_only=True)))
+    assert seen[0].headers["x-version"] == "v1"
+    sim = WebullSim(seed=1).start()
+    try:
+        headers = {"x-app-key": sim.app_key, "x-signature": "x", "x-signature-nonce": "n",
+                   "x-signature-algorithm": "HMAC-SHA256", "x-timestamp": STAMP,
+                   "x-signature-version": "1.0"}
+        raw = httpx.get(sim.url + "/trade/order/detail", headers=headers)
+        assert raw.status_code == 400 and "x-version is required" in raw.text
+    finally:
+        sim.stop()
