@@ -210,6 +210,12 @@ class BrokerAdapter(ABC, Generic[C]):
         """Extra problems with a validated config, as (key, message); none by default."""
         return []
 
+    @classmethod
+    def discovery_note(cls, config: C) -> str | None:
+        """One line for ``check-config`` on what the list calls can miss and why (a
+        trade-off the user chose); none by default."""
+        return None
+
     @abstractmethod
     def scopes(self) -> list[ListScope]:
         """The account-wide list calls to run every ``interval`` seconds."""

@@ -77,6 +77,9 @@ def describe(cls: type[BrokerAdapter[Any]], config: BrokerConfig, plans: list[Gr
             if p.spare_rate > 0 and n:
                 lines.append(f"    {n} {source} on {p.name} → each refreshed every "
                              f"{n / p.spare_rate:.2f} s")
+    note = cls.discovery_note(config)
+    if note:
+        lines.append(f"  discovery: {note}")
     return lines
 
 

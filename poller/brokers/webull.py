@@ -155,11 +155,17 @@ class WebullConfig(BrokerConfig):
     page_size: int = Field(default=100, ge=1, le=100, description="Orders per list page.")
     # Named ``listing`` in Python because a field called ``list`` would shadow the builtin
     # inside the class body; the TOML key stays ``list``.
-    listing: Literal["open", "today"] = Field(
-        default="open", alias="list",
-        description="open: list-open (cheapest; finished orders are confirmed with the "
-                    "detail call, an order placed and finished between two polls is not "
-                    "seen); today: list-today (every order of the day).")
+    listing: Literal["both", "open", "today"] = Field(
+        default="both", alias="list",
+        description="both: list-open every interval and list-today every today_every "
+                    "seconds in its place (the same budget; an order placed and rejected "
+                    "or filled between two polls is seen within today_every); open: "
+                    "list-open only (such an order is never seen); today: list-today only "
+                    "(every order, every interval; the answers grow through the day).")
+    today_every: float = Field(
+        default=30.0, gt=0,
+        description="With list = \"both\": seconds between the list-today passes that "
+                    "catch orders finished between two list-open polls.")
 
     @model_validator(mode="before")
     @classmethod
@@ -288,6 +294,8 @@ class WebullAdapter(BrokerAdapter[WebullConfig]):
         # Ids a scan of today's list did not find: not scanned for again (a watched order
         # from an earlier day would otherwise cost a whole list-today scan at every probe).
         self._not_today: set[tuple[str, str]] = set()
+        # account → budget clock of its last list-today pass (list = "both").
+        self._today_at: dict[str, float] = {}
         # (account, order id) → the raw order of the last list or detail answer, newest last.
         self._raw: dict[tuple[str, str], dict[str, Any]] = {}
         self._cache = ParseCache()
@@ -334,7 +342,9 @@ class WebullAdapter(BrokerAdapter[WebullConfig]):
         self.budget.groups["order_query"] = LimitGroup("order_query", spec, share=group.share)
 
     def scopes(self) -> list[ListScope]:
-        open_only = self.config.listing == "open"
+        # "both" answers are open lists but for the list-today passes, which hold every
+        # open order too: an order missing from either has left the open list.
+        open_only = self.config.listing != "today"
         return [ListScope(account, open_only=open_only) for account in self.config.account_ids]
 
     # -- requests ---------------------------------------------------------------------
@@ -397,10 +407,38 @@ class WebullAdapter(BrokerAdapter[WebullConfig]):
     # -- listing ----------------------------------------------------------------------
 
     async def list_orders(self, scope: ListScope) -> ListResult:
-        path = ("/trade/orders/list-open" if self.config.listing == "open"
-                else "/trade/orders/list-today")
+        """One list call of an account: list-open, or list-today when it is due.
+
+        With ``list = "both"`` the first pass of every account is list-today, so the
+        baseline holds the orders already finished today (none of them is announced later
+        as new), and then one list-open call every ``today_every`` seconds is replaced by
+        list-today: a rejection or fill between two polls — an order that never appears in
+        an open list — is seen within that time, at no extra cost to the budget."""
+        path = "/trade/orders/list-open"
+        if self.config.listing == "today" or (
+                self.config.listing == "both" and self._today_due(scope.account_id)):
+            path = "/trade/orders/list-today"
         orders, problems, _ = await self._scan(path, scope.account_id)
+        if path.endswith("list-today"):
+            self._today_at[scope.account_id] = self.budget.now()
         return ListResult(scope, orders, problems)
+
+    def _today_due(self, account_id: str) -> bool:
+        last = self._today_at.get(account_id)
+        return last is None or self.budget.now() - last >= self.config.today_every
+
+    @classmethod
+    def discovery_note(cls, config: WebullConfig) -> str | None:
+        """What each ``list`` choice sees, for check-config."""
+        if config.listing == "open":
+            return ("list = \"open\": an order placed and rejected or filled between two "
+                    "polls never appears in an answer, so its PLACE_FAILED / FINAL_FILLED is "
+                    "never sent (use \"both\", the default)")
+        if config.listing == "both":
+            return (f"list-open every {config.interval:g} s, list-today in its place every "
+                    f"{config.today_every:g} s: an order finished between two polls is "
+                    f"announced within {config.today_every:g} s, at no extra cost")
+        return "list-today every interval: every order of the day, in answers that grow"
 
     async def _scan(self, path: str, account_id: str, *, want: str | None = None
                     ) -> tuple[list[OrderSnapshot], list[str], OrderSnapshot | None]:
@@ -538,7 +576,7 @@ class WebullAdapter(BrokerAdapter[WebullConfig]):
         if known is not None:
             return known, None
         # With list=today the poll itself has just missed it: no scan.
-        if self.config.listing == "open" and (account_id, order_id) not in self._not_today:
+        if self.config.listing != "today" and (account_id, order_id) not in self._not_today:
             _, _, hit = await self._scan("/trade/orders/list-today", account_id,
                                          want=order_id)
             if hit is not None:

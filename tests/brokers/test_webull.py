@@ -110,8 +110,9 @@ def make_adapter(handler: Callable[[httpx.Request], httpx.Response] | None = Non
     Its budget runs on a fake clock; the documented limits still shape it, only the waits
     are instant. ``pinned`` fixes the nonce and timestamp for exact signature checks.
     """
+    # list = "open" unless a test says otherwise: most tests here are about one call.
     table = {"kind": "webull", "base_url": "https://api.webull.hk", "app_key": KEY,
-             "app_secret": SECRET, "account_ids": [ACCOUNT], **cfg}
+             "app_secret": SECRET, "account_ids": [ACCOUNT], "list": "open", **cfg}
     config = WebullConfig.model_validate(table)
     transport = httpx.MockTransport(handler) if handler else None
     client = httpx.AsyncClient(base_url=config.base_url, transport=transport)
@@ -308,7 +309,7 @@ def test_base_url_follows_the_region(region: str | None, url: str) -> None:
     if region:
         table["region"] = region
     config = WebullConfig.model_validate(table)
-    assert config.base_url == url and config.listing == "open" and config.page_size == 100
+    assert config.base_url == url and config.listing == "both" and config.page_size == 100
     explicit = WebullConfig.model_validate({**table, "base_url": "http://127.0.0.1:9/"})
     assert explicit.base_url == "http://127.0.0.1:9"
 
@@ -483,6 +484,37 @@ def test_has_next_without_a_cursor_stops_paging() -> None:
                  lambda a: a.list_orders(ListScope(ACCOUNT, open_only=True)))
     assert len(calls) == 2 and len(result.orders) == 1
     assert "no new last_client_order_id" in result.problems[0]
+
+
+def test_both_lists_today_first_then_in_place_of_an_open_call_every_today_every() -> None:
+    """The default: every order of the day is seen (a placed-and-rejected order never shows
+    in an open list), at the cost of one list call per today_every, not more."""
+    seen: list[str] = []
+    rejected = order(client_order_id="c7", order_id="036LVV5P4I8BV0KHKN60000007",
+                     order_status="FAILED")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path.rsplit("/", 1)[-1])
+        orders = [rejected] if request.url.path.endswith("list-today") else []
+        return httpx.Response(200, json=legacy({"has_next": False, "orders": orders}))
+
+    adapter = make_adapter(handler, list="both", today_every=30.0)
+    assert adapter.scopes() == [ListScope(ACCOUNT, open_only=True)]
+    passes: list[list[OrderStatus]] = []
+
+    async def polls(a: WebullAdapter) -> None:
+        for _ in range(4):  # 10 s apart on the budget's fake clock
+            result = await a.list_orders(a.scopes()[0])
+            passes.append([s.status for s in result.orders])
+            await a.budget._sleep(10.0)  # the fake clock jumps
+
+    run(adapter, polls)
+    assert seen == ["list-today", "list-open", "list-open", "list-today"]
+    assert passes[0] == [OrderStatus.FAILED] and passes[1] == []
+    note = WebullAdapter.discovery_note(adapter.config)
+    assert note is not None and "within 30 s, at no extra cost" in note
+    open_note = WebullAdapter.discovery_note(adapter.config.model_copy(update={"listing": "open"}))
+    assert open_note is not None and "never sent" in open_note
 
 
 @pytest.mark.parametrize("listing", ["open", "today"])
@@ -1029,3 +1061,28 @@ def test_every_request_carries_x_version_and_the_sim_refuses_one_without() -> No
         assert raw.status_code == 400 and "x-version is required" in raw.text
     finally:
         sim.stop()
+
+
+def test_an_order_rejected_between_two_polls_is_announced_with_the_default_listing(
+        tmp_path: Path, receiver: Receiver) -> None:
+    """Through the daemon: an order placed and rejected between two polls never appears in
+    an open list; the default list = "both" still sends its PLACE_FAILED."""
+    sim = WebullSim(seed=4).start()
+    try:
+        table = {**sim.broker_config("wb"), "interval": 2.5, "today_every": 5.0}
+        config = daemon_config(tmp_path, {"wb": table}, receiver.url)
+        account = sim.accounts()[0]
+
+        async def run() -> None:
+            async with running_app(config) as app:
+                tracker = app.trackers["wb"]
+                while not tracker.known_accounts:  # the baseline pass, committed
+                    await asyncio.sleep(0.05)
+                order = sim.book.place(account, "00700", "BUY", 100, "385.2")
+                sim.book.reject(order.order_id, "insufficient buying power")
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 1, 30)
+
+        asyncio.run(run())
+    finally:
+        sim.stop()
+    assert receiver.scenes() == ["PLACE_FAILED"]
