@@ -70,6 +70,10 @@ STATUS_TABLE: dict[str, OrderStatus] = {
     "ReplacedNotReported": OrderStatus.PENDING,
     "ProtectedNotReported": OrderStatus.PENDING,
     "VarietiesNotReported": OrderStatus.PENDING,  # conditional order awaiting its trigger
+    # A time-conditional order being monitored until its delayed_until time: the official
+    # SDK (longbridge 5.3 openapi.pyi, OrderStatus.DelayedNotReported, "Monitoring
+    # (Time-Conditional Order)") lists it; the REST docs of brokers.md did not.
+    "DelayedNotReported": OrderStatus.PENDING,
     "WaitToNew": OrderStatus.PENDING,
     "NewStatus": OrderStatus.SUBMITTED,
     "WaitToReplace": OrderStatus.PENDING_REPLACE,
@@ -187,8 +191,12 @@ class LongPortConfig(BrokerConfig):
     """``[brokers.NAME]`` with ``kind = "longport"``."""
 
     kind: Literal["longport"] = "longport"
-    base_url: str = Field(default="https://openapi.longportapp.com",
-                          description="REST host (CN: https://openapi.longport.cn).")
+    base_url: str = Field(
+        default="https://openapi.longportapp.com",
+        description="REST host: https://openapi.longportapp.com (LongPort docs) or "
+                    "https://openapi.longbridge.com, the official SDK's default since the "
+                    "Longbridge rename (CN: https://openapi.longport.cn / "
+                    "https://openapi.longbridge.cn); both answer the same API.")
     app_key: SecretStr | None = Field(default=None, description="App Key (apikey mode).")
     app_secret: SecretStr | None = Field(default=None,
                                          description="App Secret (apikey mode).")
