@@ -3,7 +3,9 @@
 * **Markup.** Templates render plain text; here every character is escaped for the chosen
   ``parse_mode`` (HTML or MarkdownV2) and only the title is made bold, so nothing a broker
   sends can inject markup or break parsing.
-* **Length.** Telegram refuses texts over 4096 characters. Longer messages are split into
+* **Length.** Telegram refuses texts over 4096 characters after entity parsing (the text
+  the reader sees, counted in UTF-16 units; markup and escapes do not count). Longer
+  messages are split into
   numbered parts (``(1/3)``), each valid markup on its own: a cut never falls inside an
   escape, an entity or a tag, and a bold run cut in two is closed and reopened.
 * **Pacing.** Telegram's limits are unpublished but widely documented: about 30 messages/s
@@ -162,11 +164,12 @@ MARKUPS: dict[str, Markup] = {
 
 
 def units(text: str) -> int:
-    """Length in UTF-16 code units.
+    """Length in UTF-16 code units, the unit Telegram counts in.
 
-    Telegram counts the text after entity parsing; counting the escaped markup in UTF-16
-    units is never less than that, whatever unit Telegram uses, so a part we accept is
-    never "message is too long".
+    The Bot API limit is 4096 characters *after entity parsing*: the text the reader sees,
+    not the markup sent. So a part is measured by its plain characters (``&amp;`` is one,
+    ``<b>`` none); measuring the escaped text split a 4 090-character body of ``&`` into six
+    parts where Telegram takes one.
     """
     return len(text.encode("utf-16-le")) // 2
 
@@ -194,15 +197,24 @@ def _render(atoms: Sequence[_Atom], markup: Markup) -> str:
     return "".join(out)
 
 
+def _suffix_plain(index: int, count: int, truncated: bool) -> str:
+    return f"\n({index}/{count}{', truncated' if truncated else ''})"
+
+
 def _suffix(index: int, count: int, truncated: bool, markup: Markup) -> str:
-    return markup.escape(f"\n({index}/{count}{', truncated' if truncated else ''})")
+    return markup.escape(_suffix_plain(index, count, truncated))
+
+
+def _parsed(atoms: Sequence[_Atom]) -> int:
+    """The length Telegram counts for these atoms: their plain characters."""
+    return sum(atom.size for atom in atoms)
 
 
 def render_parts(title: str, body: str, parse_mode: str, *, limit: int = MAX_LENGTH,
                  max_parts: int = 10) -> list[str]:
     """The texts to send for one message: the title in bold, then the body, all escaped.
 
-    A text longer than ``limit`` (UTF-16 units, after escaping) is split into parts that
+    A text longer than ``limit`` (UTF-16 units of the parsed text) is split into parts that
     end in ``(i/n)``; each is valid markup on its own and at most ``limit`` long. Cuts
     prefer the end of a line, then a space. Beyond ``max_parts`` the rest is dropped and
     the last part says ``truncated``.
@@ -214,15 +226,14 @@ def render_parts(title: str, body: str, parse_mode: str, *, limit: int = MAX_LEN
     for text, bold in ((title, True), (f"\n{body}" if title and body else body, False)):
         for char in text:
             escaped = markup.escape(char)
-            atoms.append(_Atom(char, escaped, units(escaped), bold))
+            atoms.append(_Atom(char, escaped, units(char), bold))
     if not atoms:
         atoms = [_Atom(char, markup.escape(char), 1, False) for char in "(empty message)"]
-    whole = _render(atoms, markup)
-    if units(whole) <= limit:
-        return [whole]
+    if _parsed(atoms) <= limit:
+        return [_render(atoms, markup)]
 
-    budget = limit - units(_suffix(99, 99, True, markup))
-    bold_size = units(markup.bold_open) + units(markup.bold_close)
+    budget = limit - units(_suffix_plain(99, 99, True))
+    bold_size = 0  # markup is not counted: Telegram measures the parsed text
     lookback = max(1, budget // 8)
     parts: list[list[_Atom]] = []
     current: list[_Atom] = []
@@ -237,11 +248,11 @@ def render_parts(title: str, body: str, parse_mode: str, *, limit: int = MAX_LEN
         if size + step > budget and current:
             cut = _soft_cut(current, lookback)
             carry = current[cut:]
-            if units(_render(carry, markup)) + cost(atom, carry[-1] if carry else None) > budget:
+            if _parsed(carry) + cost(atom, carry[-1] if carry else None) > budget:
                 cut, carry = len(current), []
             parts.append(current[:cut])
             current = carry
-            size = units(_render(current, markup))
+            size = _parsed(current)
             step = cost(atom, current[-1] if current else None)
         current.append(atom)
         size += step

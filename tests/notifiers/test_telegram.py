@@ -398,17 +398,25 @@ def test_a_10000_character_message_goes_in_three_valid_parts(
 
 
 @pytest.mark.parametrize("mode", ["HTML", "MarkdownV2"])
-def test_heavy_escaping_counts_after_escaping(mode: str) -> None:
+def test_heavy_escaping_counts_the_parsed_text(mode: str) -> None:
+    """Telegram's 4096 is counted after entity parsing: escaping does not shorten a part."""
     body = long_text(9000)
     parts = render_parts("T<&>*", body, mode)
-    assert all(units(p) <= MAX_LENGTH for p in parts) and len(parts) >= 3
+    assert all(units(parse(p, mode)[0]) <= MAX_LENGTH for p in parts) and len(parts) == 3
     assert reassemble(parts, mode)[:2] == (f"T<&>*\n{body}", "T<&>*")
+
+
+@pytest.mark.parametrize("mode", ["HTML", "MarkdownV2"])
+def test_a_4090_character_body_of_escaped_characters_is_one_message(mode: str) -> None:
+    body = ("&" if mode == "HTML" else "*") * 4090
+    parts = render_parts("", body, mode)
+    assert len(parts) == 1 and units(parse(parts[0], mode)[0]) == 4090
 
 
 def test_a_long_bold_title_is_closed_and_reopened_across_parts() -> None:
     title = "&*" * 300
     parts = render_parts(title, "body", "HTML", limit=256)
-    assert len(parts) > 3 and parts[0].startswith("<b>") and parts[1].startswith("<b>")
+    assert len(parts) == 3 and parts[0].startswith("<b>") and parts[1].startswith("<b>")
     assert reassemble(parts, "HTML")[:2] == (f"{title}\nbody", title)
 
 
@@ -439,7 +447,7 @@ def test_split_property(title: str, chunk: str, repeat: int, limit: int, mode: s
     parts = render_parts(title, body, mode, limit=limit, max_parts=50)
     assert 1 <= len(parts) <= 50
     for part in parts:
-        assert units(part) <= limit and len(part) <= limit
+        assert units(parse(part, mode)[0]) <= limit  # what Telegram counts
     plain, bold, truncated = reassemble(parts, mode)  # every part valid on its own
     if title and body:
         expected = f"{title}\n{body}"
