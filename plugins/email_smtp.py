@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import email.policy
 import email.utils
+import hashlib
 import html
 import logging
 import re
@@ -223,9 +224,20 @@ def one_line(text: str) -> str:
     return " ".join(_CONTROL.sub(" ", _LINE_BREAKS.sub(" ", text)).split())
 
 
+#: U+2060 WORD JOINER: invisible, and it keeps "=?" in broker text from being read as the
+#: start of an RFC 2047 encoded-word.
+_WORD_JOINER = "\u2060"
+
+
 def subject(prefix: str, title: str) -> str:
-    """The Subject header: prefix and title on one line (no header injection)."""
-    return one_line(f"{prefix} {title}")
+    """The Subject header: prefix and title on one line (no header injection).
+
+    Broker text such as ``=?utf-8?b?SGFja2Vk?=`` would be decoded as an encoded-word — by
+    Python's own header parser when the header is set, and by every mail client when it is
+    read — so the Subject would say something the broker never sent. A word joiner after
+    each ``=`` of ``=?`` breaks the syntax; the word is then sent encoded and reads as the
+    literal text."""
+    return one_line(f"{prefix} {title}").replace("=?", f"={_WORD_JOINER}?")
 
 
 def _lines(text: str) -> list[str]:
@@ -319,8 +331,13 @@ class EmailNotifier(Notifier[EmailConfig]):
         await self._deliver(self.render(event), message_id=f"<{event.id}@{self._domain}>")
 
     async def send_message(self, message: Message) -> None:
-        """Mail one rendered message (digests); see the module doc for the outcomes."""
-        await self._deliver(message, message_id=None)
+        """Mail one rendered message (digests); see the module doc for the outcomes.
+
+        Its Message-ID is derived from the message itself, so a retry of the same digest
+        keeps it (a mail client then shows one mail, not one per attempt)."""
+        digest = hashlib.sha256(f"{message.scene}\0{message.title}\0{message.body}"
+                                .encode()).hexdigest()[:32]
+        await self._deliver(message, message_id=f"<digest-{digest}@{self._domain}>")
 
     async def _deliver(self, message: Message, *, message_id: str | None) -> None:
         payload = self.build(message, message_id=message_id).as_bytes()

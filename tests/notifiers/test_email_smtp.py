@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import email.header
 import email.policy
 import logging
 import socket
@@ -99,6 +100,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     message: EmailMessage
+    raw: bytes = b""
 
 
 @dataclass
@@ -148,7 +150,7 @@ class Mailbox:
         content = cast(bytes, envelope.original_content)
         parsed = email.message_from_bytes(content, policy=email.policy.default)
         self.messages.append(Received(cast(str, envelope.mail_from), list(envelope.rcpt_tos),
-                                      cast(EmailMessage, parsed)))
+                                      cast(EmailMessage, parsed), content))
         self.arrivals.append(self.clock())
         if self.drop_after_data:
             assert server.transport is not None
@@ -501,6 +503,35 @@ def test_a_cancelled_send_drops_the_connection() -> None:
         assert [r.message["X-Poller-Event"] for r in box.messages] == [
             FILLED.short_id, NASTY.short_id]
         assert notifier.connections == 2 and len(box.sessions) == 2
+
+
+def test_a_retried_digest_keeps_its_message_id() -> None:
+    async def scenario(notifier: EmailNotifier) -> None:
+        for _ in range(2):  # the same digest, sent again after a failure
+            await notifier.send_digest([FILLED, NASTY], title="held during quiet hours")
+        await notifier.send_digest([FILLED], title="held during quiet hours")
+
+    with smtp_server() as server:
+        run(EmailNotifier("mail", config(server.port)), scenario)
+        first, retry, other = server.mailbox.messages
+    assert first.message["Message-ID"] == retry.message["Message-ID"]
+    assert first.message["Message-ID"].startswith("<digest-")
+    assert other.message["Message-ID"] != first.message["Message-ID"]
+
+
+def test_an_encoded_word_in_broker_text_stays_literal_in_the_subject() -> None:
+    """Mail clients decode =?charset?b?…?= in a Subject; broker text must not become one."""
+    hostile = order_event(OrderStatus.FILLED, 2, symbol="=?utf-8?b?SGFja2Vk?=")  # "Hacked"
+    with smtp_server() as server:
+        run(EmailNotifier("mail", config(server.port)), send_all(hostile))
+        [received] = server.mailbox.messages
+    # The three parsers a reader may use: none shows "Hacked".
+    raw = received.raw
+    for shown in (str(email.message_from_bytes(raw, policy=email.policy.default)["Subject"]),
+                  str(email.header.make_header(email.header.decode_header(
+                      email.message_from_bytes(raw)["Subject"]))),
+                  received.message["Subject"]):
+        assert "Hacked" not in shown and "SGFja2Vk" in shown, shown
 
 
 def test_same_event_keeps_its_message_id() -> None:
