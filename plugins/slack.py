@@ -115,7 +115,13 @@ def escaped_chunks(text: str, limit: int) -> list[str]:
         escaped = escape_mrkdwn(char)
         if size + len(escaped) > limit and piece:
             cut = len(piece)
-            for index in range(len(piece) - 1, max(0, len(piece) - limit // 4) - 1, -1):
+            # Look back over the final quarter *in characters*: pieces are escaped forms
+            # (``&amp;`` is five), so counting pieces would look back too far.
+            seen = 0
+            for index in range(len(piece) - 1, 0, -1):
+                seen += len(piece[index])
+                if seen > limit // 4:
+                    break
                 if piece[index] == "\n":
                     cut = index + 1
                     break
@@ -126,7 +132,8 @@ def escaped_chunks(text: str, limit: int) -> list[str]:
         size += len(escaped)
     if piece:
         chunks.append("".join(piece))
-    return chunks
+    # Slack refuses a section whose text is only whitespace (a run of blank lines cut off).
+    return [chunk for chunk in chunks if chunk.strip()]
 
 
 def cut_escaped(text: str, size: int) -> str:

@@ -36,6 +36,7 @@ from poller_plugins.slack import (
     SlackConfig,
     SlackNotifier,
     escape_mrkdwn,
+    escaped_chunks,
     register_notifiers,
 )
 from tests.notifiers.helpers import NOW, deliver, leaked, order_event, reveals
@@ -422,3 +423,21 @@ def test_closing_removes_the_httpx_log_filter(server: SimServer) -> None:
     assert any(isinstance(f, LogScrubber) for f in logging.getLogger("httpx").filters)
     asyncio.run(slack.aclose())
     assert not any(isinstance(f, LogScrubber) for f in logging.getLogger("httpx").filters)
+
+
+def test_the_split_look_back_is_measured_in_characters() -> None:
+    """A newline 1 000 characters back (of '&', 5 each escaped) is beyond the final quarter
+    of a 3 000-character section: the cut must not go back there."""
+    text = "a" * 10 + "\n" + "&" * 1000
+    first, *_ = escaped_chunks(text, SECTION_MAX)
+    assert len(first) >= SECTION_MAX - 5  # cut near the limit, not at the early newline
+    # A newline within the final quarter is still preferred.
+    near = "b" * 2500 + "\n" + "c" * 1000
+    assert escaped_chunks(near, SECTION_MAX)[0] == "b" * 2500 + "\n"
+
+
+def test_no_section_is_only_whitespace() -> None:
+    text = "x" * 2999 + "\n" * 3000 + "y"
+    chunks = escaped_chunks(text, SECTION_MAX)
+    assert all(chunk.strip() for chunk in chunks)
+    assert "".join(chunks).replace("\n", "") == "x" * 2999 + "y"
