@@ -13,6 +13,11 @@ notifier is configured, so poller runs without it.
 * Each URL is a separate target, and the targets that accepted a message are remembered
   for the life of the notifier, so a retry after a partial failure only re-sends to the
   others (after a restart, a retried message goes to every URL again).
+* Outcomes are sorted like every other notifier's: Apprise's ``notify`` says only True or
+  False, but its HTTP plugins log the status of a refusal (``…error=404.``) and Apprise 2
+  keeps those lines with each call's result; that line makes a 4xx other than 408/429 a
+  permanent refusal (dead-lettered at once, not retried for a day), 429 a rate limit, the
+  rest retryable.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import httpx
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from poller import (
+    DeliveryFailed,
+    DeliveryRateLimited,
     DeliveryRetryable,
     LogScrubber,
     Message,
@@ -197,9 +204,11 @@ class AppriseNotifier(Notifier[AppriseConfig]):
     async def _deliver(self, key: str, render: Callable[[], Message]) -> None:
         """Notify every target that has not taken this message yet.
 
-        :raises DeliveryRetryable: some target refused or raised. Apprise reports only
-            True/False (the reason is in its own log, redacted), so a permanent refusal
-            cannot be told from an outage: it is retried until the dispatcher gives up.
+        :raises DeliveryFailed: every target that failed refused for good (an HTTP 4xx
+            other than 408/429, read from the status apprise logs: its ``notify`` only says
+            True or False).
+        :raises DeliveryRateLimited: a target answered 429.
+        :raises DeliveryRetryable: anything else (5xx, no answer, no status logged).
         """
         pending = self._pending.get(key)
         if pending is None:
@@ -209,25 +218,35 @@ class AppriseNotifier(Notifier[AppriseConfig]):
                 self._pending.popitem(last=False)
         self._pending.move_to_end(key)
         failures: list[str] = []
+        statuses: list[int | None] = []
         for index, target in enumerate(self._targets):
             if index in pending.done:
                 continue
             try:
-                accepted = await asyncio.to_thread(_notify, target, pending.message)
+                accepted, status = await asyncio.to_thread(_notify, target, pending.message)
             except Exception as err:  # apprise or a plugin bug; its text may hold the URL
                 failures.append(f"urls.{index}: apprise raised {type(err).__name__}")
+                statuses.append(None)
                 continue
             if accepted:
                 pending.done.add(index)
             else:
-                failures.append(f"urls.{index}: not delivered")
+                failures.append(f"urls.{index}: not delivered"
+                                + (f" (HTTP {status})" if status is not None else ""))
+                statuses.append(status)
         if not failures:
             self._pending.pop(key, None)
             return
         # Raised here, outside any except block: no apprise exception (whose text may
         # contain the URL) rides along as __context__.
-        raise DeliveryRetryable(f"{self.service}: {'; '.join(failures)} (apprise does not "
-                                "say why; its log has the reason)")
+        text = f"{self.service}: {'; '.join(failures)}"
+        if all(status is not None and permanent(status) for status in statuses):
+            self._pending.pop(key, None)
+            raise DeliveryFailed(f"{text}: refused for good")
+        if any(status == 429 for status in statuses):
+            raise DeliveryRateLimited(f"{text}: rate-limited")
+        raise DeliveryRetryable(text + ("" if any(s is not None for s in statuses) else
+                                        " (apprise gave no status; its log has the reason)"))
 
     async def aclose(self) -> None:
         """Stop scrubbing apprise's log."""
@@ -235,12 +254,39 @@ class AppriseNotifier(Notifier[AppriseConfig]):
         await super().aclose()
 
 
-def _notify(target: apprise.Apprise, message: Message) -> bool:
-    """One blocking apprise call (runs in a worker thread)."""
+#: Apprise's HTTP plugins log a refusal as "Failed to send … notification: <reason>,
+#: error=<status>." (custom_json, ntfy, discord, …): the only place the status is told.
+_STATUS_IN_LOG = re.compile(r"\berror=(\d{3})\b")
+
+
+def permanent(status: int) -> bool:
+    """A refusal no retry will change: a 4xx other than 408 (timeout) and 429 (slow down),
+    as for every other notifier."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
+def logged_status(result: object) -> int | None:
+    """The HTTP status of a refusal, from the log entries Apprise (2.x) keeps with the result
+    of each ``notify`` call — per call, so notifiers running at the same time never see each
+    other's lines. None when it logged none (an outage, an older Apprise)."""
+    logs = getattr(result, "logs", None)
+    if not callable(logs):
+        return None
+    status: int | None = None
+    for entry in logs():
+        found = _STATUS_IN_LOG.findall(str(getattr(entry, "message", "")))
+        if found:
+            status = int(found[-1])
+    return status
+
+
+def _notify(target: apprise.Apprise, message: Message) -> tuple[bool, int | None]:
+    """One blocking apprise call (runs in a worker thread): accepted, and the HTTP status
+    apprise logged for a refusal."""
     # Plain text in, so apprise escapes it for services that use markup (HTML, Markdown).
     result = target.notify(body=message.body or message.title, title=message.title,
                            body_format="text")
-    return bool(result)
+    return bool(result), None if result else logged_status(result)
 
 
 @hookimpl

@@ -17,7 +17,12 @@ import apprise
 import pytest
 from pydantic import ValidationError
 
-from poller.errors import DeliveryRetryable, NotifierConfigError
+from poller.errors import (
+    DeliveryFailed,
+    DeliveryRateLimited,
+    DeliveryRetryable,
+    NotifierConfigError,
+)
 from poller.events import system_event
 from poller.models import SystemScene
 from poller.settings import problems_from
@@ -140,20 +145,39 @@ FAILURES = [
     ("server-error", SimResponse(500, {"error": "boom"})),
     ("bad-request", SimResponse(400, {"error": "bad"})),
     ("unauthorized", SimResponse(401, {"error": "no"})),
+    ("not-found", SimResponse(404, {"error": "no such hook"})),
     ("rate-limited", SimResponse(429, {"error": "slow"}, headers={"Retry-After": "5"})),
+    ("timeout", SimResponse(408, {"error": "slow client"})),
     ("unavailable", SimResponse(503, raw=b"<html>down</html>")),
 ]
 
 
+#: What each answer becomes, as for every other notifier (the status read from apprise's log).
+OUTCOME = {"server-error": DeliveryRetryable, "bad-request": DeliveryFailed,
+           "unauthorized": DeliveryFailed, "not-found": DeliveryFailed,
+           "rate-limited": DeliveryRateLimited, "timeout": DeliveryRetryable,
+           "unavailable": DeliveryRetryable}
+
+
 @pytest.mark.parametrize("answer", [f[1] for f in FAILURES], ids=[f[0] for f in FAILURES])
-def test_any_refusal_is_retryable(receiver: Receiver, logs: pytest.LogCaptureFixture,
-                                  answer: SimResponse) -> None:
-    # Apprise reports only True/False: a refusal cannot be told from an outage.
+def test_refusals_are_classified_like_every_notifier(
+        receiver: Receiver, logs: pytest.LogCaptureFixture, answer: SimResponse,
+        request: pytest.FixtureRequest) -> None:
+    name = request.node.callspec.id
     receiver.fail("a", answer)
     [outcome] = deliver(notifier(receiver.url("a")), EVENT)
-    assert type(outcome) is DeliveryRetryable
-    assert "apprise phone: urls.0: not delivered" in str(outcome)
+    assert type(outcome) is OUTCOME[name]
+    assert f"apprise phone: urls.0: not delivered (HTTP {answer.status})" in str(outcome)
     assert not reveals(outcome, CANARY) and not leaked(logs, CANARY)
+
+
+def test_a_permanent_refusal_at_one_url_and_an_outage_at_another_is_retried(
+        receiver: Receiver) -> None:
+    receiver.fail("a", SimResponse(404, {"error": "gone"}))
+    receiver.fail("b", SimResponse(503, {"error": "down"}))
+    [outcome] = deliver(notifier(receiver.url("a"), receiver.url("b")), EVENT)
+    assert type(outcome) is DeliveryRetryable
+    assert "urls.0: not delivered (HTTP 404)" in str(outcome) and "(HTTP 503)" in str(outcome)
 
 
 def test_connection_refused_is_retryable(logs: pytest.LogCaptureFixture) -> None:
