@@ -67,7 +67,8 @@ def _coinw_refusal(request: SimRequest) -> SimResponse | None:
 
 
 BROKERS = {
-    "shioaji": Broker(ShioajiSim, {"interval": 0.2}, _shioaji_refusal, {"price": "27.05"}),
+    "shioaji": Broker(ShioajiSim, {"interval": 0.2}, _shioaji_refusal,
+                      {"price": "27.05", "qty": "6"}),
     "longport": Broker(LongPortSim, {"interval": 1.3}, _longport_refusal,
                        {"price": "189.9", "qty": "12"}),
     "webull": Broker(WebullSim, {}, _webull_refusal, {"price": "385.1"}),

@@ -166,14 +166,25 @@ class ShioajiAdapter(BrokerAdapter[ShioajiConfig]):
 
     async def replace_order(self, known: OrderSnapshot, *, qty: Decimal | None,
                             price: Decimal | None) -> None:
-        """``update_price`` and/or ``update_qty`` (the quantity to take away)."""
+        """``update_price`` and/or ``update_qty`` with the new quantity.
+
+        What ``update_qty``'s ``quantity`` means is not settled by the sources
+        (brokers.md §4.3), so the reading chosen is the one of the API poller calls, the
+        ``shioaji server`` HTTP API of shioaji 1.7.9: its HTTP reference says "quantity: new
+        quantity (decrease only)", and its own CLI help (``shioaji order update-qty
+        --help``) "--quantity <QUANTITY>  New quantity". The other reading, "the qty you
+        want to subtract", is the docstring of the old pure-Python SDK (1.2.9,
+        ``update_order(qty=…)``) and of a tutorial generation whose ``order_quantity`` did not
+        net out reductions either — a different API. The tutorial's current example (2,
+        reduced with 1, leaves 1) fits both. Should a server read it the other way, the
+        action does not fail silently: verification waits for the order to show exactly
+        the quantity asked for, else reports MODIFY_FAILED with what the broker shows."""
         if price is not None and price != known.price:
             await self._action(RequestKind.REPLACE, "update_price",
                                {"trade_id": known.order_id, "price": _number(price)})
         if qty is not None and qty != known.qty:
             await self._action(RequestKind.REPLACE, "update_qty",
-                               {"trade_id": known.order_id,
-                                "quantity": _number(known.qty - qty)})
+                               {"trade_id": known.order_id, "quantity": _number(qty)})
 
     async def cancel_order(self, known: OrderSnapshot) -> None:
         """``cancel_order`` by trade id."""

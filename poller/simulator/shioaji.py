@@ -221,12 +221,15 @@ class ShioajiSim(BrokerSim):
             return refused or _error(500, "internal error")
         quantity = (request.json() or {}).get("quantity")
         try:
-            reduce_by = Decimal(str(quantity))
+            new_qty = Decimal(str(quantity))
         except ArithmeticError:
             return _error(400, "quantity must be a number")
-        if reduce_by <= 0 or reduce_by >= order.remaining:
-            return _error(400, "quantity can only decrease, and must leave a working quantity")
-        self.book.modify(order.order_id, qty=order.qty - reduce_by)
+        # "quantity: new quantity (decrease only)", as the shioaji 1.7.9 HTTP reference and
+        # CLI help put it (see ShioajiAdapter.replace_order for the evidence).
+        if not order.filled < new_qty < order.qty:
+            return _error(400, "quantity can only decrease, and must stay above the filled "
+                               "quantity")
+        self.book.modify(order.order_id, qty=new_qty)
         return SimResponse(200, self.render(order, self._acc(order)))
 
     def _acc(self, order: SimOrder) -> dict[str, Any]:

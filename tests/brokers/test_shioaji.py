@@ -38,6 +38,9 @@ SEED_TRADE = json.loads(
 )
 
 
+SEED_TRADE_JSON = json.loads(json.dumps(SEED_TRADE, default=str))
+
+
 def trade(status: str = "Submitted", **state: Any) -> dict[str, Any]:
     t = json.loads(json.dumps(SEED_TRADE, default=str), parse_float=Decimal)
     t["status"].update({"status": status, "deal_quantity": 0, "deals": []}, **state)
@@ -280,3 +283,26 @@ def test_lifecycle_against_simulator(tmp_path: Path, receiver: Receiver) -> None
                    for r in sim.server.requests("/api/v1/order/update_status"))
     finally:
         sim.stop()
+
+
+def test_update_qty_sends_the_new_quantity() -> None:
+    """shioaji 1.7.9's HTTP reference and CLI: "quantity: new quantity (decrease only)"."""
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json=SEED_TRADE_JSON)
+
+    t = trade("Submitted", order_quantity=10, cancel_quantity=0)
+    t["order"]["quantity"] = 10
+    known = parse_trade(t, broker="tw", account_id="A")
+    adapter = _adapter(handler)
+
+    async def go() -> None:
+        try:
+            await adapter.replace_order(known, qty=Decimal(6), price=None)
+        finally:
+            await adapter.aclose()
+
+    asyncio.run(go())
+    assert bodies == [{"trade_id": "a647f23d", "quantity": 6}]
