@@ -380,6 +380,11 @@ class LongPortSim(BrokerSim):
             "currency": _CURRENCY.get(market, "USD"),
             "outside_rth": "RTH_ONLY" if market == "US" else "UnknownOutsideRth",
             "remark": order.client_order_id,
+            # Fields the official SDK (longbridge 5.3) requires in every Order: without them
+            # it refused the whole answer ("missing field `limit_depth_level`").
+            "limit_depth_level": 0,
+            "trigger_count": 0,
+            "monitor_price": "",
         }
         if detail:
             item.update({
