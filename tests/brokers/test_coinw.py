@@ -843,3 +843,20 @@ def test_unchanged_partial_orders_skip_the_trades_call_when_its_budget_is_busy()
     assert first is not None and second is not None
     assert (second.filled_qty, second.avg_fill_price) == (first.filled_qty,
                                                           first.avg_fill_price)
+
+
+def test_the_documentation_s_own_request_example_as_a_vector() -> None:
+    """Seed 004, CoinW's returnOrderStatus "Request Example": api_url
+    ``/api/v1/private?command=returnOrderStatus``, params ``{"orderNumber":
+    "4624544807079846405"}``, signed by the docs' SpotRestfulPrivate helper with the docs'
+    placeholder credentials; the digest below was computed apart from poller (hashlib on the
+    text written out by hand) following §5.2's steps (params
+    but command, plus api_key, sorted, unencoded, then &secret_key=…, MD5, upper case)."""
+    params = {"command": "returnOrderStatus", "orderNumber": "4624544807079846405"}
+    text = "api_key=your_api_key&orderNumber=4624544807079846405&secret_key=your_secret_key"
+    assert signing_payload(params, "your_api_key", "your_secret_key") == text
+    assert sign(params, "your_api_key", "your_secret_key") == "D7F728C8FCDD693A0680A82CA790E53D"
+    query = signed_query("returnOrderStatus", {"orderNumber": "4624544807079846405"},
+                         "your_api_key", "your_secret_key")
+    assert query == [("command", "returnOrderStatus"), ("orderNumber", "4624544807079846405"),
+                     ("api_key", "your_api_key"), ("sign", "D7F728C8FCDD693A0680A82CA790E53D")]
