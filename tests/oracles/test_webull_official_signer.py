@@ -67,3 +67,70 @@ def test_the_signature_equals_the_official_signer_s(fixed_clock: None, algorithm
     for name in ("x-app-key", "x-timestamp", "x-signature-algorithm", "x-signature-version",
                  "x-signature-nonce"):
         assert ours[name] == headers[name], name
+
+
+@pytest.mark.parametrize("algorithm", ["HMAC-SHA1", "HMAC-SHA256"])
+def test_requests_poller_really_sends_verify_with_the_official_signer(
+        monkeypatch: pytest.MonkeyPatch, algorithm: str) -> None:
+    """Not fixed inputs this time: the adapter's own list, detail and cancel requests, as
+    they leave on the wire, re-signed by the official code with the timestamp and nonce they
+    carry, give the signature they carry."""
+    import asyncio
+    import json
+
+    import httpx
+
+    from poller.adapter import ListScope
+    from poller.brokers.webull import WebullAdapter, WebullConfig
+    from poller.ratelimit import LimitGroup, RateBudget
+
+    seen: list[httpx.Request] = []
+    detail = {"client_order_id": "wb 0001/x", "order_id": "036LVV5P4I8BV0KHKN60000001",
+              "order_status": "SUBMITTED", "symbol": "00700", "side": "BUY", "qty": "100",
+              "filled_qty": "0", "order_type": "LIMIT", "limit_price": "385.2",
+              "instrument_id": "913256135"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith("list-open"):
+            data: Any = {"has_next": False, "orders": [detail]}
+        elif request.url.path.endswith("detail"):
+            data = detail
+        else:
+            data = {"client_order_id": "wb 0001/x"}
+        return httpx.Response(200, json={"code": 200, "msg": "ok", "data": data})
+
+    config = WebullConfig.model_validate({
+        "kind": "webull", "base_url": f"https://{HOST}", "app_key": KEY, "app_secret": SECRET,
+        "account_ids": ["帳戶 A,1"], "signature_algorithm": algorithm, "list": "open"})
+    budget = RateBudget([LimitGroup(name, spec) for name, spec in WebullAdapter.limits.items()])
+    adapter = WebullAdapter("wb", config, httpx.AsyncClient(
+        base_url=config.base_url, transport=httpx.MockTransport(handler)), budget)
+
+    async def work() -> None:
+        try:
+            result = await adapter.list_orders(ListScope("帳戶 A,1", open_only=True))
+            await adapter.fetch_order("帳戶 A,1", result.orders[0].order_id)
+            await adapter.cancel_order(result.orders[0])
+        finally:
+            await adapter.aclose()
+
+    asyncio.run(work())
+    assert [r.url.path.rsplit("/", 1)[-1] for r in seen] == ["list-open", "detail", "cancel"]
+    for request in seen:
+        monkeypatch.setattr(legacy_common, "get_iso_8601_date",
+                            lambda *a, r=request: r.headers["x-timestamp"])
+        monkeypatch.setattr(modern_common, "get_iso_8601_date",
+                            lambda *a, r=request: r.headers["x-timestamp"])
+        monkeypatch.setattr(legacy_common, "get_uuid",
+                            lambda r=request: r.headers["x-signature-nonce"])
+        monkeypatch.setattr(modern_common, "get_uuid",
+                            lambda r=request: r.headers["x-signature-nonce"])
+        query = dict(request.url.params.multi_items()) or None
+        body = json.loads(request.content) if request.content else None
+        composer, spec = ((legacy, sha_hmac1) if algorithm == "HMAC-SHA1"
+                          else (modern, sha_hmac256_new))
+        official = composer.calc_signature({}, request.headers["host"], request.url.path,
+                                           query, body, KEY, SECRET, spec)
+        assert request.headers["x-signature"] == official, request.url.path
+        assert request.headers["x-version"] == "v1"
