@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from poller.simulator.configfile import to_toml
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -105,29 +106,6 @@ class Receiver:
         self.server.stop()
 
 
-def toml(config: dict[str, Any]) -> str:
-    """A small TOML writer for benchmark configs (tables of scalars, lists, inline tables)."""
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(i) for i in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {value(i)}" for k, i in v.items()) + "}"
-        raise TypeError(type(v).__name__)
-
-    lines = ["[daemon]"] + [f"{k} = {value(v)}" for k, v in config["daemon"].items()]
-    for section in ("brokers", "notifiers"):
-        for name, table in config.get(section, {}).items():
-            lines.append(f"\n[{section}.{name}]")
-            lines += [f"{k} = {value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
-
-
 @dataclass
 class Daemon:
     """``poller run`` in its own process, with its health endpoint for readings."""
@@ -147,7 +125,7 @@ class Daemon:
                   "brokers": self.brokers,
                   "notifiers": {"hook": {"kind": "webhook", "url": self.receiver_url}}}
         path = folder / "config.toml"
-        path.write_text(toml(config))
+        path.write_text(to_toml(config))
         path.chmod(0o600)  # it holds the simulators' keys (check-config warns otherwise)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(folder / "notify.sock"))

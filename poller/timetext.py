@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 
 from poller.models import parse_iso
 
-# C0 and C1 controls and DEL, except nothing: a broker's symbol or message that carries an
-# escape sequence must not recolour, clear or retitle the operator's terminal.
+# Every C0 and C1 control and DEL (tabs and newlines too: a console line is one line): a
+# broker's symbol or message that carries an escape sequence must not recolour, clear or
+# retitle the operator's terminal.
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 

@@ -27,6 +27,18 @@ os.environ["TZ"] = "UTC"
 time.tzset()
 
 
+@pytest.fixture
+def local_zone() -> Iterator[Callable[[str], None]]:
+    """Set the process's local zone for one test (``local_zone("Asia/Taipei")``); UTC again
+    afterwards."""
+    def use(name: str) -> None:
+        os.environ["TZ"] = name
+        time.tzset()
+
+    yield use
+    use("UTC")
+
+
 class Receiver:
     """A webhook receiver: a real HTTP server that records every event POSTed to it.
 

@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -236,19 +236,14 @@ def test_demo_stops_when_its_reader_goes_away(tmp_path: Path) -> None:
 
 
 def test_times_say_their_zone(config: Path, capsys: pytest.CaptureFixture[str],
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+                              local_zone: Callable[[str], None]) -> None:
     assert main(["events", "-c", str(config)]) == 0
     assert "2026-05-20 00:00:00+00:00" in capsys.readouterr().out
     assert main(["events", "-c", str(config), "--utc"]) == 0
     assert "2026-05-20 00:00:00Z" in capsys.readouterr().out
-    monkeypatch.setenv("TZ", "Asia/Taipei")
-    time.tzset()
-    try:
-        assert main(["events", "-c", str(config)]) == 0
-        assert "2026-05-20 08:00:00+08:00" in capsys.readouterr().out
-    finally:
-        monkeypatch.undo()
-        time.tzset()
+    local_zone("Asia/Taipei")
+    assert main(["events", "-c", str(config)]) == 0
+    assert "2026-05-20 08:00:00+08:00" in capsys.readouterr().out
 
 
 def test_orders_open_marks_provisional_states(config: Path,

@@ -3,43 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from poller.simulator.configfile import to_toml as _toml
 from poller.simulator.httpserver import SimRequest, SimResponse
 from poller.simulator.shioaji import ShioajiSim
 from tests.conftest import Receiver, daemon_config, running_app
-
-
-def _toml(config: dict[str, Any]) -> str:
-    """Tiny TOML writer for the test configs (strings, numbers, bools, lists of tables)."""
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(i) for i in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {value(i)}" for k, i in v.items()) + "}"
-        raise TypeError(v)
-
-    lines = ["[daemon]"] + [f"{k} = {value(v)}" for k, v in config["daemon"].items()]
-    for section in ("brokers", "notifiers"):
-        for name, table in config[section].items():
-            lines.append(f"\n[{section}.{name}]")
-            lines += [f"{k} = {value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
 
 
 def _start(path: Path) -> subprocess.Popen[str]:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -12,12 +11,8 @@ from poller.timetext import now_shown, printable, shown_time
 
 
 @pytest.fixture
-def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", "America/New_York")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+def new_york(local_zone: Callable[[str], None]) -> None:
+    local_zone("America/New_York")
 
 
 @pytest.mark.parametrize(("text", "utc", "date", "shown"), [

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
 
@@ -66,17 +65,9 @@ def test_colour_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch, stream: io.S
     assert ("\x1b[" in text) is coloured
 
 
-@pytest.fixture
-def taipei(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The process's local zone is Asia/Taipei (UTC+8) for one test."""
-    monkeypatch.setenv("TZ", "Asia/Taipei")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
-def test_times_are_local_with_their_offset_or_utc_marked_z(taipei: None) -> None:
+def test_times_are_local_with_their_offset_or_utc_marked_z(
+        local_zone: Callable[[str], None]) -> None:
+    local_zone("Asia/Taipei")
     event = order_event(OrderStatus.FILLED, 2)
     assert format_line(event).startswith("11:24:31+08:00 ")
     assert format_line(event, utc=True).startswith("03:24:31Z ")
