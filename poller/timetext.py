@@ -6,7 +6,7 @@ Shared by the command-line tables and the console notifier (plugins import it fr
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC
 
 from poller.models import parse_iso
 
@@ -34,7 +34,3 @@ def shown_time(text: str | None, *, utc: bool = False, date: bool = True) -> str
     offset = local.strftime("%z") or "+0000"
     return local.strftime(pattern) + offset[:3] + ":" + offset[3:]
 
-
-def now_shown(*, utc: bool = False) -> str:
-    """The current time, as :func:`shown_time` writes it."""
-    return shown_time(datetime.now(UTC).isoformat(), utc=utc)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import pytest
 
-from poller.timetext import now_shown, printable, shown_time
+from poller.timetext import printable, shown_time
 
 
 @pytest.fixture
@@ -27,11 +26,6 @@ def new_york(local_zone: Callable[[str], None]) -> None:
 def test_local_time_with_its_offset_or_utc_marked_z(new_york: None, text: str | None, utc: bool,
                                                     date: bool, shown: str) -> None:
     assert shown_time(text, utc=utc, date=date) == shown
-
-
-def test_now_is_shown_the_same_way(new_york: None) -> None:
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d-0[45]:00", now_shown())
-    assert now_shown(utc=True).endswith("Z")
 
 
 @pytest.mark.parametrize(("text", "shown"), [
