@@ -3,7 +3,9 @@
 One ``GET /v1/trade/order/today`` per cycle lists every order of the token's account; the
 order detail (``GET /v1/trade/order?order_id=``) probes orders that left the list and, through
 :meth:`LongPortAdapter.refine`, recovers the executions that happened between two polls from
-its ``history[]`` audit trail. Requests are signed with the legacy API-key HMAC scheme
+its ``history[]`` audit trail. A US data-centre account (credentials ``us_…``) is routed
+with ``x-dc-region: us`` and reads its details at ``GET /v1/us/orders/{id}``, as the
+official SDK does. Requests are signed with the legacy API-key HMAC scheme
 (§2.2) or carry an OAuth 2.0 bearer token. Every answer is the envelope
 ``{code, message|msg, data}``; numbers are strings, times unix-second strings, ids strings.
 
@@ -24,6 +26,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import httpx
 from pydantic import Field, SecretStr, model_validator
@@ -60,6 +63,10 @@ logger = logging.getLogger(__name__)
 SIGNED_HEADERS = "authorization;x-api-key;x-timestamp"
 TODAY_PATH = "/v1/trade/order/today"
 ORDER_PATH = "/v1/trade/order"
+US_ORDER_PATH = "/v1/us/orders/"
+#: The header that picks the data centre serving a request (official SDK, longbridge 5.x:
+#: ``rust/crates/geo/src/lib.rs`` ``DC_REGION_HEADER``; absent means ``ap``). Not signed.
+DC_REGION_HEADER = "x-dc-region"
 
 #: Every documented LongPort order status (brokers.md 2.6) → canonical status. Three need
 #: context and are refined in :func:`parse_order`: ``ReplacedStatus`` (working, partly filled
@@ -209,6 +216,25 @@ class LongPortConfig(BrokerConfig):
         default="default", min_length=1,
         description="Name of the account in events (LongPort has one account per token).",
     )
+    dc_region: Literal["auto", "ap", "us"] = Field(
+        default="auto",
+        description="Data centre of the account, sent as x-dc-region: auto (as the official "
+                    "SDK: us when a credential starts with us_, else ap), ap or us. US "
+                    "accounts read order details at /v1/us/orders/{id}.",
+    )
+
+    @property
+    def region(self) -> Literal["ap", "us"]:
+        """The data centre requests are routed to (``auto`` resolved from the credentials)."""
+        if self.dc_region != "auto":
+            return self.dc_region
+        # The SDK's DcRegion::from_credentials: US if any credential carries the prefix.
+        secrets = (self.app_key, self.app_secret, self.access_token)
+        for secret in secrets:
+            text = secret.get_secret_value() if secret is not None else ""
+            if text.removeprefix("Bearer ").startswith("us_"):
+                return "us"
+        return "ap"
 
     @model_validator(mode="after")
     def _credentials(self) -> LongPortConfig:
@@ -281,6 +307,14 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
                                          "https://openapi.longport.cn"))
         return problems
 
+    @classmethod
+    def discovery_note(cls, config: LongPortConfig) -> str | None:
+        """Which data centre serves the account, and so which detail path is read."""
+        if config.region == "us":
+            return ("US data centre (x-dc-region: us): today's list, details at "
+                    "GET /v1/us/orders/{id}")
+        return None
+
     def now(self) -> datetime:
         """The adapter's clock as a UTC datetime."""
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -340,7 +374,8 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
         content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         return self.client.build_request(
             method, path, params=params, content=content or None,
-            headers={"Content-Type": "application/json; charset=utf-8"},
+            headers={"Content-Type": "application/json; charset=utf-8",
+                     DC_REGION_HEADER: self.config.region},
         )
 
     # -- discovery and per-order --------------------------------------------------------
@@ -381,18 +416,28 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
 
     async def fetch_order(self, account_id: str, order_id: str) -> OrderSnapshot | None:
         """The order detail with its executions; ``None`` when LongPort does not know it."""
-        request = self._build("GET", ORDER_PATH, params={"order_id": order_id})
+        us = self.config.region == "us"
+        if us:
+            # The official SDK refuses the plain detail for a US token (DcRegionRestricted)
+            # and reads TradeContext.us_order_detail: GET /v1/us/orders/{order_id}.
+            request = self._build("GET", US_ORDER_PATH + quote(order_id, safe=""))
+        else:
+            request = self._build("GET", ORDER_PATH, params={"order_id": order_id})
         try:
             data = self.unwrap(RequestKind.DETAIL,
                                await self.request(RequestKind.DETAIL, request))
         except BrokerNotFound:
             return None
+        if us and isinstance(data, dict):
+            if data.get("order") is None:  # "None only on error" (USOrderDetailResponse)
+                return None
+            data = data["order"]
         if not isinstance(data, dict) or not data:
             raise BrokerMalformed(f"order detail of {order_id} is not an object",
                                   connection=self.name)
         try:
-            snapshot = parse_detail(data, broker=self.name, account_id=account_id,
-                                    now=self.now())
+            reader = parse_us_detail if us else parse_detail
+            snapshot = reader(data, broker=self.name, account_id=account_id, now=self.now())
         except (KeyError, TypeError, ValueError, ArithmeticError) as err:
             raise BrokerMalformed(f"order detail of {order_id} could not be read: "
                                   f"{type(err).__name__}: {err}", connection=self.name) from err
@@ -691,6 +736,58 @@ def parse_detail(data: Any, *, broker: str, account_id: str, now: datetime) -> O
                                                  executed=snapshot.filled_qty))
 
 
+def us_counter_symbol(counter_id: str) -> str:
+    """``ST/US/TSLA`` → ``TSLA.US`` (the SDK's ``counter_id_to_symbol``)."""
+    parts = counter_id.split("/", 2)
+    return f"{parts[2]}.{parts[1]}" if len(parts) == 3 else counter_id
+
+
+def parse_us_detail(data: Any, *, broker: str, account_id: str, now: datetime
+                    ) -> OrderSnapshot:
+    """Read a US data centre's order (``GET /v1/us/orders/{id}``, the official SDK's
+    ``USOrderDetail``, longbridge/openapi ``rust/src/trade/types.rs``) like any other
+    detail: ``id`` for ``order_id``, ``symbol`` (or ``counter_id``, which SDK 4.5 read),
+    ``executed_qty``, ``action`` (1 buy, 2 sell), ``done_at`` for the last update and the
+    audit trail in ``order_histories`` (each execution with its own ``qty``).
+
+    The SDK keeps its ``status`` as plain text; it is read with the trade API's table
+    (an unknown one is kept as the broker said it and flagged, as everywhere).
+    ``time_in_force`` is a number there whose meaning the SDK does not give, so it is not
+    used: an expiry is judged by ``gtd`` and the grace period.
+
+    :raises KeyError, TypeError, ValueError: when the detail is not readable.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"expected an object, got {type(data).__name__}")
+    histories = data.get("order_histories")
+    if histories is not None and not isinstance(histories, list):
+        raise TypeError(f"order_histories must be a list, got {type(histories).__name__}")
+    action = data.get("action")
+    order = {
+        "order_id": data.get("id"),
+        "status": data.get("status"),
+        # longbridge 5.3 reads ``symbol``; 4.5 converted ``counter_id`` (ST/US/AAPL).
+        "symbol": _text(data, "symbol") or us_counter_symbol(_text(data, "counter_id")),
+        "quantity": data.get("quantity"),
+        "executed_quantity": data.get("executed_qty"),
+        "executed_price": data.get("executed_price"),
+        "price": data.get("price"),
+        "side": {1: "Buy", 2: "Sell"}.get(action, "") if isinstance(action, int) else "",
+        "order_type": data.get("order_type"),
+        "submitted_at": data.get("submitted_at"),
+        "updated_at": data.get("done_at") or data.get("submitted_at"),
+        "msg": data.get("msg"),
+        "remark": data.get("remark"),
+        "currency": data.get("currency"),
+        "stock_name": data.get("name"),
+        "expire_date": data.get("gtd"),
+        "history": [{"status": entry.get("status"), "price": entry.get("price"),
+                     "quantity": entry.get("qty"), "time": entry.get("time")}
+                    for entry in histories or () if isinstance(entry, dict)],
+    }
+    return parse_detail(order, broker=broker, account_id=account_id, now=now)
+
+
 def merge_detail(current: OrderSnapshot, detail: OrderSnapshot, *, now: datetime
                  ) -> OrderSnapshot:
     """The list snapshot, with the detail's executions and its (correct) ``time_in_force``.
@@ -710,9 +807,10 @@ def merge_detail(current: OrderSnapshot, detail: OrderSnapshot, *, now: datetime
     provisional = current.provisional
     expire_date = detail.extra.get("expire_date", current.extra.get("expire_date", ""))
     if current.status is OrderStatus.EXPIRED:
+        # Only a detail's own time_in_force is trusted (a US detail has none we can read).
         provisional = _expiry_provisional(
-            time_in_force=time_in_force, trusted=True, expire_date=expire_date,
-            symbol=current.symbol, updated_at=current.updated_at, now=now)
+            time_in_force=time_in_force, trusted=bool(detail.time_in_force),
+            expire_date=expire_date, symbol=current.symbol, updated_at=current.updated_at, now=now)
     extra = dict(current.extra)
     if expire_date:
         extra["expire_date"] = expire_date
@@ -736,5 +834,7 @@ __all__ = [
     "merge_detail",
     "parse_detail",
     "parse_order",
+    "parse_us_detail",
     "sign",
+    "us_counter_symbol",
 ]

@@ -104,6 +104,8 @@ class SimServer:
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
         self.name = name
         self.routes: dict[tuple[str, str], Handler] = {}
+        #: (method, path prefix) → handler, for paths that carry an id (``/v1/us/orders/ID``).
+        self.prefix_routes: dict[tuple[str, str], Handler] = {}
         self.log: list[SimRequest] = []
         self.lock = threading.RLock()
         self.fault: Fault | None = None
@@ -181,6 +183,10 @@ class SimServer:
         """Answer ``method path`` with ``handler``."""
         self.routes[(method.upper(), path)] = handler
 
+    def route_prefix(self, method: str, prefix: str, handler: Handler) -> None:
+        """Answer ``method`` on every path under ``prefix`` (that no exact route takes)."""
+        self.prefix_routes[(method.upper(), prefix)] = handler
+
     def dispatch(self, request: SimRequest) -> SimResponse:
         """Log the request and route it (a configured fault may answer instead)."""
         with self.lock:
@@ -190,6 +196,10 @@ class SimServer:
                 if forced is not None:
                     return forced
             handler = self.routes.get((request.method, request.path))
+            if handler is None:
+                handler = next((h for (method, prefix), h in self.prefix_routes.items()
+                                if method == request.method
+                                and request.path.startswith(prefix)), None)
             if handler is None:
                 return self.not_found(request)
             try:

@@ -10,6 +10,13 @@ bearer token when the simulator runs in ``oauth`` mode); a reused timestamp+sign
 refused as ``403202 duplicate request``. All trade calls share the documented limit, enforced
 on arrival time: 30 per 30 s and at least 20 ms apart, answered ``429 {code: 429002}``.
 
+A simulator made with ``dc_region="us"`` is a US data-centre account, as the official SDK
+(longbridge 5.3) sees one: its credentials start ``us_``, every request must say
+``x-dc-region: us`` (an absent header means ``ap``, the gateway default), and order details
+come from ``GET /v1/us/orders/{id}`` (``{order, current_attached_order,
+current_millisecond}``, the SDK's ``USOrderDetailResponse``); the plain detail answers a
+region error. Its answers are parsed by the official SDK in tests/oracles.
+
 Over 400 lines: one broker's whole simulated API (signature check, endpoints, envelopes,
 status lifecycle, limits) in one place, each part short and mirrored from brokers.md §2.
 """
@@ -44,6 +51,8 @@ CODE_ORDER_UNKNOWN = 602023  # what the order detail answers for unknown orders 
 # Not documented: the simulator's choices for requests the real API also refuses.
 CODE_BAD_PARAMETER = 400000
 CODE_STATUS_REFUSED = 602012
+CODE_WRONG_REGION = 403210
+US_ORDERS_PREFIX = "/v1/us/orders/"
 
 _SIGNATURE = re.compile(r"^HMAC-SHA256 SignedHeaders=(?P<headers>[a-z;-]+), "
                         r"Signature=(?P<sig>[0-9a-f]{64})$")
@@ -87,11 +96,17 @@ class LongPortSim(BrokerSim):
                  app_key: str = "lp-app-key-0001", app_secret: str = "lp-app-secret-0001",
                  access_token: str = "lp-access-token-0001",
                  auth: Literal["apikey", "oauth"] = "apikey",
-                 swap_time_in_force: bool = False, instant_cancel: bool = True) -> None:
+                 swap_time_in_force: bool = False, instant_cancel: bool = True,
+                 dc_region: Literal["ap", "us"] = "ap") -> None:
         super().__init__(seed=seed, port=port)
-        self.app_key = app_key
-        self.app_secret = app_secret
-        self.access_token = access_token
+        self.dc_region = dc_region
+        # Longbridge credentials carry their data centre as a prefix (the SDK's
+        # DcRegion::from_credential): a US account's are ``us_…``.
+        prefix = "us_" if dc_region == "us" else ""
+        self.app_key = app_key if app_key.startswith(prefix) else prefix + app_key
+        self.app_secret = app_secret if app_secret.startswith(prefix) else prefix + app_secret
+        self.access_token = (access_token if access_token.startswith(prefix)
+                             else prefix + access_token)
         self.auth = auth
         self.swap_time_in_force = swap_time_in_force
         self.instant_cancel = instant_cancel
@@ -107,6 +122,7 @@ class LongPortSim(BrokerSim):
         route("POST", "/v1/trade/order", self._submit)
         route("PUT", "/v1/trade/order", self._replace)
         route("DELETE", "/v1/trade/order", self._withdraw)
+        self.server.route_prefix("GET", US_ORDERS_PREFIX, self._us_detail)
 
     # -- BrokerSim ----------------------------------------------------------------------
 
@@ -159,7 +175,8 @@ class LongPortSim(BrokerSim):
     # -- the gateway: limits, auth, replay ----------------------------------------------
 
     def _guard(self, request: SimRequest) -> SimResponse | None:
-        refused = self._limit(request) or self._authenticate(request)
+        refused = (self._limit(request) or self._authenticate(request)
+                   or self._route_region(request))
         if refused is not None:
             code = refused.body.get("code", 0) if isinstance(refused.body, dict) else 0
             self.refusals[code] = self.refusals.get(code, 0) + 1
@@ -208,6 +225,15 @@ class LongPortSim(BrokerSim):
         seen[key] = request.arrived
         return None
 
+    def _route_region(self, request: SimRequest) -> SimResponse | None:
+        """Refuse a request routed to the other data centre (header absent: ``ap``)."""
+        routed = request.headers.get("x-dc-region", "ap").strip().lower()
+        if routed != self.dc_region:
+            return _error(403, CODE_WRONG_REGION,
+                          f"account belongs to data center {self.dc_region}, request routed "
+                          f"to {routed} (x-dc-region)")
+        return None
+
     # -- endpoints ------------------------------------------------------------------------
 
     def _today(self, request: SimRequest) -> SimResponse:
@@ -236,6 +262,11 @@ class LongPortSim(BrokerSim):
         refused = self._guard(request)
         if refused:
             return refused
+        if self.dc_region == "us":
+            # The SDK refuses this call itself for a US token (DcRegionRestricted): the
+            # US data centre's orders are read at /v1/us/orders/{id}.
+            return _error(403, CODE_WRONG_REGION,
+                          "order detail of a US account: use GET /v1/us/orders/{order_id}")
         order_id = request.param("order_id")
         if not order_id:
             return _error(400, CODE_BAD_PARAMETER, "invalid parameter: order_id is required")
@@ -244,6 +275,20 @@ class LongPortSim(BrokerSim):
             if order is None:
                 return _error(400, CODE_ORDER_UNKNOWN, "internal server error")
             return _ok(self.render(order, detail=True))
+
+    def _us_detail(self, request: SimRequest) -> SimResponse:
+        refused = self._guard(request)
+        if refused:
+            return refused
+        order_id = request.path[len(US_ORDERS_PREFIX):]
+        if self.dc_region != "us":
+            return _error(403, CODE_WRONG_REGION, "US token required")
+        with self.book.lock:
+            order = self._known(order_id)
+            if order is None:
+                return _error(400, CODE_ORDER_UNKNOWN, "internal server error")
+            return _ok({"order": self.render_us(order), "current_attached_order": None,
+                        "current_millisecond": str(int(time.time() * 1000))})
 
     def _submit(self, request: SimRequest) -> SimResponse:
         refused = self._guard(request)
@@ -399,6 +444,50 @@ class LongPortSim(BrokerSim):
                 ], "total_amount": "0", "currency": item["currency"]},
             })
         return item
+
+    def render_us(self, order: SimOrder) -> dict[str, Any]:
+        """One order as ``GET /v1/us/orders/{id}`` shows it (the SDK's ``USOrderDetail``):
+        ``id`` and ``counter_id`` (``ST/US/AAPL``), ``executed_qty``, ``action`` 1 buy / 2
+        sell, times as unix-second strings, the audit trail in ``order_histories`` with the
+        execution's own ``qty`` and an ``exec_id``.
+
+        Status strings: the SDK keeps them as plain text; the simulator uses the trade
+        API's (``FilledStatus`` …), the ones the same SDK's OrderStatus names.
+        """
+        item = self.render(order, detail=True)
+        code, _, market = order.symbol.rpartition(".")
+        histories = [{
+            "status": row["status"], "price": row["price"], "qty": row["quantity"],
+            "time": row["time"], "msg": row["msg"],
+            "exec_id": (f"E{order.order_id}-{index}"
+                        if row["status"] in ("FilledStatus", "PartialFilledStatus") else ""),
+        } for index, row in enumerate(item["history"])]
+        done = order.status in (engine.FILLED, engine.CANCELLED, engine.FAILED, engine.EXPIRED)
+        return {
+            "id": order.order_id,
+            # longbridge 4.5 reads the symbol from counter_id (``ST/US/AAPL``), 5.3 from
+            # ``symbol`` (it left the symbol empty without it): both are sent.
+            "counter_id": f"ST/{market}/{code}",
+            "symbol": order.symbol,
+            "name": item["stock_name"],
+            "currency": item["currency"],
+            "order_type": item["order_type"],
+            "status": item["status"],
+            "price": item["price"],
+            "quantity": item["quantity"],
+            "executed_qty": item["executed_quantity"],
+            "executed_price": item["executed_price"],
+            "action": 1 if order.side == "BUY" else 2,
+            "time_in_force": 0 if item["time_in_force"] == "Day" else 1,
+            "gtd": item["expire_date"] if item["time_in_force"] != "Day" else "",
+            "msg": item["msg"],
+            "remark": item["remark"],
+            "submitted_at": item["submitted_at"],
+            "done_at": item["updated_at"] if done else "",
+            "limit_depth_level": 0,
+            "trigger_count": 0,
+            "order_histories": histories,
+        }
 
     def _expire_date(self, order: SimOrder, tif: str) -> str:
         given = order.extra.get("expire_date")

@@ -27,7 +27,9 @@ from poller.brokers.longport import (
     merge_detail,
     parse_detail,
     parse_order,
+    parse_us_detail,
     sign,
+    us_counter_symbol,
 )
 from poller.diff import diff
 from poller.errors import (
@@ -857,3 +859,104 @@ def test_gtc_expiry_between_sessions_is_not_final(tmp_path: Path, receiver: Rece
         assert sim.violations() == 0 and sim.refusals == {}
     finally:
         sim.stop()
+
+
+# -- US data centre (x-dc-region, GET /v1/us/orders/{id}) -------------------------------------
+
+
+@pytest.mark.parametrize(("credentials", "setting", "region"), [
+    ({}, "auto", "ap"),
+    ({"app_key": "us_key"}, "auto", "us"),
+    ({"access_token": "us_token"}, "auto", "us"),
+    ({"access_token": "Bearer us_token", "auth": "oauth"}, "auto", "us"),
+    ({"app_key": "ap_key"}, "auto", "ap"),
+    ({"app_key": "us_key"}, "ap", "ap"),  # an explicit setting wins
+    ({}, "us", "us"),
+])
+def test_the_data_centre_follows_the_credentials_as_the_sdk_does(
+        credentials: dict[str, str], setting: str, region: str) -> None:
+    config = LongPortConfig.model_validate({
+        "app_key": APP_KEY, "app_secret": APP_SECRET, "access_token": TOKEN,
+        "dc_region": setting, **credentials})
+    assert config.region == region
+
+
+def _us_adapter(sim: LongPortSim, **overrides: Any) -> LongPortAdapter:
+    config = LongPortConfig.model_validate(sim.broker_config("lp") | overrides)
+    budget = RateBudget([LimitGroup("trade", LongPortAdapter.limits["trade"])])
+    return LongPortAdapter("lp", config, httpx.AsyncClient(base_url=config.base_url), budget)
+
+
+def test_a_us_account_reads_details_at_the_us_endpoint() -> None:
+    sim = LongPortSim(seed=9, dc_region="us").start()
+    try:
+        placed = sim.book.place(sim.account_no, "TSLA.US", "SELL", 10, "250.3")
+        sim.book.accept(placed.order_id)
+        sim.book.fill(placed.order_id, 3, "250.4")
+        sim.book.fill(placed.order_id, 2, "250.5")
+        adapter = _us_adapter(sim)
+
+        async def read() -> tuple[Any, Any, Any]:
+            try:
+                listed = await adapter.list_orders(ListScope(sim.account_no))
+                detail = await adapter.fetch_order(sim.account_no, placed.order_id)
+                missing = await adapter.fetch_order(sim.account_no, "701276261045858303")
+                return listed, detail, missing
+            finally:
+                await adapter.aclose()
+
+        listed, detail, missing = asyncio.run(read())
+        assert [o.filled_qty for o in listed.orders] == [Decimal(5)]
+        assert detail is not None and missing is None
+        assert (detail.symbol, detail.side, detail.qty, detail.filled_qty) == (
+            "TSLA.US", "SELL", Decimal(10), Decimal(5))
+        assert detail.status is OrderStatus.PARTIAL_FILLED
+        assert [(f.qty, f.price) for f in detail.fills] == [
+            (Decimal(3), Decimal("250.4")), (Decimal(2), Decimal("250.5"))]
+        # Every request was routed to the US data centre; the detail by the US path.
+        requests = sim.server.requests()
+        assert {r.headers.get("x-dc-region") for r in requests} == {"us"}
+        assert [r.path for r in requests if r.path != "/v1/trade/order/today"] == [
+            f"/v1/us/orders/{placed.order_id}", "/v1/us/orders/701276261045858303"]
+        assert sim.violations() == 0
+    finally:
+        sim.stop()
+
+
+def test_a_us_account_routed_to_ap_is_one_clear_auth_error() -> None:
+    sim = LongPortSim(seed=9, dc_region="us").start()
+    try:
+        adapter = _us_adapter(sim, dc_region="ap")
+
+        async def poll() -> None:
+            try:
+                await adapter.list_orders(ListScope(sim.account_no))
+            finally:
+                await adapter.aclose()
+
+        with pytest.raises(BrokerAuthError, match="x-dc-region"):
+            asyncio.run(poll())
+    finally:
+        sim.stop()
+
+
+def test_us_detail_shapes() -> None:
+    now = datetime(2026, 1, 5, tzinfo=UTC)
+    base = {"id": "9", "status": "FilledStatus", "quantity": "10", "executed_qty": "10",
+            "executed_price": "1.5", "price": "1.5", "action": 2, "submitted_at": "1700000000",
+            "done_at": "1700000100", "order_histories": [
+                {"status": "FilledStatus", "qty": "10", "price": "1.5", "time": "1700000100",
+                 "exec_id": "E1"}]}
+    counter = parse_us_detail(base | {"counter_id": "ST/US/TSLA"}, broker="lp",
+                              account_id="a", now=now)
+    named = parse_us_detail(base | {"symbol": "AAPL.US", "counter_id": "ST/US/X"},
+                            broker="lp", account_id="a", now=now)
+    assert (counter.symbol, named.symbol) == ("TSLA.US", "AAPL.US")
+    assert counter.side == "SELL" and counter.status is OrderStatus.FILLED
+    assert counter.updated_at == datetime.fromtimestamp(1700000100, UTC)
+    assert [f.qty for f in counter.fills] == [Decimal(10)]
+    assert us_counter_symbol("IX/US/.DJI") == ".DJI.US" and us_counter_symbol("odd") == "odd"
+    with pytest.raises(TypeError):
+        parse_us_detail(base | {"order_histories": "x"}, broker="lp", account_id="a", now=now)
+    with pytest.raises(TypeError):
+        parse_us_detail(base | {"id": None}, broker="lp", account_id="a", now=now)
