@@ -71,6 +71,18 @@ class OutboxRow:
 
 
 @dataclass(frozen=True)
+class OutboxSummary:
+    """One notifier's outbox at a glance: what waits, since when, what was given up."""
+
+    notifier: str
+    pending: int
+    oldest_pending: datetime | None
+    dead: int
+    last_error: str
+    last_sent: datetime | None
+
+
+@dataclass(frozen=True)
 class Delivery:
     """The delivery state of one event at one notifier, for ``poller events``."""
 

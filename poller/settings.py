@@ -103,6 +103,34 @@ class DaemonSettings(BaseModel):
         description="Seconds after which an undeliverable message is dead-lettered.",
     )
 
+    alert_repeat_interval: float = Field(
+        default=4 * 3600.0, ge=60,
+        description="Seconds between reminders of an operator problem that lasts (one event "
+                    "when it starts, reminders at this interval, one when it resolves).",
+    )
+    backlog_alert_after: float = Field(
+        default=900.0, gt=0,
+        description="A notifier whose oldest waiting message is older than this many seconds "
+                    "makes /healthz 'degraded' and is reported as a problem.",
+    )
+    heartbeat_url: SecretStr | None = Field(
+        default=None,
+        description="Dead-man's switch: a Healthchecks-style URL pinged after healthy cycles "
+                    "(URL/start at start, URL when healthy, URL/fail with the reason). A "
+                    "secret: its path identifies the check.",
+    )
+    heartbeat_interval: float = Field(
+        default=60.0, ge=1, description="Seconds between heartbeat pings, at least.")
+
+    @field_validator("heartbeat_url")
+    @classmethod
+    def _heartbeat_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            url = value.get_secret_value()
+            if not url.startswith(("http://", "https://")) or "://" == url[-3:]:
+                raise ValueError("heartbeat_url must be an http:// or https:// URL")
+        return value
+
     @field_validator("health_listen", "api_listen")
     @classmethod
     def _listen(cls, value: str) -> str:

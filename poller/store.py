@@ -16,7 +16,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
@@ -32,7 +32,7 @@ from poller.dbfile import (
 )
 from poller.events import OrderEvent
 from poller.models import OrderSnapshot, iso, utcnow
-from poller.records import ActionRow, Batch, Delivery, OutboxRow, StoredOrder
+from poller.records import ActionRow, Batch, Delivery, OutboxRow, OutboxSummary, StoredOrder
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -357,6 +357,39 @@ class Store:
         return {n: c for n, c in rows}
 
     @guarded("read")
+    def outbox_summary(self, notifiers: Iterable[str] | None = None
+                       ) -> dict[str, OutboxSummary]:
+        """Per notifier: pending count and the oldest pending row's age, dead letters, the
+        newest error and the last delivery (for health, status and operator reminders).
+
+        ``notifiers`` names the ones to report (a running daemon knows them: no scan of the
+        whole outbox for the names); default, every notifier the outbox has rows for.
+        """
+        rows = self._conn.execute(
+            "SELECT notifier, state, COUNT(*), MIN(created_at) FROM outbox "
+            "WHERE state IN ('pending', 'dead') GROUP BY notifier, state").fetchall()
+        counts: dict[str, dict[str, tuple[int, str]]] = {}
+        for notifier, state, count, oldest in rows:
+            counts.setdefault(notifier, {})[state] = (count, oldest)
+        names = list(notifiers) if notifiers is not None else [
+            n for (n,) in self._conn.execute("SELECT DISTINCT notifier FROM outbox")]
+        result: dict[str, OutboxSummary] = {}
+        for notifier in names:
+            # Newest first by rowid: the recent rows decide, the scan stops at the first hit.
+            error = self._conn.execute(
+                "SELECT last_error FROM outbox WHERE notifier = ? AND state != 'sent' "
+                "AND last_error != '' ORDER BY id DESC LIMIT 1", (notifier,)).fetchone()
+            sent = self._conn.execute(
+                "SELECT sent_at FROM outbox WHERE notifier = ? AND state = 'sent' "
+                "ORDER BY id DESC LIMIT 1", (notifier,)).fetchone()
+            pending, oldest = counts.get(notifier, {}).get("pending", (0, None))
+            dead, _ = counts.get(notifier, {}).get("dead", (0, None))
+            result[notifier] = OutboxSummary(
+                notifier, pending, _when(oldest), dead, error[0] if error else "",
+                _when(sent[0] if sent else None))
+        return result
+
+    @guarded("read")
     def recent_events(
         self, limit: int = 50, *, broker: str | None = None
     ) -> list[tuple[OrderEvent, list[Delivery]]]:
@@ -502,4 +535,6 @@ class Store:
         ]
 
 
-
+def _when(text: str | None) -> datetime | None:
+    """A stored ISO timestamp (``…Z``) as an aware datetime."""
+    return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -135,3 +135,21 @@ def test_watched_orders(tmp_path: Path) -> None:
     assert store.watched("tw") == [("A", "O9")]
     assert store.unwatch("tw", "O9") and not store.unwatch("tw", "O9")
     store.close()
+
+
+def test_outbox_summary(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    assert store.outbox_summary() == {}
+    store.commit(routed(Batch(events=[event("e1"), event("e2", "O2"), event("e3", "O3")]),
+                        "hook", "mail"))
+    first, second, _ = store.due("hook")
+    store.mark_sent(first.id)
+    store.mark_dead(second.id, error="HTTP 400")
+    summary = store.outbox_summary()
+    hook, mail = summary["hook"], summary["mail"]
+    assert (hook.pending, hook.dead, hook.last_error) == (1, 1, "HTTP 400")
+    assert hook.last_sent is not None and hook.oldest_pending is not None
+    assert (mail.pending, mail.dead, mail.last_error, mail.last_sent) == (3, 0, "", None)
+    assert list(store.outbox_summary(["mail", "absent"])) == ["mail", "absent"]
+    assert store.outbox_summary(["absent"])["absent"].pending == 0
+    store.close()
