@@ -161,6 +161,8 @@ class AppriseNotifier(Notifier[AppriseConfig]):
     """Sends each message to every configured Apprise URL."""
 
     kind: ClassVar[str] = "apprise"
+    #: A person reads these: partial fills of one order within 10 s are one message.
+    coalesce_fills_default: ClassVar[float] = 10.0
     Config: ClassVar[type[NotifierConfig]] = AppriseConfig
     uses_http: ClassVar[bool] = False  # apprise brings its own HTTP stack
 

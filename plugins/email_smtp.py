@@ -287,6 +287,8 @@ class EmailNotifier(Notifier[EmailConfig]):
     """
 
     kind: ClassVar[str] = "email"
+    #: A person reads these: partial fills of one order within 10 s are one message.
+    coalesce_fills_default: ClassVar[float] = 10.0
     Config: ClassVar[type[NotifierConfig]] = EmailConfig
     uses_http: ClassVar[bool] = False
     #: max_per_minute is the operator's own figure, already below the provider's limit.

@@ -198,6 +198,8 @@ class SlackNotifier(Notifier[SlackConfig]):
     """Posts each message to a Slack incoming webhook, paced to one per second or slower."""
 
     kind: ClassVar[str] = "slack"
+    #: A person reads these: partial fills of one order within 10 s are one message.
+    coalesce_fills_default: ClassVar[float] = 10.0
     Config: ClassVar[type[NotifierConfig]] = SlackConfig
     #: One webhook, one bucket: ``per_second`` messages a second (Slack: about 1).
     pacing: ClassVar[tuple[Pace, ...]] = (Pace("per_second"),)

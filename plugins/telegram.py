@@ -296,6 +296,8 @@ class TelegramNotifier(Notifier[TelegramConfig]):
     """Sends each message to every configured chat, split and paced as Telegram requires."""
 
     kind: ClassVar[str] = "telegram"
+    #: A person reads these: partial fills of one order within 10 s are one message.
+    coalesce_fills_default: ClassVar[float] = 10.0
     Config: ClassVar[type[NotifierConfig]] = TelegramConfig
     pacing: ClassVar[tuple[Pace, ...]] = (
         Pace("global_per_second"),  # the bot, over all chats

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -25,15 +26,16 @@ from poller.compose import Loaded, Validated, build_adapter, build_notifier
 from poller.dispatch import DeliveryPolicy, Dispatcher
 from poller.errors import StoreError
 from poller.events import OrderEvent, system_event
+from poller.health import ErrorEpisode, age_text, pending_age, problems
 from poller.jobs import PollJobs
 from poller.logsetup import Redactor
 from poller.looplag import LoopLag
-from poller.models import SystemScene, iso
+from poller.models import SystemScene, iso, utcnow
 from poller.notifiers import Notifier
 from poller.observers import ObserverQueue
 from poller.orderbook import OrderBook
 from poller.plugins import Plugins
-from poller.records import Batch
+from poller.records import Batch, OutboxSummary
 from poller.routing import route
 from poller.settings import Settings
 from poller.store import Store
@@ -42,6 +44,16 @@ from poller.tracker import Tracker
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _ErrorMark:
+    """A connection's failed polls by category and last success at one refresh, and the
+    counts its error episode started from."""
+
+    counts: dict[str, int]
+    success: datetime | None
+    base: dict[str, int]
 
 
 class App:
@@ -64,7 +76,12 @@ class App:
         self.actions: ActionRunner | None = None
         self.event_listeners: list[Callable[[list[OrderEvent]], None]] = []
         self.events_by_scene: dict[str, int] = {}
+        # Snapshots for the health server's thread: each refresh binds new containers.
         self.backlog: dict[str, int] = {}
+        self.outbox: dict[str, OutboxSummary] = {}
+        self.connection_errors: dict[str, ErrorEpisode] = {}
+        #: Per connection, at the last refresh: failed polls by category, last success.
+        self._error_marks: dict[str, _ErrorMark] = {}
         self.last_tick = time.monotonic()
         self.store_health = StoreHealth()
         self.observers = ObserverQueue(plugins)
@@ -202,7 +219,10 @@ class App:
     def _start_dispatcher(self) -> None:
         self.dispatcher = Dispatcher(
             self.store, self.notifiers, db=self.db, commit=self.commit, redactor=self.redactor,
-            policy=DeliveryPolicy(give_up_after=self.settings.daemon.give_up_after))
+            policy=DeliveryPolicy(
+                give_up_after=self.settings.daemon.give_up_after,
+                repeat_interval=self.settings.daemon.alert_repeat_interval,
+                backlog_alert_after=self.settings.daemon.backlog_alert_after))
         self.dispatcher.start()
 
     def wake_actions(self) -> None:
@@ -281,21 +301,64 @@ class App:
         return sum(t.completed for t in self.trackers.values())
 
     async def refresh_backlog(self) -> None:
-        """Re-read the outbox backlog per notifier (for status lines and metrics); this is
-        also the main loop's tick that ``/healthz`` watches."""
-        self.backlog = await self.db(self.store.backlog)
+        """Re-read the outbox per configured notifier and the connections' error episodes
+        (for status lines, ``/healthz`` and metrics); this is also the main loop's tick that
+        ``/healthz`` watches."""
+        summary = await self.db(self.store.outbox_summary, [n.name for n in self.notifiers])
+        self.outbox = summary
+        self.backlog = {name: s.pending for name, s in summary.items()}
+        self._refresh_errors(utcnow())
         self.last_tick = time.monotonic()
 
+    def _refresh_errors(self, now: datetime) -> None:
+        # The coordinator keeps no public record of the episode under way (its start per
+        # category is private, the error's text is not kept), so it is derived from its
+        # public counters here, to within one refresh (5 s).
+        episodes: dict[str, ErrorEpisode] = {}
+        marks: dict[str, _ErrorMark] = {}
+        for name, tracker in self.trackers.items():
+            counts, success = dict(tracker.errors), tracker.last_success
+            last = self._error_marks.get(name, _ErrorMark({}, None, {}))
+            going = self.connection_errors.get(name)
+            grown = {c: n - last.counts.get(c, 0) for c, n in counts.items()
+                     if n > last.counts.get(c, 0)}
+            if tracker.stopped_reason is not None:
+                since = going.since if going and going.category == "auth" else now
+                episodes[name] = ErrorEpisode("auth", since, tracker.stopped_reason)
+                marks[name] = _ErrorMark(counts, success, counts)
+            elif success != last.success or (going is None and not grown):
+                # A list call worked since the last look, or nothing failed: no episode.
+                marks[name] = _ErrorMark(counts, success, counts)
+            else:
+                base = last.base if going else last.counts
+                marks[name] = _ErrorMark(counts, success, base)
+                since = going.since if going else now
+                category = max(grown, key=lambda c: grown[c]) if grown else \
+                    going.category if going else "error"
+                kinds = ", ".join(sorted(c for c, n in counts.items() if n > base.get(c, 0)))
+                episodes[name] = ErrorEpisode(
+                    category, since, f"{sum(counts.values()) - sum(base.values())} failed "
+                    f"poll(s) ({kinds}), no successful list call since {iso(since)}")
+        self._error_marks = marks
+        self.connection_errors = episodes
+
     def status_line(self) -> str:
-        """A one-line summary: connections, open orders, outbox backlog."""
+        """A one-line summary: connections, open orders, the outbox, and every problem."""
         open_orders = sum(t.open_orders for t in self.trackers.values())
-        stopped = [n for n, t in self.trackers.items() if t.stopped_reason]
-        text = f"{len(self.trackers)} connection(s), {open_orders} open order(s)"
-        text += f", {sum(self.backlog.values())} queued notification(s)"
-        if stopped:
-            text += f", stopped: {', '.join(stopped)}"
-        if not self.store_health.ok:
-            text += f", {self.store_health.describe()}"
+        outbox = list(self.outbox.values())
+        waiting = sum(s.pending for s in outbox)
+        text = (f"{len(self.trackers)} connection(s), {open_orders} open order(s), "
+                f"{waiting} waiting notification(s)")
+        now = utcnow()
+        oldest = max((pending_age(s, now) for s in outbox if s.pending), default=None)
+        if oldest is not None:
+            text += f", oldest {age_text(oldest)}"
+        dead = sum(s.dead for s in outbox)
+        if dead:
+            text += f", {dead} dead letter(s)"
+        found = problems(self, now)
+        if found:
+            text += "; " + "; ".join(found)
         return text
 
     # -- shutdown ----------------------------------------------------------------------

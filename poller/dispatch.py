@@ -6,6 +6,15 @@ time (capped exponential backoff with full jitter, persisted in the row), so one
 messages arrive in the order the events happened. A permanent refusal, or a row older than
 the give-up age, is dead-lettered and announced to the *other* notifiers. Each notifier has
 its own worker, so a slow or failing one never delays another.
+
+A notifier's trouble is one grouped problem (:mod:`poller.alertgroups`): announced when it
+starts, reminded at the repeat interval, announced once when it resolves. Partial fills of
+one order may be gathered into one message (:mod:`poller.fillcoalescing`).
+
+Over 400 lines: one worker's whole delivery contract — per-order ordering, retries, quiet
+hours, fill coalescing, dead letters and their grouped announcement, and outcomes the store
+could not record yet — which share the per-row state of a worker's pass; the pure parts
+(grouping, coalescing, message text) live in their own modules.
 """
 
 from __future__ import annotations
@@ -17,15 +26,17 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, TypeVar
 
+from poller.alertgroups import AlertGroups, Phase, Problem, notifier_problem_text
 from poller.errors import DeliveryFailed, DeliveryRateLimited, DeliveryRetryable, StoreError
 from poller.events import OrderEvent, system_event
+from poller.fillcoalescing import coalesced, coalescible
+from poller.latencyhistogram import LatencyHistogram
 from poller.logsetup import Redactor
-from poller.models import SystemScene, utcnow
+from poller.models import utcnow
 from poller.notifiers import Notifier
-from poller.records import Batch, OutboxRow
+from poller.records import Batch, OutboxRow, OutboxSummary
 from poller.store import Store
 
 logger = logging.getLogger(__name__)
@@ -61,6 +72,10 @@ class DeliveryPolicy:
     cap: float = 300.0
     give_up_after: float = 24 * 3600.0
     idle_wait: float = 30.0
+    #: Seconds between reminders of a notifier problem that lasts (Alertmanager's default).
+    repeat_interval: float = 4 * 3600.0
+    #: A message waiting longer than this makes its notifier's trouble a problem to report.
+    backlog_alert_after: float = 900.0
 
 
 @dataclass
@@ -72,6 +87,11 @@ class NotifierStats:
     dead: int = 0
     last_error: str = ""
     latencies: list[float] = field(default_factory=list)
+    #: Detection-to-delivery latency of every delivery since start (``/metrics``).
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    #: Consecutive failed attempts since the last delivery: the first one is a warning,
+    #: the rest of the streak only information (the problem is announced, not each row).
+    failing: int = 0
 
 
 class Dispatcher:
@@ -103,6 +123,7 @@ class Dispatcher:
         # Outcomes the store could not record (a full disk): kept here and written again, so
         # a delivered row is never sent twice and a retrying one keeps its turn.
         self._unrecorded: dict[int, Mark] = {}
+        self.problems = AlertGroups(self.policy.repeat_interval)
 
     def start(self) -> None:
         """Start one worker task per notifier."""
@@ -168,6 +189,7 @@ class Dispatcher:
                 # so a crash meanwhile repeats one message, not every message since.
                 await self._sleep_until_due(name, wake, at_most=1.0)
                 continue
+            await self._remind()
             rows = await self._due(name)
             if not rows:
                 if self._stopping:
@@ -176,6 +198,9 @@ class Dispatcher:
                 continue
             held: list[OutboxRow] = []
             waiting: set[tuple[str, str, str]] = set()
+            gathering: dict[tuple[str, str, str], list[OutboxRow]] = {}
+            progressed = False
+            window = notifier.coalesce_window
             now = time.time()
             for row in rows:
                 key = (row.event.broker, row.event.account_id, row.event.order_id)
@@ -190,13 +215,37 @@ class Dispatcher:
                     held.append(row)  # quiet hours are over: these go out as one digest
                     continue
                 if await self._hold(notifier, row):
+                    progressed = True
                     continue
-                if not await self._deliver(notifier, row):
+                if window and coalescible(row.event):
+                    gathering.setdefault(key, []).append(row)  # sent below, or later
+                    continue
+                progressed = True
+                fills = gathering.pop(key, [])
+                if fills and row.event.scene == "FINAL_FILLED":
+                    ok = await self._deliver(notifier, row, covers=fills)
+                else:
+                    # Any other event of the order: its gathered fills go first, in order.
+                    ok = (await self._deliver_fills(notifier, fills) if fills else True) and \
+                        await self._deliver(notifier, row)
+                if not ok:
                     waiting.add(key)
                 if self._unrecorded_sends(name):
                     break  # the store stopped recording: wait for it (see above)
+            due_at = None
+            for fills in gathering.values():
+                ready = fills[0].created_at.timestamp() + window
+                if (ready <= time.time() or self._stopping) and not self._unrecorded_sends(name):
+                    progressed = True
+                    await self._deliver_fills(notifier, fills)
+                else:
+                    due_at = ready if due_at is None else min(due_at, ready)
             if held and not self._unrecorded_sends(name):
+                progressed = True
                 await self._deliver_digest(notifier, held)
+            if due_at is not None and not progressed:
+                # Only gathering fills: wait for the window to close (or a new event).
+                await self._wait(wake, due_at - time.time())
             if self._stopping and not await self._due(name):
                 return
 
@@ -247,29 +296,59 @@ class Dispatcher:
         except TimeoutError:
             pass
 
-    async def _deliver(self, notifier: Notifier, row: OutboxRow) -> bool:
-        """Try one row; True when the worker may go on to the next."""
+    async def _wait(self, wake: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=max(0.0, seconds))
+
+    async def _deliver_fills(self, notifier: Notifier, fills: list[OutboxRow]) -> bool:
+        """Send gathered partial fills of one order: one message for all of them."""
+        if len(fills) == 1:
+            return await self._deliver(notifier, fills[0])
+        return await self._deliver(notifier, fills[0], covers=fills[1:], final=False)
+
+    async def _deliver(self, notifier: Notifier, row: OutboxRow, *,
+                       covers: list[OutboxRow] | None = None, final: bool = True) -> bool:
+        """Try one row (standing for ``covers`` too, when fills were gathered); True when
+        the worker may go on to the next.
+
+        Gathered rows share one outcome: all sent, or all dead; a retry is recorded on the
+        oldest row, which holds back the order's later rows as any retry does.
+        """
         stats = self.stats[notifier.name]
+        rows = [row, *(covers or [])]
+        if covers and final:  # a FINAL_FILLED standing for the fills before it
+            rows = [*covers, row]
+            event = coalesced([r.event for r in covers], row.event)
+        elif covers:
+            event = coalesced([r.event for r in rows])
+        else:
+            event = row.event
         try:
             async with asyncio.timeout(notifier.config.timeout + 5):
-                await notifier.send(row.event)
+                await notifier.send(event)
         except DeliveryFailed as err:
-            await self._dead(notifier, row, self._redact(str(err)))
+            for each in rows:
+                await self._dead(notifier, each, self._redact(str(err)))
             return True
         except (DeliveryRetryable, TimeoutError) as err:
             message = self._redact(str(err) or f"no answer within {notifier.config.timeout:g} s")
             retry_after = getattr(err, "retry_after", None)
             # Pacing to the service's limits is expected, not a failure worth a warning.
-            return await self._retry(notifier, row, message, retry_after,
+            return await self._retry(notifier, rows[0], message, retry_after,
                                      quiet=isinstance(err, DeliveryRateLimited))
         except Exception as err:  # a notifier bug must not kill its worker
             logger.exception("notifier %s raised unexpectedly", notifier.name)
             message = self._redact(f"{type(err).__name__}: {err}")
-            return await self._retry(notifier, row, message, None)
-        await self._record(notifier.name, row.id, "mark_sent")
-        stats.delivered += 1
-        stats.latencies.append((utcnow() - row.event.timestamp).total_seconds())
+            return await self._retry(notifier, rows[0], message, None)
+        for each in rows:
+            await self._record(notifier.name, each.id, "mark_sent")
+        stats.delivered += len(rows)
+        latency = (utcnow() - event.timestamp).total_seconds()
+        stats.latencies.append(latency)
         del stats.latencies[:-1000]
+        for _ in rows:  # each event covered reached its reader now
+            stats.latency.observe(latency)
+        await self._delivered(notifier)
         return True
 
     async def _hold(self, notifier: Notifier, row: OutboxRow) -> bool:
@@ -299,9 +378,12 @@ class Dispatcher:
             for row in rows:
                 await self._retry(notifier, row, message, getattr(err, "retry_after", None))
             return
+        stats = self.stats[notifier.name]
         for row in rows:
             await self._record(notifier.name, row.id, "mark_sent")
-        self.stats[notifier.name].delivered += len(rows)
+            stats.latency.observe((utcnow() - row.event.timestamp).total_seconds())
+        stats.delivered += len(rows)
+        await self._delivered(notifier)
 
     async def _retry(self, notifier: Notifier, row: OutboxRow, message: str,
                      retry_after: float | None, *, quiet: bool = False) -> bool:
@@ -315,29 +397,73 @@ class Dispatcher:
         if retry_after is not None:
             delay = max(delay, retry_after)
         stats.retried += 1
-        level = logging.WARNING if row.attempts == 0 and not quiet else logging.INFO
+        stats.failing += 1
+        # One warning when a notifier starts failing; the rest of the streak is information
+        # (the operator event says how many wait, not a line per message).
+        level = logging.WARNING if stats.failing == 1 and not quiet else logging.INFO
         logger.log(level, "notifier %s: delivery of %s failed (attempt %d), retrying in %.1f s: %s",
                    notifier.name, row.event.short_id, row.attempts + 1, delay, message)
         await self._record(notifier.name, row.id, "mark_retry",
                            next_attempt_at=time.time() + delay, error=message)
+        if not quiet and age >= self.policy.backlog_alert_after:
+            await self._problem(notifier.name, "backlog", message, count=0)
         return False
 
     async def _dead(self, notifier: Notifier, row: OutboxRow, message: str) -> None:
         stats = self.stats[notifier.name]
         stats.dead += 1
         stats.last_error = message
-        logger.error("notifier %s: gave up on %s (%s %s): %s", notifier.name,
-                     row.event.short_id, row.event.scene, row.event.order_id, message)
+        first = f"notifier:{notifier.name}" not in self.problems
+        logger.log(logging.ERROR if first else logging.INFO,
+                   "notifier %s: gave up on %s (%s %s): %s", notifier.name,
+                   row.event.short_id, row.event.scene, row.event.order_id, message)
         await self._record(notifier.name, row.id, "mark_dead", error=message)
         if row.event.event_type == "SYSTEM" and row.event.payload.get("notifier"):
             return  # never announce the failure of an announcement (no loops)
-        now: datetime = utcnow()
+        await self._problem(
+            notifier.name, "dead", message, count=1,
+            first=(f"notifier {notifier.name} could not deliver {row.event.short_id} "
+                   f"({row.event.scene} {row.event.order_id}): {message}."))
+
+    # -- operator problems, grouped (poller.alertgroups) ----------------------------------
+
+    async def _problem(self, name: str, cause: str, error: str, *, count: int,
+                       first: str = "") -> None:
+        """Count one occurrence of notifier ``name``'s trouble; announce when it starts or a
+        reminder is due."""
+        problem, phase = self.problems.seen(f"notifier:{name}", utcnow(), cause=cause,
+                                            count=count)
+        if phase is not None:
+            await self._announce(name, problem, phase, error, first=first)
+
+    async def _remind(self) -> None:
+        """Reminders of the problems that still last, at the repeat interval."""
+        for problem in self.problems.reminders(utcnow()):
+            name = problem.key.removeprefix("notifier:")
+            await self._announce(name, problem, Phase.REMINDER, self.stats[name].last_error
+                                 if name in self.stats else "")
+
+    async def _delivered(self, notifier: Notifier) -> None:
+        """A delivery went through: the notifier's failure streak and problem are over."""
+        self.stats[notifier.name].failing = 0
+        problem = self.problems.resolve(f"notifier:{notifier.name}")
+        if problem is not None:
+            await self._announce(notifier.name, problem, Phase.RESOLVED, "")
+
+    async def _announce(self, name: str, problem: Problem, phase: Phase, error: str, *,
+                        first: str = "") -> None:
+        now = utcnow()
+        try:
+            summary: OutboxSummary | None = (
+                await self._db(self.store.outbox_summary, [name]))[name]
+        except StoreError:
+            summary = None
+        scene, text = notifier_problem_text(
+            name, problem, phase, now=now, summary=summary, error=error, first=first,
+            repeat_interval=self.problems.repeat_interval)
         with contextlib.suppress(StoreError):  # the store's health announces its own trouble
             await self._commit(Batch(events=[system_event(
-                SystemScene.NOTIFIER_DEAD_LETTER, notifier=notifier.name, detected_at=now,
-                broker=row.event.broker, order_id=row.event.order_id,
-                discriminator=row.event.id,
-                message=(f"notifier {notifier.name} could not deliver {row.event.short_id} "
-                         f"({row.event.scene} {row.event.order_id}): {message}. "
-                         f"Fix the cause, then run: poller events --requeue {notifier.name}"),
-            )]))
+                scene, notifier=name, detected_at=now, message=text, phase=phase.value,
+                count=problem.count, discriminator=problem.discriminator(phase))]))
+        logger.log(logging.INFO if phase is Phase.RESOLVED else logging.WARNING,
+                   "notifier %s: problem %s: %s", name, phase.value, text)

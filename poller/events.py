@@ -65,6 +65,12 @@ class EventPayload(TypedDict, total=False):
     notifier: str
     #: True only for ``poller test-notify``'s sample: not a real order.
     test: bool
+    #: How many fills one coalesced message stands for (see :mod:`poller.fillcoalescing`).
+    fills: int
+    #: Operator events of a grouped problem: ``started``, ``reminder`` or ``resolved``.
+    phase: str
+    #: Operator events of a grouped problem: how many occurrences so far.
+    count: int
 
 
 def event_id(*parts: str) -> str:
@@ -130,8 +136,12 @@ def system_event(
     account_id: str = "",
     order_id: str = "",
     notifier: str = "",
+    phase: str = "",
+    count: int = 0,
 ) -> OrderEvent:
-    """Build an operator event; ``discriminator`` makes one episode one event."""
+    """Build an operator event; ``discriminator`` makes one episode one event.
+
+    ``phase`` and ``count`` describe a grouped problem (:mod:`poller.alertgroups`)."""
     payload: EventPayload = {
         "broker": broker,
         "account_id": account_id,
@@ -141,6 +151,9 @@ def system_event(
         "message": message,
         "detected_at": iso(detected_at),
     }
+    if phase:
+        payload["phase"] = phase
+        payload["count"] = count
     return OrderEvent(
         id=event_id("SYSTEM", scene.value, broker, account_id, order_id, notifier, discriminator),
         event_type="SYSTEM",

@@ -4,6 +4,7 @@ Times carry milliseconds and their zone (ISO 8601). Under journald (``JOURNAL_ST
 our stderr) text lines start with a syslog priority (``<4>``) so ``journalctl -p warning``
 works, and leave the time out since the journal records its own.
 
+Repeated lines of one kind are collapsed into a count (:mod:`poller.logcollapse`).
 The redaction is a filter on the handler, so it covers every logger, third-party ones
 included (httpx logs full URLs at INFO, and a Telegram bot token is part of the URL).
 """
@@ -18,6 +19,8 @@ from collections.abc import Iterable, MutableMapping
 from datetime import datetime
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from poller.logcollapse import RepeatCollapser
 
 REDACTED = "**********"
 
@@ -207,6 +210,8 @@ def setup_logging(
     redactor = redactor or Redactor()
     target = stream or sys.stderr
     handler = logging.StreamHandler(target)
+    # Collapse first, so a held-back count is written through the redaction too.
+    RepeatCollapser().attach(handler)
     handler.addFilter(RedactingFilter(redactor))
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -106,6 +106,12 @@ class NotifierConfig(BaseModel):
     quiet_hours: QuietHours | None = Field(
         default=None, description="Hold messages in this window; one digest at its end."
     )
+    coalesce_fills: float | None = Field(
+        default=None, ge=0, le=300,
+        description="Seconds to gather partial fills of one order into one message (0: one "
+                    "message per fill). Default: 10 for chat and mail notifiers, 0 for "
+                    "webhook and console. FINAL_FILLED and other events are never held.",
+    )
 
     @field_validator("templates")
     @classmethod
@@ -143,6 +149,9 @@ class Notifier(ABC, Generic[C]):
     #: back to the dispatcher. None: half of ``config.timeout``, well inside the
     #: dispatcher's time limit for a delivery (``timeout`` + 5 s).
     max_pacing_sleep: ClassVar[float | None] = None
+    #: ``coalesce_fills`` when the config does not say: on for notifiers a person reads
+    #: on a phone, off for machines (a webhook receiver wants every fill).
+    coalesce_fills_default: ClassVar[float] = 0.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -174,6 +183,12 @@ class Notifier(ABC, Generic[C]):
             self.pacer = Pacer(type(self).pacing, config, name=self.service)
         except ValueError as err:
             raise NotifierConfigError(f"notifier {name}: {err}") from None
+
+    @property
+    def coalesce_window(self) -> float:
+        """Seconds partial fills of one order are gathered for (0: not at all)."""
+        configured = self.config.coalesce_fills
+        return type(self).coalesce_fills_default if configured is None else configured
 
     @property
     def service(self) -> str:

@@ -7,7 +7,8 @@ Variables available in a template: every key of the event payload (``symbol``, `
 ``qty``, ``price``, ``filled_qty``, ``order_status``, ``changes``…), plus ``event`` (the whole
 event JSON), ``scene``, ``event_type``, ``short_id`` (``#7F3A``), ``late`` (``"late by 12 min"``
 or ``""``), ``changes_text`` (``"price 101.5 → 101, qty 1 000 → 600"``), ``fill_summary``
-(``"filled 600 / 1 000 (60 %), avg 101.2"``), and the filter ``num`` (groups thousands:
+(``"filled 600 / 1 000 (60 %), avg 101.2"``), ``fills_text`` (``"12 fills in one message"``
+when partial fills were coalesced, else empty), and the filter ``num`` (groups thousands:
 ``1 000``).
 """
 
@@ -23,6 +24,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from poller.events import OrderEvent
+from poller.fillcoalescing import fills_text
 from poller.models import parse_iso, utcnow
 
 #: Default title (first line) and body per scene; SYSTEM events use "SYSTEM".
@@ -48,7 +50,7 @@ DEFAULT_BODY = """\
 {%- else -%}
 {{ scene }} · order {{ order_id }}{% if account_id %} · account {{ account_id }}{% endif %}
 {% if changes_text %}{{ changes_text }}
-{% endif %}{{ fill_summary }}
+{% endif %}{{ fill_summary }}{% if fills_text %} · {{ fills_text }}{% endif %}
 {% if message and scene in failures %}reason: {{ message }}
 {% endif %}status {{ order_status }}{% if broker_status %} ({{ broker_status }}){% endif %}
 {%- endif %}
@@ -164,7 +166,7 @@ class Templates:
             short_id=event.short_id, late=lateness(event, now, late_after),
             failures=("PLACE_FAILED", "MODIFY_FAILED", "CANCEL_FAILED"),
             changes_text=changes_text(payload.get("changes")),
-            fill_summary=fill_summary(event.payload),
+            fill_summary=fill_summary(event.payload), fills_text=fills_text(event.payload),
         )
         return values
 

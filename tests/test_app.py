@@ -73,7 +73,7 @@ def test_reload_keeps_unchanged_connections_and_rebuilds_changed_ones(
         for sim in sims:
             sim.stop()
     assert same and not rebuilt_same and names == ["a", "b", "c"]
-    assert status.startswith("3 connection(s), ") and "queued notification(s)" in status
+    assert status.startswith("3 connection(s), ") and "waiting notification(s)" in status
 
 
 def test_a_reload_tries_a_stopped_connection_again(tmp_path: Path, receiver: Receiver) -> None:

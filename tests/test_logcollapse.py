@@ -1,0 +1,97 @@
+"""Repeated log lines: one per kind per window, then the count."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from poller.logcollapse import RepeatCollapser
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def handler_with(collapser: RepeatCollapser) -> tuple[logging.Handler, io.StringIO]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    collapser.attach(handler)
+    return handler, out
+
+
+def test_a_flood_of_one_kind_is_one_line_per_window_and_a_count() -> None:
+    clock = Clock()
+    handler, out = handler_with(RepeatCollapser(60, clock=clock))
+    log = logging.getLogger("test.collapse.flood")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        for n in range(2359):  # the issue's 45 s outage: a line per attempt
+            clock.now += 45 / 2359
+            log.info("notifier %s: delivery of %s failed (attempt %d)", "hook", f"#{n:04X}", n)
+        clock.now += 60
+        log.info("notifier %s: delivery of %s failed (attempt %d)", "hook", "#FFFF", 1)
+    finally:
+        log.removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0] == "INFO notifier hook: delivery of #0000 failed (attempt 0)"
+    assert "(… repeated 2358 times in 105 s)" in lines[1]
+
+
+def test_different_subjects_and_levels_never_hide_each_other() -> None:
+    clock = Clock()
+    handler, out = handler_with(RepeatCollapser(60, clock=clock))
+    log = logging.getLogger("test.collapse.subjects")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        for _ in range(3):
+            log.warning("notifier %s failing", "hook")
+            log.warning("notifier %s failing", "mail")
+            log.error("notifier %s failing", "hook")
+    finally:
+        log.removeHandler(handler)
+    assert out.getvalue().splitlines() == [
+        "WARNING notifier hook failing", "WARNING notifier mail failing",
+        "ERROR notifier hook failing"]
+
+
+def test_a_kind_fallen_silent_has_its_count_written_by_the_next_line() -> None:
+    clock = Clock()
+    handler, out = handler_with(RepeatCollapser(60, clock=clock))
+    log = logging.getLogger("test.collapse.silent")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        for _ in range(5):
+            log.warning("connection %s: timeout", "tw-main")
+        clock.now += 61
+        log.info("something else entirely")
+    finally:
+        log.removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "WARNING connection tw-main: timeout"
+    assert lines[1] == ("WARNING tw-main: the line 'connection %s: timeout' was repeated "
+                        "4 times in 61 s")
+    assert lines[2] == "INFO something else entirely"
+
+
+def test_distinct_kinds_are_bounded() -> None:
+    collapser = RepeatCollapser(60, clock=Clock(), max_kinds=10)
+    handler, out = handler_with(collapser)
+    log = logging.getLogger("test.collapse.bound")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        for n in range(100):
+            log.info(f"line {n}")
+    finally:
+        log.removeHandler(handler)
+    assert len(out.getvalue().splitlines()) == 100
+    assert len(collapser._seen) <= 10
