@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -46,16 +45,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class _ErrorMark:
-    """A connection's failed polls by category and last success at one refresh, and the
-    counts its error episode started from."""
-
-    counts: dict[str, int]
-    success: datetime | None
-    base: dict[str, int]
-
-
 class App:
     """The running daemon. Build with :meth:`create`; ``await start()``, then ``await stop()``."""
 
@@ -80,8 +69,6 @@ class App:
         self.backlog: dict[str, int] = {}
         self.outbox: dict[str, OutboxSummary] = {}
         self.connection_errors: dict[str, ErrorEpisode] = {}
-        #: Per connection, at the last refresh: failed polls by category, last success.
-        self._error_marks: dict[str, _ErrorMark] = {}
         self.last_tick = time.monotonic()
         self.store_health = StoreHealth()
         self.observers = ObserverQueue(plugins)
@@ -191,6 +178,7 @@ class App:
             announce_existing=daemon.announce_existing, stale_after=daemon.stale_after,
             watched=partial(self.db, self.store.watched, name),
             poll_soon=partial(self._poll_soon, name), record_state=self._record_action,
+            repeat_interval=daemon.alert_repeat_interval,
         )
         self.trackers[name] = tracker
         tracker.start()
@@ -307,40 +295,14 @@ class App:
         summary = await self.db(self.store.outbox_summary, [n.name for n in self.notifiers])
         self.outbox = summary
         self.backlog = {name: s.pending for name, s in summary.items()}
-        self._refresh_errors(utcnow())
+        self._refresh_errors()
         self.last_tick = time.monotonic()
 
-    def _refresh_errors(self, now: datetime) -> None:
-        # The coordinator keeps no public record of the episode under way (its start per
-        # category is private, the error's text is not kept), so it is derived from its
-        # public counters here, to within one refresh (5 s).
-        episodes: dict[str, ErrorEpisode] = {}
-        marks: dict[str, _ErrorMark] = {}
-        for name, tracker in self.trackers.items():
-            counts, success = dict(tracker.errors), tracker.last_success
-            last = self._error_marks.get(name, _ErrorMark({}, None, {}))
-            going = self.connection_errors.get(name)
-            grown = {c: n - last.counts.get(c, 0) for c, n in counts.items()
-                     if n > last.counts.get(c, 0)}
-            if tracker.stopped_reason is not None:
-                since = going.since if going and going.category == "auth" else now
-                episodes[name] = ErrorEpisode("auth", since, tracker.stopped_reason)
-                marks[name] = _ErrorMark(counts, success, counts)
-            elif success != last.success or (going is None and not grown):
-                # A list call worked since the last look, or nothing failed: no episode.
-                marks[name] = _ErrorMark(counts, success, counts)
-            else:
-                base = last.base if going else last.counts
-                marks[name] = _ErrorMark(counts, success, base)
-                since = going.since if going else now
-                category = max(grown, key=lambda c: grown[c]) if grown else \
-                    going.category if going else "error"
-                kinds = ", ".join(sorted(c for c, n in counts.items() if n > base.get(c, 0)))
-                episodes[name] = ErrorEpisode(
-                    category, since, f"{sum(counts.values()) - sum(base.values())} failed "
-                    f"poll(s) ({kinds}), no successful list call since {iso(since)}")
-        self._error_marks = marks
-        self.connection_errors = episodes
+    def _refresh_errors(self) -> None:
+        # A snapshot of plain values: the health server reads it from its own thread.
+        self.connection_errors = {
+            name: ErrorEpisode(e.category, e.since, e.message)
+            for name, tracker in self.trackers.items() if (e := tracker.episode) is not None}
 
     def status_line(self) -> str:
         """A one-line summary: connections, open orders, the outbox, and every problem."""

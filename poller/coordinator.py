@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
@@ -63,12 +64,34 @@ def policy_of(err: BrokerError) -> Policy:
     return next(policy for cls, policy in POLICY if isinstance(err, cls))
 
 
+@dataclass(frozen=True)
+class Episode:
+    """A connection's current run of failed polls: what kind, since when, the last error
+    (an adapter's message: translated at its edge, no secrets) and how many failed."""
+
+    category: str
+    since: datetime
+    message: str
+    failures: int
+
+
 class Coordinator:
-    """The error state of one connection: counters, episodes, breaker, stopped reason."""
+    """The error state of one connection: counters, episodes, breaker, stopped reason.
+
+    An announced problem (credentials refused, rate-limited, unreachable, answers too
+    large) is reminded every ``repeat_interval`` seconds while it lasts, with the count of
+    failed polls, and announced once more when it resolves.
+    """
 
     def __init__(self, name: str, *, log: ConnectionLog | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 repeat_interval: float = 4 * 3600.0) -> None:
         self.name = name
+        self.repeat_interval = repeat_interval
+        #: The episode under way (None while polls succeed), for health and status.
+        self.episode: Episode | None = None
+        self._announced: tuple[SystemScene, datetime, str] | None = None
+        self._reminders = 0
         self.log = log or ConnectionLog(logger, {"connection": name})
         self._mono = monotonic
         #: Why polling stopped (credentials refused), or None while it runs.
@@ -134,6 +157,38 @@ class Coordinator:
         category = err.category
         self.errors[category] = self.errors.get(category, 0) + 1
         policy = policy_of(err)
+        events = self._sorted(err, category, policy, now)
+        first = min(self._episode.values(), default=now)
+        self.episode = Episode(category, first, str(err), self._failures or 1)
+        for event in events:
+            event.payload["phase"], event.payload["count"] = "started", self.episode.failures
+            self._announced = (SystemScene(event.scene), now, event.payload["message"])
+            self._reminders = 0
+        if not events:
+            events = self._reminder(err, first, now)
+        return events
+
+    def _reminder(self, err: BrokerError, first: datetime, now: datetime
+                  ) -> list[OrderEvent]:
+        """A reminder of the announced problem, when the repeat interval has passed."""
+        if self._announced is None:
+            return []
+        scene, at, _ = self._announced
+        if (now - at).total_seconds() < self.repeat_interval:
+            return []
+        self._reminders += 1
+        self._announced = (scene, now, self._announced[2])
+        failures = self._failures or sum(self.errors.values())
+        hours = (now - first).total_seconds() / 3600
+        self.log.warning("still failing after %.1f h (%s): %s", hours, scene.value, err)
+        return [system_event(
+            scene, broker=self.name, detected_at=now, phase="reminder", count=failures,
+            discriminator=f"{iso(first)}#reminder{self._reminders}",
+            message=f"{self.name}: still failing after {hours:.1f} h (since {iso(first)}, "
+                    f"{failures} failed poll(s)); last error: {err}")]
+
+    def _sorted(self, err: BrokerError, category: str, policy: Policy, now: datetime
+                ) -> list[OrderEvent]:
         if policy is Policy.TELL:
             return self._tell(err, category, now)
         self._failures += 1
@@ -233,8 +288,22 @@ class Coordinator:
                 message=f"{self.name}: polling works again (failing since {iso(first)})",
             ))
             self.log.info("broker reachable again")
+        elif self._announced is not None:
+            # Rate-limited or too-large answers: announced, so their end is announced too.
+            scene = self._announced[0]
+            first = min(self._episode.values(), default=now)
+            events.append(system_event(
+                SystemScene.BROKER_RECOVERED, broker=self.name, detected_at=now,
+                discriminator=f"{scene.value}:{iso(first)}",
+                message=f"{self.name}: polling works again after {scene.value} (since "
+                        f"{iso(first)})"))
+            self.log.info("poll succeeded again")
         elif self._episode:
             self.log.info("poll succeeded again")
+        for event in events:
+            event.payload["phase"] = "resolved"
+        self._announced = None
+        self.episode = None
         self._episode.clear()
         self._failures = 0
         self._unreachable_announced = False

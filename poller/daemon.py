@@ -5,7 +5,8 @@ SIGTERM and SIGINT ask for a graceful stop: the poll in progress finishes, deliv
 SIGINT stops waiting for the grace period. SIGHUP re-reads and fully validates the
 configuration (and plugin set) before swapping it in; an invalid file keeps the old one.
 Under systemd the loop reports READY/RELOADING/STOPPING/STATUS and pings the watchdog, from the
-event loop and only while polls complete, so a wedged daemon gets restarted.
+event loop and only while polls complete, so a wedged daemon gets restarted. With
+``daemon.heartbeat_url`` each tick also drives the dead-man's switch (:mod:`poller.heartbeat`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from poller.app import App
 from poller.compose import Loaded
 from poller.errors import ConfigError
 from poller.health import HealthServer
-from poller.settings import parse_listen
+from poller.heartbeat import Heartbeat
+from poller.settings import DaemonSettings, parse_listen
 from poller.systemd import Notifier as SystemdNotifier
 from poller.systemd import watchdog_interval
 
@@ -89,6 +91,8 @@ class Server:
         self.systemd = systemd or SystemdNotifier()
         self.health: HealthServer | None = None
         self.api: ApiServer | None = None
+        #: The dead-man's switch (None without ``daemon.heartbeat_url``).
+        self.dead_man: Heartbeat | None = None
         self._watchdog = watchdog_interval()
         self._last_beat = -1
         self._last_status = ""
@@ -106,6 +110,8 @@ class Server:
             await self.main_loop(duration)
             await self.shutdown()
         finally:
+            if self.dead_man is not None:
+                await self.dead_man.aclose()
             if self.health is not None:
                 self.health.stop()
             if self.api is not None:
@@ -114,7 +120,8 @@ class Server:
             self.systemd.close()
 
     async def startup(self) -> None:
-        """Start the app and its HTTP servers, then tell systemd we are ready."""
+        """Start the app and its HTTP servers, tell systemd we are ready, then ping the
+        dead-man's switch's ``/start``."""
         app = self.app
         await app.start()
         daemon = app.settings.daemon
@@ -129,8 +136,14 @@ class Server:
                                  port, connections=lambda: set(app.trackers),
                                  wake=lambda: _call_soon(loop, app.wake_actions))
             self.api.start()
+        # The outbox backlog is read at ticks; without this the first lines would say
+        # "0 queued" while hundreds wait from the last run.
+        await app.refresh_backlog()
         logger.info("poller running: %s", app.status_line())
         self.systemd.ready(app.status_line())
+        self.dead_man = Heartbeat.from_settings(daemon, app, app.redactor)
+        if self.dead_man is not None:
+            self.dead_man.start()
 
     async def main_loop(self, duration: float | None) -> None:
         """Tick until a signal (or the duration is over); reload on SIGHUP."""
@@ -154,8 +167,8 @@ class Server:
             await self.on_tick()
 
     async def on_tick(self) -> None:
-        """Check the database is still ours; ping the watchdog while polls keep completing;
-        refresh the status line."""
+        """Check the database is still ours; ping the watchdog while polls keep completing
+        and the dead-man's switch while the daemon is healthy; refresh the status line."""
         problem = await self.app.db(self.app.store.identity_problem)
         if problem is not None:
             logger.error("%s; stopping, since another poller could now start beside this one "
@@ -167,6 +180,8 @@ class Server:
         if self._watchdog and beat != self._last_beat:
             self.systemd.watchdog()  # only while polls keep completing
             self._last_beat = beat
+        if self.dead_man is not None:
+            self.dead_man.tick()  # at most starts a request in the background
         await self.app.refresh_backlog()
         status = self.app.status_line()
         if status != self._last_status:
@@ -185,13 +200,32 @@ class Server:
                 logger.error("reload refused, keeping the running configuration: %s", problem)
             self.systemd.ready(self.app.status_line())
             return
+        before = self.app.settings.daemon
         await self.app.reconfigure(loaded)
+        await self._renew_heartbeat(before)
         logger.info("configuration reloaded: %s", self.app.status_line())
         self.systemd.ready(self.app.status_line())
 
+    async def _renew_heartbeat(self, before: DaemonSettings) -> None:
+        """A reload changed the dead-man's switch: the old one stops, the new one starts."""
+        after = self.app.settings.daemon
+        if (before.heartbeat_url, before.heartbeat_interval) == \
+                (after.heartbeat_url, after.heartbeat_interval):
+            return
+        if self.dead_man is not None:
+            await self.dead_man.aclose()
+        self.dead_man = Heartbeat.from_settings(after, self.app, self.app.redactor)
+        if self.dead_man is not None:
+            self.dead_man.start()
+
     async def shutdown(self) -> None:
-        """Tell systemd, then stop the app (a second SIGINT stops waiting for deliveries)."""
+        """Tell systemd, then stop the app (a second SIGINT stops waiting for deliveries).
+
+        The dead-man's switch just goes quiet: a clean stop must not page anyone.
+        """
         self.systemd.stopping()
+        if self.dead_man is not None:
+            await self.dead_man.aclose()
         self.lifecycle.on_force = self.app.abort
         await self.app.stop(grace=0.0 if self.lifecycle.force_exit else None)
 

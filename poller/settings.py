@@ -43,6 +43,10 @@ SECTIONS = ("brokers", "notifiers")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+#: ``[daemon]`` keys that are secrets, also read from systemd credential files.
+DAEMON_SECRETS = ("api_token", "heartbeat_url")
+
+
 class DaemonSettings(BaseModel):
     """The ``[daemon]`` table."""
 
@@ -280,10 +284,11 @@ def _overlay(data: dict[str, Any], environ: dict[str, str],
     daemon = merged.get("daemon")
     daemon = dict(daemon) if isinstance(daemon, dict) else {}
     creds = environ.get("CREDENTIALS_DIRECTORY")
-    token = Path(creds) / "daemon.api_token" if creds else None
-    if token is not None and token.is_file():
-        daemon["api_token"] = token.read_text(encoding="utf-8").rstrip("\r\n")
-        origins["daemon.api_token"] = f"credential file {token}"
+    for secret in DAEMON_SECRETS:  # systemd LoadCredential=daemon.<key>:/path
+        path = Path(creds) / f"daemon.{secret}" if creds else None
+        if path is not None and path.is_file():
+            daemon[secret] = path.read_text(encoding="utf-8").rstrip("\r\n")
+            origins[f"daemon.{secret}"] = f"credential file {path}"
     for var, value in environ.items():
         if var.upper().startswith("POLLER_DAEMON__"):
             key = var[len("POLLER_DAEMON__"):].lower()

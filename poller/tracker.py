@@ -21,7 +21,7 @@ from datetime import datetime
 
 from poller.actions import ActionExecutor, PendingActions, RecordState
 from poller.adapter import BrokerAdapter
-from poller.coordinator import Coordinator
+from poller.coordinator import Coordinator, Episode
 from poller.drain import OrderDrain
 from poller.logsetup import ConnectionLog
 from poller.models import OrderSnapshot, utcnow
@@ -53,6 +53,7 @@ class Tracker:
         record_state: RecordState,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        repeat_interval: float = 4 * 3600.0,
     ) -> None:
         self.adapter = adapter
         self.name = adapter.name
@@ -62,7 +63,8 @@ class Tracker:
         self._wake = asyncio.Event()
         self._mono = monotonic
         self._poll_soon = poll_soon
-        self.coordinator = Coordinator(self.name, log=self.log, monotonic=monotonic)
+        self.coordinator = Coordinator(self.name, log=self.log, monotonic=monotonic,
+                                       repeat_interval=repeat_interval)
         self.pending = PendingActions()
         self.poller = ConnectionPoller(
             adapter, book, self.coordinator, self.queue, commit=commit, wake=self._wake.set,
@@ -136,6 +138,11 @@ class Tracker:
     def stopped_reason(self) -> str | None:
         """Why polling stopped (credentials refused), or None."""
         return self.coordinator.stopped_reason
+
+    @property
+    def episode(self) -> Episode | None:
+        """The run of failed polls under way, or None."""
+        return self.coordinator.episode
 
     @property
     def errors(self) -> dict[str, int]:

@@ -27,6 +27,7 @@ from poller.errors import (
     BrokerRejected,
     BrokerUnavailable,
 )
+from poller.events import OrderEvent
 from tests.scripted import T0
 
 
@@ -135,3 +136,31 @@ def test_an_answer_too_large_is_told_once_without_the_breaker() -> None:
     assert [e.scene for e in told] == ["BROKER_ANSWER_TOO_LARGE"]
     assert not c.breaker_open() and c.errors == {"too_large": BREAKER_FAILURES + 2}
     assert policy_of(BrokerAnswerTooLarge("x")) is Policy.TELL
+
+
+def test_a_lasting_outage_is_reminded_at_the_repeat_interval_with_counts() -> None:
+    c = Coordinator("cx", monotonic=Clock(), repeat_interval=3600)
+    announced: list[OrderEvent] = []
+    for minute in range(150):  # a failed poll a minute for 2.5 h
+        announced += c.failed(BrokerUnavailable("timed out"), T0 + timedelta(minutes=minute))
+    scenes = [(e.scene, e.payload.get("phase")) for e in announced]
+    assert scenes == [("BROKER_UNREACHABLE", "started"), ("BROKER_UNREACHABLE", "reminder"),
+                      ("BROKER_UNREACHABLE", "reminder")]
+    assert "still failing after 1.1 h" in announced[1].payload["message"]  # since T0
+    assert announced[1].payload["count"] > 60
+    assert len({e.id for e in announced}) == 3
+    assert c.episode is not None and c.episode.category == "unavailable"
+    assert c.episode.since == T0 and c.episode.message == "timed out"
+    recovered = c.succeeded(T0 + timedelta(hours=3))
+    assert [(e.scene, e.payload.get("phase")) for e in recovered] == [
+        ("BROKER_RECOVERED", "resolved")]
+    assert c.episode is None
+
+
+def test_a_rate_limit_episode_is_announced_when_it_ends() -> None:
+    c = Coordinator("cx")
+    c.failed(BrokerRateLimited("429"), T0)
+    recovered = c.succeeded(T0 + timedelta(seconds=30))
+    assert [e.scene for e in recovered] == ["BROKER_RECOVERED"]
+    assert "after BROKER_RATE_LIMITED" in recovered[0].payload["message"]
+    assert c.succeeded(T0 + timedelta(seconds=60)) == []

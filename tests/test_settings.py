@@ -213,3 +213,18 @@ def test_raising_a_limit_needs_an_explicit_override_and_warns(
     validated = validate(settings, get_plugin_manager().registry(), "c")
     assert validated.brokers["tw-main"][1].limits == {"orders": "500/10s"}
     assert "limit orders = 500/10s is ABOVE the documented 250/10s" in caplog.text
+
+
+def test_daemon_secrets_come_from_credential_files(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "daemon.heartbeat_url").write_text("https://hc.example/ping/7c1d-secret-uuid\n")
+    (creds / "daemon.api_token").write_text("tok-0123456789abcdef\n")
+    path = write(tmp_path, GOOD.format(db=tmp_path / "p.db", secret="placeholder-1"))
+    settings = load_settings(path, environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert settings.daemon.heartbeat_url is not None
+    assert settings.daemon.heartbeat_url.get_secret_value().endswith("7c1d-secret-uuid")
+    assert settings.daemon.api_token is not None
+    assert "credential file" in settings.origins["daemon.heartbeat_url"]
+    validated = validate(settings, get_plugin_manager().registry(), "x")
+    assert "https://hc.example/ping/7c1d-secret-uuid" in validated.secrets()
