@@ -43,6 +43,8 @@ from poller.logsetup import Redactor, setup_logging
 from poller.plugins import get_plugin_manager
 from poller.samples import SCENES
 from poller.settings import Settings
+from poller.statusreport import add_arguments as add_status_arguments
+from poller.statusreport import cmd_status
 from poller.store import Store
 
 logger = logging.getLogger("poller")
@@ -57,6 +59,7 @@ EXAMPLES = {
     "orders": "poller orders --open\npoller orders --broker tw-main --json | jq .status",
     "events": "poller events --limit 10 --utc\npoller events --requeue hook   # after fixing it",
     "actions": "poller actions --all\npoller actions --drop 12",
+    "status": "poller status\npoller status --watch 5\npoller status --json | jq .problems",
     "plugins": "poller plugins -c /etc/poller/config.toml",
     "test-notify": "poller test-notify --dry-run\npoller test-notify phone --scene FILLED",
     "watch": "poller watch us-webull 036LVV5P4I8BV0KHKN60000000",
@@ -128,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="take back a queued action before the daemon sends it")
     actions.add_argument("--json", action="store_true", help="JSON lines")
     utc(actions)
+    add_status_arguments(command("status", "one screen: connections, notifiers, pending "
+                                           "actions and the database; exit 1 if something "
+                                           "is wrong"))
     command("plugins", "list loaded plugins and registered broker/notifier kinds")
     test = command("test-notify", "send a sample event, marked as a test, through the real "
                                   "notifiers")
@@ -319,6 +325,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "orders": cmd_orders,
     "events": cmd_events,
     "actions": cmd_actions,
+    "status": cmd_status,
     "plugins": cmd_plugins,
     "test-notify": cmd_test_notify,
     "replace": cmd_action,

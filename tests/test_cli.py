@@ -164,7 +164,7 @@ def test_usage_errors_exit_2_with_one_clear_line(config: Path, capsys: pytest.Ca
 
 def test_every_help_has_examples_and_lists_choices(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("run", "demo", "check-config", "orders", "events", "actions", "plugins",
-                    "test-notify", "watch", "unwatch", "replace", "cancel"):
+                    "test-notify", "watch", "unwatch", "replace", "cancel", "status"):
         assert main([command, "--help"]) == 0
         out = capsys.readouterr().out
         assert "examples:\n  poller " + command.split()[0] in out, command
