@@ -54,6 +54,7 @@ from poller.models import (
 )
 from poller.notifiers import Notifier, NotifierConfig, classify, post
 from poller.pacing import Pace
+from poller.pushfeed import CONNECTED, PushedOrder, PushStream
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
 from poller.templates import Message
 from poller.timetext import printable, shown_time
@@ -93,6 +94,9 @@ __all__ = [
     "OrderSnapshot",
     "OrderStatus",
     "Pace",
+    "PushStream",
+    "PushedOrder",
+    "CONNECTED",
     "ParseCache",
     "PollerError",
     "RateBudget",

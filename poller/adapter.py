@@ -35,6 +35,7 @@ from poller.errors import (
 )
 from poller.httpclient import Answer, retry_after_seconds, send
 from poller.models import OrderSnapshot
+from poller.pushfeed import PushStream
 from poller.ratelimit import LimitSpec, RateBudget
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,21 @@ class BrokerConfig(BaseModel):
         default=None,
         description="Poll every open order with the per-order call, round-robin at the "
                     "budget (default: the adapter's choice).",
+    )
+    push: bool | None = Field(
+        default=None,
+        description="Subscribe to the broker's push stream of order events where it has "
+                    "one (default: on where the broker pushes and the push extra is "
+                    "installed); polling stays on as the safety net.",
+    )
+    push_url: str = Field(
+        default="", description="The push stream's address (default: the official one).")
+    push_tls: bool = Field(
+        default=True, description="Encrypt the push stream; false only for loopback.")
+    reconcile_interval: float = Field(
+        default=30.0, gt=0,
+        description="Seconds between list calls while the push stream is healthy (they "
+                    "reconcile what it may miss); at a drop, polling returns to interval.",
     )
 
     @field_validator("base_url")
@@ -179,6 +195,9 @@ class BrokerAdapter(ABC, Generic[C]):
     #: list call is per pair); otherwise the per-order call only confirms orders that left a
     #: list answer, refreshes orders that just changed, and reads watched orders.
     per_order_polling: ClassVar[bool] = False
+    #: Whether the broker pushes order events: such an adapter implements
+    #: :meth:`open_push` (see :mod:`poller.pushfeed`).
+    supports_push: ClassVar[bool] = False
     #: Seconds after placement when the broker stops answering for an order (CoinW: 7 days);
     #: older open orders are retired with an operator event instead of polled for ever.
     retire_after: ClassVar[float | None] = None
@@ -233,6 +252,22 @@ class BrokerAdapter(ABC, Generic[C]):
         Only called when ``supports_fetch`` is true.
         """
         raise NotImplementedError(f"{self.kind} has no per-order call")
+
+    def push_available(self) -> str | None:
+        """Why this connection cannot push (None when it can): the broker has no stream,
+        the config turned it off, or the optional package it needs is missing."""
+        if not self.supports_push:
+            return f"{self.kind} has no push stream"
+        if self.config.push is False:
+            return "push = false"
+        return None
+
+    def open_push(self) -> PushStream:
+        """A new subscription to the broker's push stream (one connection per call).
+
+        Only called when :meth:`push_available` says it can.
+        """
+        raise NotImplementedError(f"{self.kind} has no push stream")
 
     async def refine(
         self, previous: OrderSnapshot | None, current: OrderSnapshot

@@ -246,6 +246,8 @@ class App:
                 logger.info("connection %s %s", name,
                             "removed" if name not in new else "reconfigured")
         for name, tracker in self.trackers.items():
+            if tracker.push is not None:  # a refused stream: maybe the key was fixed
+                tracker.push.retry_now()
             if tracker.stopped_reason:  # kept its config, maybe the key was fixed: try now
                 tracker.coordinator.resume()
                 self._poll_soon(name)

@@ -71,6 +71,8 @@ class EventPayload(TypedDict, total=False):
     phase: str
     #: Operator events of a grouped problem: how many occurrences so far.
     count: int
+    #: ``"push"`` when a broker's push stream reported the change first (else a poll did).
+    via: str
 
 
 def event_id(*parts: str) -> str:

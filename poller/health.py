@@ -193,6 +193,13 @@ class AppCollector(Collector):
                                  labels=["connection"])
         open_orders = GaugeMetricFamily("poller_open_orders", "Orders that can still change",
                                         labels=["connection"])
+        push_up = GaugeMetricFamily("poller_push_up",
+                                    "1 while a connection's push stream is connected (absent "
+                                    "for connections without one)", labels=["connection"])
+        pushed = CounterMetricFamily("poller_push_updates", "Order updates a stream pushed",
+                                     labels=["connection"])
+        drops = CounterMetricFamily("poller_push_drops", "Times a push stream dropped",
+                                    labels=["connection"])
         now = time.monotonic()
         for name, tracker in list(app.trackers.items()):
             polls.add_metric([name, "list"], tracker.polls)
@@ -209,7 +216,13 @@ class AppCollector(Collector):
                 admitted.add_metric([name, group.name], group.admitted)
                 use.add_metric([name, group.name], group.in_window(now) / group.allowed)
                 pads.add_metric([name, group.name], group.pad)
-        yield from (polls, errors, limited, stopped, admitted, use, pads, last, open_orders)
+            push = tracker.push
+            if push is not None:
+                push_up.add_metric([name], 1.0 if push.up else 0.0)
+                pushed.add_metric([name], push.status.events)
+                drops.add_metric([name], push.status.drops)
+        yield from (polls, errors, limited, stopped, admitted, use, pads, last, open_orders,
+                    push_up, pushed, drops)
 
     def _events(self) -> Iterator[Metric]:
         events = CounterMetricFamily("poller_events", "Events committed", labels=["scene"])
@@ -289,6 +302,17 @@ def _error_json(episode: ErrorEpisode | None) -> dict[str, Any] | None:
             "message": episode.message}
 
 
+def _push_json(tracker: Tracker) -> dict[str, Any] | None:
+    """A connection's push stream for ``/healthz`` (None: it has none)."""
+    push = tracker.push
+    if push is None:
+        return None
+    status = push.status
+    return {"state": status.state, "since": iso(status.since), "updates": status.events,
+            "drops": status.drops, "last_update": iso(status.last_event),
+            "last_error": status.last_error or None}
+
+
 def health(app: DaemonView, *, stale_after: float) -> tuple[bool, dict[str, Any]]:
     """Whether the daemon is healthy, and the details ``/healthz`` shows.
 
@@ -314,7 +338,8 @@ def health(app: DaemonView, *, stale_after: float) -> tuple[bool, dict[str, Any]
                    "stopped": t.stopped_reason, "error": _error_json(errors.get(name)),
                    "budget": {g.name: {"used": g.in_window(mono), "allowed": g.allowed,
                                        "pad_seconds": round(g.pad, 3)}
-                              for g in list(t.adapter.budget.groups.values())}}
+                              for g in list(t.adapter.budget.groups.values())},
+                   "push": _push_json(t)}
             for name, t in list(app.trackers.items())
         },
         "outbox_backlog": dict(app.backlog),

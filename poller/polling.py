@@ -26,6 +26,7 @@ from poller.logsetup import ConnectionLog
 from poller.models import OrderSnapshot, OrderStatus, SystemScene, iso, utcnow
 from poller.orderbook import Key, OrderBook
 from poller.pollqueue import OrderQueue
+from poller.pushfeed import PushedOrder, merge
 from poller.records import Batch
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,13 @@ class ConnectionPoller:
         self.order_polls = 0
         self.looks = 0
         self._warned: set[str] = set()
+        #: While a push stream is up, list calls only reconcile, every reconcile_interval.
+        self.push_up = False
+        #: Run a list poll soon (set by the tracker): how a push without a per-order call
+        #: is confirmed.
+        self.poll_soon: Callable[[], None] | None = None
+        self.pushed = 0
+        self._last_list = float("-inf")
 
     def recheck_after(self) -> float:
         """Seconds before an order that just changed is polled again (see
@@ -122,6 +130,10 @@ class ConnectionPoller:
             return
         if self.coordinator.breaker_open():
             return
+        now = self._mono()
+        if self.push_up and now - self._last_list < self.adapter.config.reconcile_interval:
+            return  # the stream reports changes; list calls only reconcile
+        self._last_list = now
         for scope in self.adapter.scopes():
             if self.coordinator.stopped_reason:
                 return
@@ -205,6 +217,48 @@ class ConnectionPoller:
         if not await self._commit_or_later(batch):
             # Not in memory either: look at this order again soon, not a round-robin later.
             self.queue.urgent(key, self._mono() + self.recheck_after())
+
+    # -- pushed updates ----------------------------------------------------------------
+
+    async def apply_push(self, update: PushedOrder) -> None:
+        """Diff a pushed update into the orders like a poll's answer, and commit.
+
+        An update for an order poller does not know, or one that does not fit what it knows
+        (:func:`poller.pushfeed.merge`), is not trusted: the order is polled to confirm.
+        Events seen first by a push carry ``via = "push"``.
+        """
+        key = self._push_key(update)
+        known = None if key is None else self.book.view(key)
+        merged = None if known is None else merge(known, update)
+        if key is None or merged is None:
+            self._confirm(key)
+            return
+        self.pushed += 1
+        batch = Batch()
+        await self.apply(merged, batch, self._clock())
+        for event in batch.events:
+            event.payload["via"] = "push"
+        if not await self._commit_or_later(batch):
+            self._confirm(key)
+
+    def _push_key(self, update: PushedOrder) -> Key | None:
+        if update.order_id:
+            return (self.name, update.account_id, update.order_id)
+        if update.client_order_id:  # some pushes name the order by the client's id only
+            for key, snapshot in self.book.known.items():
+                if snapshot.client_order_id == update.client_order_id and (
+                        not update.account_id or snapshot.account_id == update.account_id):
+                    return key
+        return None
+
+    def _confirm(self, key: Key | None) -> None:
+        """Poll ``key`` (or, without a per-order call or a key, the lists) soon."""
+        if key is not None and self.adapter.supports_fetch:
+            self.queue.urgent(key, self._mono())
+            self._wake()
+        elif self.poll_soon is not None:
+            self._last_list = float("-inf")
+            self.poll_soon()
 
     # -- what an answer means ----------------------------------------------------------
 

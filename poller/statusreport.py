@@ -106,6 +106,8 @@ class ConnectionStatus:
     error: ConnectionFault | None = None
     budget: list[BudgetUse] = field(default_factory=list)
     last_alert: Alert | None = None
+    #: The push stream as /healthz reports it: state, since, updates, drops, last error.
+    push: dict[str, object] | None = None
 
 
 @dataclass
@@ -237,6 +239,8 @@ def _merge_health(body: Any, connections: dict[str, ConnectionStatus],
             BudgetUse(group, _int(_dict(use).get("used")), _int(_dict(use).get("allowed")),
                       _float(_dict(use).get("pad_seconds")))
             for group, use in _dict(data.get("budget")).items()]
+        push = data.get("push")
+        conn.push = dict(push) if isinstance(push, dict) else None
     for name, count in _dict(health.get("outbox_backlog")).items():
         if _int(count) is not None:
             notifiers.setdefault(name, NotifierStatus(name)).pending = count
@@ -461,6 +465,16 @@ def render_text(report: Report) -> str:
                     + (f" (pad {b.pad_seconds:.2f} s)" if b.pad_seconds else "")
                     for b in c.budget)
                 lines.append(_clip(f"  {name}: budget {uses}", WIDTH))
+            if c.push is not None:
+                since = _time(c.push.get("since"))
+                text = (f"  {name}: push {printable(_text(c.push.get('state')))}"
+                        + (f" since {ago(now, since)}" if since else "")
+                        + f", {_int(c.push.get('updates')) or 0} update(s), "
+                          f"{_int(c.push.get('drops')) or 0} drop(s)")
+                error = _text(c.push.get("last_error"))
+                if error and c.push.get("state") != "up":
+                    text += f": {printable(error)}"
+                lines.append(_clip(text, WIDTH))
             if c.last_alert is not None:
                 lines.append(_clip(f"  {name}: last alert {ago(now, c.last_alert.at)}: "
                                    f"{c.last_alert.scene} {c.last_alert.message}", WIDTH))
@@ -515,6 +529,7 @@ def render_json(report: Report) -> dict[str, Any]:
                 "message": c.error.message},
             "budget": {b.group: {"used": b.used, "allowed": b.allowed,
                                  "pad_seconds": b.pad_seconds} for b in c.budget},
+            "push": c.push,
             "last_alert": None if c.last_alert is None else {
                 "scene": c.last_alert.scene, "at": iso(c.last_alert.at),
                 "message": c.last_alert.message},

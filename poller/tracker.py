@@ -23,11 +23,15 @@ from poller.actions import ActionExecutor, PendingActions, RecordState
 from poller.adapter import BrokerAdapter
 from poller.coordinator import Coordinator, Episode
 from poller.drain import OrderDrain
+from poller.errors import BrokerAuthError
+from poller.events import system_event
 from poller.logsetup import ConnectionLog
-from poller.models import OrderSnapshot, utcnow
+from poller.models import OrderSnapshot, SystemScene, iso, utcnow
 from poller.orderbook import Key, OrderBook
 from poller.polling import Commit, ConnectionPoller, Watched
 from poller.pollqueue import OrderQueue
+from poller.pushrunner import PushRunner
+from poller.records import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +85,22 @@ class Tracker:
             clock=clock)
         #: List polls finished, whatever their outcome (with the drain's: the heartbeat).
         self.list_completed = 0
+        self.poller.poll_soon = poll_soon
+        #: The push subscription, where the broker pushes and the config allows it.
+        self.push: PushRunner | None = None
+        if adapter.push_available() is None:
+            self.push = PushRunner(adapter, apply=self.poller.apply_push,
+                                   on_change=self._push_changed,
+                                   on_auth_failed=self._push_refused, log=self.log,
+                                   monotonic=monotonic)
 
     # -- running -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the per-order poll loop (connections with a per-order call only)."""
+        """Start the push subscription (where there is one) and the per-order poll loop
+        (connections with a per-order call only)."""
+        if self.push is not None:
+            self.push.start()
         if not self.adapter.supports_fetch or self.drain.running:
             return
         if self.adapter.polls_each_order:
@@ -103,8 +118,24 @@ class Tracker:
             self.list_completed += 1
 
     async def stop(self) -> None:
-        """Finish the per-order poll in progress (bounded), then stop."""
+        """Close the push stream; finish the per-order poll in progress (bounded), then stop."""
+        if self.push is not None:
+            await self.push.stop()
         await self.drain.stop()
+
+    def _push_changed(self, up: bool) -> None:
+        """The list cadence follows the stream: slow while it is up; at a drop, full cadence
+        at once and a list poll now, to catch up what the stream missed."""
+        self.poller.push_up = up
+        if not up and self._poll_soon is not None:
+            self._poll_soon()
+
+    async def _push_refused(self, err: BrokerAuthError) -> None:
+        await self.poller.commit(Batch(events=[system_event(
+            SystemScene.PUSH_REFUSED, broker=self.name, detected_at=utcnow(),
+            discriminator=iso(utcnow()) or "",
+            message=f"{self.name}: the push stream refused the credentials ({err}); polling "
+                    "goes on at full cadence. Fix the key, then `systemctl reload poller`")]))
 
     def _look_again(self, key: Key) -> None:
         """Read an order again soon: per order where orders are polled one by one, else

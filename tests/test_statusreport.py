@@ -130,10 +130,15 @@ def extended(since: str) -> dict[str, Any]:
                         "error": {"category": "unavailable", "since": since,
                                   "message": "HTTP 503 from broker\x07"},
                         "budget": {"orders": {"used": 12, "allowed": 200,
-                                              "pad_seconds": 0.06}}},
+                                              "pad_seconds": 0.06}},
+                        "push": {"state": "up", "since": since, "updates": 41, "drops": 1,
+                                 "last_update": since, "last_error": "stream reset"}},
             "us-webull": {"last_success": None, "open_orders": 0,
                           "stopped": "credentials refused (HTTP 401)", "error": None,
-                          "budget": {}},
+                          "budget": {},
+                          "push": {"state": "stopped", "since": since, "updates": 0,
+                                   "drops": 0, "last_update": None,
+                                   "last_error": "bad sig\x1b[2J"}},
         },
         "notifiers": {"hook": {"pending": 3, "oldest_pending": since, "dead": 1,
                                "last_error": "HTTP 410", "delivered": 17}},
@@ -203,6 +208,9 @@ def test_with_the_extended_healthz(tmp_path: Path, database: Path, healthz: Heal
     assert "12 min ago" in tw and " 9 " in tw and "error: unavailable for 12 min" in tw
     assert "  tw-main: HTTP 503 from broker\\x07" in lines
     assert "  tw-main: budget orders 12/200 (pad 0.06 s)" in lines
+    assert "  tw-main: push up since 12 min ago, 41 update(s), 1 drop(s)" in lines
+    assert any(line.startswith("  us-webull: push stopped since 12 min ago, 0 update(s), "
+                               "0 drop(s): bad sig\\x1b") for line in lines)
     assert "STOPPED: credentials refused" in out
     hook = next(line for line in lines if line.startswith("  hook "))
     assert hook.split()[1:5] == ["3", "12", "min", "1"]
