@@ -66,7 +66,8 @@ def _line(event: OrderEvent, *, utc: bool) -> str:
         text += "  " + ", ".join(f"{k} {v['old']} → {v['new']}" for k, v in changes.items())
     if p.get("message") and event.scene in ("PLACE_FAILED", "MODIFY_FAILED", "CANCEL_FAILED"):
         text += f"  ({p['message']})"
-    return f"{text}  order {p.get('order_id', '')}  {event.short_id}"
+    pushed = "  (pushed)" if p.get("via") == "push" else ""
+    return f"{text}  order {p.get('order_id', '')}{pushed}  {event.short_id}"
 
 
 class ConsoleNotifier(Notifier[ConsoleConfig]):

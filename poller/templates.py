@@ -54,7 +54,7 @@ DEFAULT_BODY = """\
 {% if message and scene in failures %}reason: {{ message }}
 {% endif %}status {{ order_status }}{% if broker_status %} ({{ broker_status }}){% endif %}
 {%- endif %}
-{% if late %}{{ late }} · {% endif %}{{ short_id }}"""
+{% if late %}{{ late }} · {% endif %}{% if via == "push" %}pushed · {% endif %}{{ short_id }}"""
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class Templates:
         values: dict[str, Any] = {key: "" for key in (
             "broker", "account_id", "order_id", "symbol", "side", "qty", "price", "filled_qty",
             "filled_price", "last_fill_qty", "last_fill_price", "order_status", "broker_status",
-            "message", "notifier")}
+            "message", "notifier", "via")}
         values.update({k: ("" if v is None else v) for k, v in payload.items()})
         values.update(
             event=event.to_json(), scene=event.scene, event_type=event.event_type,

@@ -253,3 +253,9 @@ def test_a_template_cannot_change_the_event_it_renders() -> None:
     event = sample_event("FILLED")
     Templates({"FILLED": "{{ event.payload.update(symbol='XXXX') }}"}).render(event)
     assert event.payload["symbol"] == "2890"
+
+
+def test_an_event_a_push_reported_first_says_so() -> None:
+    event = sample_event("FILLED")
+    assert "pushed · " in Templates().render(with_payload(event, via="push")).body
+    assert "pushed" not in Templates().render(event).body

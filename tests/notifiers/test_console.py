@@ -99,3 +99,9 @@ def test_a_closed_stream_is_a_permanent_failure(monkeypatch: pytest.MonkeyPatch,
     notifier = ConsoleNotifier("console", ConsoleConfig(kind="console"))
     with pytest.raises(DeliveryFailed, match="stdout is closed"):
         asyncio.run(notifier.send(order_event(OrderStatus.FILLED, 2)))
+
+
+def test_an_event_a_push_reported_first_is_marked() -> None:
+    event = order_event(OrderStatus.PARTIAL_FILLED, 1)
+    pushed = replace(event, payload={**event.payload, "via": "push"})
+    assert "(pushed)" in format_line(pushed) and "(pushed)" not in format_line(event)
