@@ -253,14 +253,20 @@ class BrokerAdapter(ABC, Generic[C]):
         """
         raise NotImplementedError(f"{self.kind} has no per-order call")
 
-    def push_available(self) -> str | None:
-        """Why this connection cannot push (None when it can): the broker has no stream,
-        the config turned it off, or the optional package it needs is missing."""
-        if not self.supports_push:
-            return f"{self.kind} has no push stream"
-        if self.config.push is False:
+    @classmethod
+    def push_problem(cls, config: C) -> str | None:
+        """Why a connection with ``config`` cannot push (None when it can): the broker has
+        no stream, the config turned it off, or the optional package it needs is missing
+        (adapters that push extend this)."""
+        if not cls.supports_push:
+            return f"{cls.kind} has no push stream"
+        if config.push is False:
             return "push = false"
         return None
+
+    def push_available(self) -> str | None:
+        """Why this connection cannot push (None when it can); see :meth:`push_problem`."""
+        return type(self).push_problem(self.config)
 
     def open_push(self) -> PushStream:
         """A new subscription to the broker's push stream (one connection per call).

@@ -265,8 +265,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     open_orders = _open_orders(settings)
     for name, (cls, cfg) in validated.brokers.items():
         state = "" if cfg.enabled else " (disabled)"
-        print(f"broker {name}: {cls.kind} at {cfg.base_url}, list every {cfg.interval:g} s"
-              f"{state}")
+        problem = cls.push_problem(cfg)
+        if problem is None:
+            print(f"broker {name}: {cls.kind} at {cfg.base_url}, push stream on; list every "
+                  f"{cfg.reconcile_interval:g} s while it is up, every {cfg.interval:g} s "
+                  f"while it is down{state}")
+        else:
+            print(f"broker {name}: {cls.kind} at {cfg.base_url}, list every {cfg.interval:g} s"
+                  f"{state}" + (f" (no push: {problem})" if cls.supports_push else ""))
+            if cfg.push and cls.supports_push:
+                print(f"poller: warning: broker {name}: push = true, but {problem}",
+                      file=sys.stderr)
         budget = build_budget(cls, cfg)
         for line in budgetplan.describe(cls, cfg, budgetplan.plan(cls, cfg, budget),
                                         open_orders.get(name)):
