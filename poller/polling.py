@@ -5,7 +5,12 @@ every order against what the :class:`~poller.orderbook.OrderBook` knows (seeing 
 own pending snapshots first), probes of orders a list stopped showing, retirement of orders
 older than the broker answers for, and stale marking. The batch is committed in one
 transaction; only then do the book, the per-order queue and pending actions change.
-Broker errors go to the connection's :class:`~poller.coordinator.Coordinator`.
+Broker errors go to the connection's :class:`~poller.coordinator.Coordinator`. A push
+stream's updates (:meth:`ConnectionPoller.apply_push`) go through the same diff and commit.
+
+Over 400 lines: every way an answer about an order reaches the book — list calls, per-order
+calls, pushed updates, probes, retirement and stale marking — shares the one diff-and-commit
+path and the book's batch view; splitting them would split that path.
 """
 
 from __future__ import annotations

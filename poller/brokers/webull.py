@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote
 
 import httpx
@@ -54,8 +54,12 @@ from poller import (
     Success,
     decimal_text,
     hookimpl,
+    is_loopback,
     to_decimal,
 )
+
+if TYPE_CHECKING:
+    from .webullpush import WebullEventStream
 
 #: Every documented Webull order status (brokers.md 3.5) → canonical status. Webull has no
 #: pending-cancel, pending-replace or expired status: a cancel or replace in flight shows the
@@ -281,6 +285,8 @@ class WebullAdapter(BrokerAdapter[WebullConfig]):
     supports_fetch: ClassVar[bool] = True
     supports_replace: ClassVar[bool] = True
     supports_cancel: ClassVar[bool] = True
+    #: Trade events over gRPC (:mod:`poller.brokers.webullpush`, the ``push`` extra).
+    supports_push: ClassVar[bool] = True
 
     def __init__(self, name: str, config: WebullConfig, client: httpx.AsyncClient,
                  budget: RateBudget) -> None:
@@ -346,6 +352,40 @@ class WebullAdapter(BrokerAdapter[WebullConfig]):
         # open order too: an order missing from either has left the open list.
         open_only = self.config.listing != "today"
         return [ListScope(account, open_only=open_only) for account in self.config.account_ids]
+
+    # -- push -------------------------------------------------------------------------
+
+    @classmethod
+    def push_problem(cls, config: WebullConfig) -> str | None:
+        """Also: the push extra is missing, or TLS is off for a host that is not loopback."""
+        problem = super().push_problem(config)
+        if problem is not None:
+            return problem
+        try:
+            # The stream module needs grpcio and the official SDK's webull.trade.events.
+            from . import webullpush
+        except ImportError as err:
+            return (f"the push extra is missing ({err.name or 'webull.trade.events'} cannot "
+                    "be imported): pip install '.[push]'")
+        target = webullpush.events_target(config.push_url, config.region)
+        if not config.push_tls and not is_loopback(webullpush.target_host(target)):
+            return f"push_tls = false is allowed for a loopback push_url only, not {target}"
+        return None
+
+    def open_push(self) -> WebullEventStream:
+        """A new subscription to the trade events of the configured accounts."""
+        from . import webullpush
+
+        cfg = self.config
+        return webullpush.WebullEventStream(webullpush.EventsSettings(
+            connection=self.name,
+            target=webullpush.events_target(cfg.push_url, cfg.region),
+            tls=cfg.push_tls, app_key=cfg.app_key, app_secret=cfg.app_secret,
+            accounts=tuple(cfg.account_ids), algorithm=cfg.signature_algorithm,
+            signature_version=SIGNATURE_VERSION, status_table=STATUS_TABLE,
+            # The adapter's clock and nonce maker, as its REST signing uses them.
+            timestamp=lambda: timestamp_text(self.clock()), nonce=lambda: self.nonce_factory(),
+        ))
 
     # -- requests ---------------------------------------------------------------------
 

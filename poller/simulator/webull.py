@@ -23,6 +23,14 @@ replace as SUBMITTED / PARTIAL_FILLED, EXPIRED as CANCELLED. Error codes that We
 document (unknown order, order not modifiable, bad parameter) are this simulator's choice:
 ``ORDER_NOT_FOUND`` (404), ``ORDER_NOT_MODIFIABLE`` / ``INVALID_PARAMETER`` (400).
 
+With ``push_events=True`` a :class:`~poller.simulator.webullevents.WebullEventsServer` (gRPC
+trade events, needs the ``push`` extra) runs beside the HTTP server and pushes an order event
+each time an order changes in a way Webull has a ``scene_type`` for (seed 001): a fill
+(``FILLED`` / ``FINAL_FILLED``), a cancel (``CANCEL_SUCCESS``; an expiry too, Webull shows it
+as CANCELLED), a refused cancel (``CANCEL_FAILED``), a rejection (``PLACE_FAILED``) and a
+replace (``MODIFY_SUCCESS``). Placing, accepting and a cancel request push nothing: Webull
+documents no scene for them (polling finds new orders).
+
 Over 400 lines: one broker's whole simulated API (signature check, endpoints, paging,
 envelopes, limits) in one place, each part short and mirrored from brokers.md §3.
 """
@@ -34,16 +42,20 @@ import hashlib
 import hmac
 import json
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote
 
 from poller.simulator import engine
 from poller.simulator.base import BrokerSim
 from poller.simulator.engine import SimOrder
 from poller.simulator.httpserver import SimRequest, SimResponse, SlidingWindow
+
+if TYPE_CHECKING:
+    from poller.simulator.webullevents import WebullEventsServer
 
 QUERY = "order_query"
 REPLACE = "replace"
@@ -85,6 +97,14 @@ _INSTRUMENTS = {"00700": "913247275", "09988": "913254558", "00005": "913303964"
                 "AAPL": "913256135", "TSLA": "913255598"}
 _SYMBOLS = {instrument: symbol for symbol, instrument in _INSTRUMENTS.items()}
 
+#: Book change (engine ``_touch`` text) → the trade event's scene_type; None: no event.
+_SCENES: dict[str, str | None] = {
+    "placed": None, "accepted": None, "cancel requested": None,
+    "cancelled": "CANCEL_SUCCESS", "expired": "CANCEL_SUCCESS",
+    "cancel refused": "CANCEL_FAILED", "rejected": "PLACE_FAILED",
+    "modified": "MODIFY_SUCCESS",
+}
+
 
 class WebullSim(BrokerSim):
     """Webull's legacy order API on loopback.
@@ -96,6 +116,9 @@ class WebullSim(BrokerSim):
     :param hold_replaces: a replace leaves the order "processing" until
         :meth:`finish_replace`; meanwhile replace and cancel answer
         ``TRADE_WEBULL_REQUEST_PROCESSING`` (seed 003).
+    :param push_events: run the gRPC trade events server beside it (``self.events``).
+    :param event_shape: ``envelope`` (seed 001's ``{id, event_type, timestamp, payload}``)
+        or ``flat`` (the order fields at the top level, as the SDK sample reads them).
     """
 
     kind: ClassVar[str] = "webull"
@@ -107,7 +130,8 @@ class WebullSim(BrokerSim):
                  app_key: str = "wbSimAppKey7f3a91c2", app_secret: str = "wbSimSecret5d8e0b4a6c",
                  region: Literal["us", "hk", "jp"] = "hk", us_items: bool | None = None,
                  envelope: Literal["legacy", "raw"] = "legacy", hold_replaces: bool = False,
-                 account_ids: list[str] | None = None) -> None:
+                 account_ids: list[str] | None = None, push_events: bool = False,
+                 event_shape: Literal["envelope", "flat"] = "envelope") -> None:
         super().__init__(seed=seed, port=port)
         self.app_key = app_key
         self.app_secret = app_secret
@@ -129,6 +153,69 @@ class WebullSim(BrokerSim):
         route("POST", "/trade/order/replace", self._replace)
         route("POST", "/trade/order/cancel", self._cancel)
         route("POST", "/trade/order/place", self._place)
+        self.event_shape = event_shape
+        self.events: WebullEventsServer | None = None
+        if push_events:
+            self._enable_events()
+
+    # -- trade events (push) ------------------------------------------------------------
+
+    def _enable_events(self) -> None:
+        # Imported here: the events server needs the push extra (grpcio, the Webull SDK).
+        from poller.simulator.webullevents import WebullEventsServer
+
+        self.events = WebullEventsServer(app_key=self.app_key, app_secret=self.app_secret)
+        self.events.wall = lambda: self.wall()
+        # The book has no listener hook: wrap its change log entry point (engine._touch
+        # runs once per change, under the book lock, after the order changed).
+        touch = self.book._touch
+
+        def touched(order: SimOrder, what: str) -> None:
+            touch(order, what)
+            self._order_changed(order, what)
+
+        self.book._touch = touched  # type: ignore[method-assign]
+
+    def _order_changed(self, order: SimOrder, what: str) -> None:
+        events = self.events
+        if events is None:
+            return
+        scene = ("FINAL_FILLED" if order.status == engine.FILLED else "FILLED") \
+            if what.startswith("fill") else _SCENES.get(what)
+        if scene is not None:
+            events.push(self.trade_event(order, scene))
+
+    def trade_event(self, order: SimOrder, scene: str) -> dict[str, Any]:
+        """The trade event of a change, in seed 001's fields and ``event_shape``."""
+        leg = self._leg(order)
+        payload: dict[str, Any] = {
+            "request_id": uuid.uuid4().hex,
+            **{key: leg[key] for key in (
+                "account_id", "order_id", "client_order_id", "instrument_id",
+                "order_status", "symbol", "qty", "filled_price", "filled_qty", "side",
+                "category", "order_type")},
+            "scene_type": scene, "biz_type": "TRADE",
+        }
+        if "last_filled_time" in leg:
+            payload["filled_time"] = leg["last_filled_time"]
+        if self.event_shape == "flat":
+            return payload
+        now = datetime.fromtimestamp(self.wall(), UTC)
+        return {"id": f"event_{uuid.uuid4()}", "event_type": "TRADE",
+                "timestamp": now.strftime("%Y-%m-%dT%H:%M:%S.%f000Z"), "payload": payload}
+
+    def start(self) -> WebullSim:
+        """Start answering requests (and the events server, with ``push_events``)."""
+        super().start()
+        if self.events is not None:
+            self.events.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the events server, the autopilot and the HTTP server."""
+        if self.events is not None:
+            self.events.stop()
+        super().stop()
 
     # -- BrokerSim ----------------------------------------------------------------------
 
@@ -156,6 +243,8 @@ class WebullSim(BrokerSim):
             "app_secret": self.app_secret,
             "account_ids": self.accounts(),
             "interval": 8.0 if self.region == "us" else 4.5,
+            **({"push": True, "push_url": self.events.target, "push_tls": False}
+               if self.events is not None else {}),
         }
 
     def not_found(self, request: Any) -> SimResponse:
