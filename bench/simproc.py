@@ -109,12 +109,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     low, _, high = args.latency_ms.partition("-")
     latency = (float(low) / 1000, float(high or low) / 1000)
-    options: dict[str, Any] = dict(o.split("=", 1) for o in args.sim_option)
+    options: dict[str, Any] = {key: _option(value) for key, value in
+                               (o.split("=", 1) for o in args.sim_option)}
     benches = []
     for index in range(args.count):
         sim = SIMULATORS[args.kind](seed=args.seed + index, **options)
         if latency != (0.0, 0.0):
             sim.server.latency = latency
+            stream = getattr(sim, "events", None)  # a push stream has latency too
+            if stream is not None:
+                stream.latency = latency
         benches.append(Bench(sim, args.orders, args.size))
         sim.start()
     ready = [{"url": b.sim.url, "config": b.sim.broker_config(f"c{i}"),
@@ -126,6 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     done.wait()
     for bench in benches:
         bench.sim.stop()
+
+
+def _option(value: str) -> Any:
+    """``true``/``false`` as booleans (``push_events=true``), anything else as given."""
+    return {"true": True, "false": False}.get(value.lower(), value)
 
 
 def _plain(value: Any) -> Any:

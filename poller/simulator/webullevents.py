@@ -22,6 +22,7 @@ import asyncio
 import hmac
 import itertools
 import json
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -97,6 +98,11 @@ class WebullEventsServer:
         self.app_secret = app_secret
         self.refuse_with = refuse_with
         self.wall: Callable[[], float] = time.time
+        #: Delay every pushed message by a uniform (low, high) in seconds, order kept
+        #: (benchmarks: a stream has network latency too).
+        self.latency: tuple[float, float] | None = None
+        self._due = 0.0
+        self._rng = random.Random(7)
         self.lock = threading.Lock()
         #: (accounts, refusal or None) of every subscription attempt, in order.
         self.subscriptions: list[tuple[list[str], str | None]] = []
@@ -208,8 +214,17 @@ class WebullEventsServer:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        if self.latency is None:
+            for queue in queues:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            return
+        # A network delay, for benchmarks: random, but a stream keeps its order (TCP).
+        now = time.monotonic()
+        with self.lock:
+            self._due = max(self._due, now + self._rng.uniform(*self.latency))
+            delay = self._due - now
         for queue in queues:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            loop.call_soon_threadsafe(loop.call_later, delay, queue.put_nowait, item)
 
     # -- the signature check ------------------------------------------------------------
 
