@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from poller.coordinator import Coordinator
 from poller.errors import BrokerAuthError, BrokerError, BrokerUnavailable
@@ -22,6 +22,8 @@ from poller.polling import ConnectionPoller
 from poller.pollqueue import OrderQueue
 from poller.pushfeed import CONNECTED, PushedOrder, PushStream
 from poller.pushrunner import PushRunner
+from poller.simulator.webull import WebullSim
+from tests.conftest import Receiver, daemon_config, running_app
 from tests.scripted import T0, ScriptedAdapter, StoreCommit, clock_at, order
 
 End = BrokerError | None
@@ -203,3 +205,50 @@ def test_a_refused_stream_is_one_error_and_polling_goes_on(tmp_path: Path) -> No
 
     asyncio.run(run())
     assert rig.runner.status.state == "off"
+
+
+# --- end to end: the Webull simulator's trade events, a real App ----------------------
+
+
+def test_a_stream_dropped_mid_order_loses_nothing_and_duplicates_nothing(
+        tmp_path: Path, receiver: Receiver) -> None:
+    """Fills pushed, then the stream drops while the order keeps filling: polling catches
+    up at full cadence, the stream comes back, and every transition arrives exactly once."""
+    sim = WebullSim(seed=3, push_events=True)
+    sim.start()
+    try:
+        account = sim.accounts()[0]
+        table = sim.broker_config("wb") | {"interval": 2.5, "share": 1.0,
+                                           "reconcile_interval": 2.5}
+        config = daemon_config(tmp_path, {"wb": table}, receiver.url)
+
+        async def scenario() -> dict[str, Any]:
+            async with running_app(config) as app:
+                push = app.trackers["wb"].push
+                assert push is not None
+                tracker = app.trackers["wb"]
+                await until(lambda: push.up and bool(tracker.known_accounts), timeout=15)
+                order_ = sim.book.place(account, "AAPL", "BUY", 10, "190")
+                sim.book.accept(order_.order_id)
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 1)
+                sim.book.fill(order_.order_id, 2)  # pushed
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 2)
+                assert sim.events is not None
+                sim.events.drop()
+                await until(lambda: push.status.drops == 1, timeout=10)
+                sim.book.fill(order_.order_id, 3)  # while the stream is down: polled
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 3)
+                await until(lambda: push.up, timeout=15)  # reconnected
+                sim.book.fill(order_.order_id)  # the rest, pushed again
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 4)
+                return {"order": order_.order_id, "drops": push.status.drops}
+
+        found = asyncio.run(scenario())
+    finally:
+        sim.stop()
+    scenes = receiver.scenes(found["order"])
+    assert scenes == ["PLACED", "FILLED", "FILLED", "FINAL_FILLED"], scenes
+    ids = [e["id"] for e in receiver.events]
+    assert len(ids) == len(set(ids)) == 4
+    via = [e["payload"].get("via") for e in receiver.events]
+    assert via[1] == "push" and via[3] == "push" and via[2] is None  # the drop: a poll
