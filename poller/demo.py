@@ -26,7 +26,7 @@ from poller.logsetup import Redactor
 from poller.plugins import get_plugin_manager
 from poller.settings import load_settings
 from poller.simulator.base import BrokerSim
-from poller.simulator.catalog import SIMULATORS
+from poller.simulator.catalog import SIMULATORS, push_options
 from poller.store import Store
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ async def run_demo(*, duration: float | None, seed: int | None, kinds: list[str]
     try:
         for index, kind in enumerate(kinds):
             # Each simulator gets its own sequence, so the four do not move in lockstep.
-            sim = SIMULATORS[kind](seed=None if seed is None else seed + index)
+            sim = SIMULATORS[kind](seed=None if seed is None else seed + index,
+                                   **push_options(kind))
             sim.start()
             sim.autopilot(every=every)
             sims[kind] = sim
@@ -161,7 +162,9 @@ async def run_demo(*, duration: float | None, seed: int | None, kinds: list[str]
             store = Store.open(settings.daemon.database, lock=True)
             try:
                 app = App.create(settings, plugins, validated, redactor=redactor, store=store)
-                names = ", ".join(f"{kind} at {sim.url}" for kind, sim in sims.items())
+                names = ", ".join(f"{kind} at {sim.url}" + (" (pushes)" if push_options(kind)
+                                                            else "")
+                                  for kind, sim in sims.items())
                 print(f"poller demo: simulators {names}; Ctrl-C to stop", flush=True)
                 lifecycle = Lifecycle()
                 with _watching(lifecycle) as watch:

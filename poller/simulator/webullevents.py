@@ -1,10 +1,11 @@
 """A fake of Webull's trade events service (gRPC) on loopback, for tests and the demo.
 
 Built from the official package's generated servicer (``events_pb2_grpc.EventServiceServicer``
-and ``add_EventServiceServicer_to_server``, webull-openapi-python-sdk 3.0.4) on a
-``grpc.aio`` server at 127.0.0.1, insecure (poller's ``push_tls = false``, loopback only).
-The server runs its own event loop in a background thread, like the HTTP simulators, so a
-daemon in another process (or the same one) talks to it over a real socket.
+and ``add_EventServiceServicer_to_server``, webull-openapi-python-sdk 3.0.4) on a gRPC
+server at 127.0.0.1, insecure (poller's ``push_tls = false``, loopback only). It is the
+synchronous server, each stream served by a thread of its pool, like the HTTP simulators:
+a ``grpc.aio`` server beside poller's ``grpc.aio`` client in one process (the demo, the
+tests) makes two event loops share grpc's poller, which fails with ``BlockingIOError``.
 
 A subscription's metadata is verified with the official signer's own functions
 (``signature_composer._get_body_string`` and ``default_signature_composer``), over the
@@ -18,19 +19,19 @@ ends every stream with UNAVAILABLE.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import itertools
 import json
+import queue
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import grpc
-import grpc.aio
 from webull.core.auth.algorithm import (
     sha_hmac1,
     sha_hmac256_new,
@@ -57,7 +58,7 @@ class _Servicer(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
     def __init__(self, owner: WebullEventsServer) -> None:
         self._owner = owner
 
-    async def Subscribe(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    def Subscribe(self, request: Any, context: Any) -> Iterator[Any]:
         """One subscription: verify, then stream until dropped or stopped."""
         owner = self._owner
         metadata = {key: value for key, value in context.invocation_metadata()}
@@ -68,18 +69,24 @@ class _Servicer(events_pb2_grpc.EventServiceServicer):  # type: ignore[misc]
             if owner.refuse_with == "event":
                 yield owner.answer(events_pb2.AuthError, problem, content_type="text/plain")
                 return
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        subscriber = (set(request.accounts), queue)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+        inbox: queue.Queue[tuple[float, Any]] = queue.Queue()
+        subscriber = (set(request.accounts), inbox)
         owner.subscribers.append(subscriber)
         owner.connected.set()
         try:
             yield owner.answer(events_pb2.SubscribeSuccess, "subscribe success",
                                content_type="text/plain")
-            while True:
-                item = await queue.get()
+            while context.is_active() and not owner.stopping.is_set():
+                try:
+                    due, item = inbox.get(timeout=0.2)
+                except queue.Empty:
+                    continue  # look at the context and the stop flag again
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)  # the simulated network's delay, in order
                 if item is _DROP:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "stream reset by server")
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "stream reset by server")
                 yield item
         finally:
             owner.subscribers.remove(subscriber)
@@ -110,14 +117,11 @@ class WebullEventsServer:
         self.pushed: list[str] = []
         #: Set once a subscription has been accepted (tests wait on it).
         self.connected = threading.Event()
-        self.subscribers: list[tuple[set[str], asyncio.Queue[Any]]] = []
+        self.subscribers: list[tuple[set[str], queue.Queue[tuple[float, Any]]]] = []
+        #: Set by :meth:`stop`: every stream ends.
+        self.stopping = threading.Event()
         self._port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stopped: asyncio.Event | None = None
-        self._failure: BaseException | None = None
         self._request_ids = itertools.count(1)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -133,45 +137,24 @@ class WebullEventsServer:
         return f"127.0.0.1:{self._port}"
 
     def start(self) -> WebullEventsServer:
-        """Serve in a background thread; returns once the port is bound."""
-        self._thread = threading.Thread(target=self._run, name="sim-webull-events",
-                                        daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("webull events server did not start")
-        if self._failure is not None:
-            raise RuntimeError(f"webull events server failed: {self._failure}")
-        return self
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as err:  # reported by start(); the thread just ends
-            self._failure = err
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
-        server = grpc.aio.server()
+        """Serve from a thread pool; returns once the port is bound."""
+        self.stopping.clear()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=32,
+                                                        thread_name_prefix="sim-wb-events"))
         events_pb2_grpc.add_EventServiceServicer_to_server(_Servicer(self), server)
         self._port = server.add_insecure_port(f"127.0.0.1:{self._port}")
-        await server.start()
+        if not self._port:
+            raise RuntimeError("webull events server could not bind its port")
+        server.start()
         self._server = server
-        self._ready.set()
-        await self._stopped.wait()
-        await server.stop(grace=None)
+        return self
 
     def stop(self) -> None:
         """End every stream and stop serving (also when never started)."""
-        loop, stopped = self._loop, self._stopped
-        if loop is not None and stopped is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(stopped.set)
-            except RuntimeError:  # the loop has just finished
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self.stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(grace=None).wait(10)
 
     # -- what tests and the simulator do ------------------------------------------------
 
@@ -210,21 +193,15 @@ class WebullEventsServer:
         self.connected.clear()
         self._deliver([q for _, q in list(self.subscribers)], _DROP)
 
-    def _deliver(self, queues: list[asyncio.Queue[Any]], item: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        if self.latency is None:
-            for queue in queues:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            return
-        # A network delay, for benchmarks: random, but a stream keeps its order (TCP).
-        now = time.monotonic()
-        with self.lock:
-            self._due = max(self._due, now + self._rng.uniform(*self.latency))
-            delay = self._due - now
-        for queue in queues:
-            loop.call_soon_threadsafe(loop.call_later, delay, queue.put_nowait, item)
+    def _deliver(self, queues: list[queue.Queue[tuple[float, Any]]], item: Any) -> None:
+        due = time.monotonic()
+        if self.latency is not None:
+            # A network delay, for benchmarks: random, but a stream keeps its order (TCP).
+            with self.lock:
+                self._due = max(self._due, due + self._rng.uniform(*self.latency))
+                due = self._due
+        for inbox in queues:
+            inbox.put((due, item))
 
     # -- the signature check ------------------------------------------------------------
 
