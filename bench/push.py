@@ -28,7 +28,7 @@ async def one_run(args: argparse.Namespace, push: bool) -> list[str]:
     """One daemon against one simulator process; the lines to print."""
     options = {"push_events": "true"} if push and args.kind == "webull" else {}
     if push and args.kind == "shioaji":
-        options = {"push_stream": "true"}
+        options = {"push_events": "true"}
     sims = Sims(args.kind, orders=args.orders, latency=args.latency_ms, seed=args.seed,
                 size=1000, options=options)
     receiver = Receiver()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -35,6 +35,9 @@ from poller import (
     is_loopback,
     to_decimal,
 )
+
+if TYPE_CHECKING:
+    from .shioajipush import ShioajiEventStream
 
 TAIPEI = timezone(timedelta(hours=8))
 
@@ -112,6 +115,9 @@ class ShioajiAdapter(BrokerAdapter[ShioajiConfig]):
     # sorts every answer, and a 429 pauses past the one-minute suspension.
     errors: ClassVar[ErrorTable] = ErrorTable(penalty=_PENALTY)
     supports_fetch: ClassVar[bool] = False
+    #: The HTTP API's order and deal callbacks as server-sent events
+    #: (:mod:`poller.brokers.shioajipush`, needs ``httpx-sse`` from the ``push`` extra).
+    supports_push: ClassVar[bool] = True
 
     def headers(self) -> dict[str, str]:
         """Auth header when credentials are configured."""
@@ -125,6 +131,48 @@ class ShioajiAdapter(BrokerAdapter[ShioajiConfig]):
 
     def scopes(self) -> list[ListScope]:
         return [ListScope(a.account_id) for a in self.config.accounts]
+
+    # -- push -------------------------------------------------------------------------
+
+    @classmethod
+    def push_problem(cls, config: ShioajiConfig) -> str | None:
+        """Also: the push extra is missing, or the stream would leave the machine unencrypted
+        (plain ``http://`` or ``push_tls = false`` are for a loopback address only)."""
+        problem = super().push_problem(config)
+        if problem is not None:
+            return problem
+        try:
+            from . import shioajipush  # needs httpx_sse
+        except ImportError as err:
+            return (f"the push extra is missing ({err.name or 'httpx_sse'} cannot be "
+                    "imported): pip install '.[push]'")
+        url = httpx.URL(config.base_url).join(config.push_url or shioajipush.ORDER_EVENT_PATH)
+        if is_loopback(url.host):
+            return None
+        if not config.push_tls:
+            return f"push_tls = false is allowed for a loopback address only, not {url.host}"
+        if url.scheme != "https":
+            return (f"the order event stream at {url.scheme}://{url.host} would not be "
+                    "encrypted: use an https:// base_url or push_url (plain http is for "
+                    "loopback only)")
+        return None
+
+    def open_push(self) -> ShioajiEventStream:
+        """A new subscription to the order event stream of the configured accounts, over
+        this connection's client, with the polls' credentials."""
+        from . import shioajipush
+
+        cfg = self.config
+        secrets = tuple(s.get_secret_value() for s in (cfg.api_key, cfg.secret_key)
+                        if s is not None and s.get_secret_value())
+        return shioajipush.ShioajiEventStream(shioajipush.StreamSettings(
+            connection=self.name,
+            url=cfg.push_url or shioajipush.ORDER_EVENT_PATH,
+            accounts=tuple(shioajipush.TradeAccount(a.broker_id, a.account_id, a.account_type)
+                           for a in cfg.accounts),
+            status_table=STATUS_TABLE, quantity=_quantity, headers=self.headers(),
+            secrets=secrets, connect_timeout=min(cfg.timeout, 5.0),
+        ), self.client)
 
     async def list_orders(self, scope: ListScope) -> ListResult:
         account = next(a for a in self.config.accounts if a.account_id == scope.account_id)

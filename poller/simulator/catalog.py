@@ -31,4 +31,6 @@ def push_options(kind: str) -> dict[str, Any]:
     extra is installed (``pip install '.[push]'``); none otherwise (the demo then polls)."""
     if kind == "webull" and _importable("grpc", "webull.trade.events"):
         return {"push_events": True}
+    if kind == "shioaji" and _importable("httpx_sse"):
+        return {"push_events": True}
     return {}

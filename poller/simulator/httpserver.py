@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -63,12 +63,21 @@ class SimResponse:
     #: Fault injection: seconds to wait before answering, and between single body bytes.
     delay: float = 0.0
     trickle: float = 0.0
+    #: A streaming answer (server-sent events): chunks written as they come, with chunked
+    #: transfer encoding; ``body`` and ``raw`` are then unused. The iterator ending finishes
+    #: the answer cleanly; raising :class:`DropConnection` cuts the connection mid-answer
+    #: (no final chunk), as a network drop would.
+    stream: Iterator[bytes] | None = None
 
     def encode(self) -> bytes:
         """The bytes to send."""
         if self.raw is not None:
             return self.raw
         return json.dumps(self.body, separators=(",", ":"), default=str).encode()
+
+
+class DropConnection(Exception):
+    """Raised by a :attr:`SimResponse.stream` iterator to cut its connection abruptly."""
 
 
 Handler = Callable[[SimRequest], SimResponse]
@@ -138,6 +147,9 @@ class SimServer:
                     host=self.headers.get("Host", ""),
                 )
                 response = server.dispatch(request)
+                if response.stream is not None:
+                    self._stream(response, response.stream)
+                    return
                 payload = response.encode()
                 try:
                     if server.latency is not None:
@@ -159,6 +171,32 @@ class SimServer:
                         self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+
+            def _stream(self, response: SimResponse, chunks: Iterator[bytes]) -> None:
+                """Write a streaming answer chunk by chunk, flushed at once."""
+                try:
+                    self.send_response(response.status)
+                    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                               **response.headers}
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.flush()
+                    for chunk in chunks:
+                        if chunk:
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                            self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except DropConnection:
+                    self.close_connection = True
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+                finally:
+                    close = getattr(chunks, "close", None)
+                    if close is not None:
+                        close()  # a generator's cleanup runs now, not at garbage collection
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 

@@ -7,11 +7,29 @@ and ``POST /api/v1/order/trades`` (flat ``AccountRequest``) return ``[Trade]``; 
 orders group (place, update_status, update_qty, update_price, cancel) allows 250 calls per
 10 s; a violation suspends the service for a minute, answered as HTTP 429 (how the real
 server signals it is undocumented).
+
+``GET /api/v1/stream/data/order_event`` streams the order and deal callbacks as server-sent
+events, as the shioaji 1.7.9 server does (brokers.md §4.6; the evidence is in
+:mod:`poller.brokers.shioajipush`): ``event: order_event`` with ``{"state": "StockOrder",
+"data": {"StockOrder": {...}}}`` when an order is accepted (``New``), rejected (``New``
+failed), cancelled or expired (``Cancel``), a cancel is refused (``Cancel`` failed) or it is
+modified (``UpdateQty`` / ``UpdatePrice``), and ``StockDeal`` for each fill; a heartbeat every
+``heartbeat`` seconds. Placing and a cancel request push nothing (Shioaji calls back when the
+exchange answers). ``POST /api/v1/auth/subscribe_trade`` is accepted and recorded (a no-op, as
+in simulation mode). Tests cut the streams with :meth:`ShioajiSim.drop_streams`.
+
+Over 400 lines: one broker's whole simulated API (auth, order endpoints, limits, the Trade
+JSON and the order event stream that renders the same orders) in one place.
 """
 
 from __future__ import annotations
 
 import hmac
+import itertools
+import json
+import queue
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -19,7 +37,7 @@ from typing import Any, ClassVar
 from poller.simulator import engine
 from poller.simulator.base import BrokerSim
 from poller.simulator.engine import SimOrder
-from poller.simulator.httpserver import SimRequest, SimResponse, SlidingWindow
+from poller.simulator.httpserver import DropConnection, SimRequest, SimResponse, SlidingWindow
 
 TAIPEI = timezone(timedelta(hours=8))
 ORDERS_GROUP = "orders"
@@ -36,6 +54,10 @@ _STATUS = {
     engine.PENDING_REPLACE: "Submitted",
 }
 
+ORDER_EVENT_PATH = "/api/v1/stream/data/order_event"
+#: What a stream's queue may hold besides frames: end cleanly, or cut the connection.
+_END, _DROP = b"", None
+
 
 class ShioajiSim(BrokerSim):
     """The Shioaji HTTP API on loopback.
@@ -44,6 +66,9 @@ class ShioajiSim(BrokerSim):
         real server does when bound beyond localhost).
     :param timestamps: ``"datetime"`` (``order_datetime``/``modified_time`` ISO, as in the
         seed) or ``"ts"`` (``order_ts``/``modified_ts`` epoch seconds); both are documented.
+    :param heartbeat: seconds between the order event stream's heartbeats.
+    :param push_events: whether :meth:`broker_config` lets poller subscribe to the order
+        event stream (it is served either way).
     """
 
     kind: ClassVar[str] = "shioaji"
@@ -52,8 +77,27 @@ class ShioajiSim(BrokerSim):
     ]
 
     def __init__(self, *, seed: int | None = None, port: int = 0, api_key: str = "",
-                 secret_key: str = "", timestamps: str = "datetime") -> None:
+                 secret_key: str = "", timestamps: str = "datetime",
+                 heartbeat: float = 30.0, push_events: bool = False) -> None:
         super().__init__(seed=seed, port=port)
+        self.heartbeat = heartbeat
+        self.push_events = push_events
+        self._streams: set[queue.Queue[bytes | None]] = set()
+        self._streams_lock = threading.Lock()
+        self._connection_ids = itertools.count(1)
+        #: ``subscribe_trade`` bodies received, in order; set at each (tests wait on it).
+        self.trade_subscriptions: list[dict[str, Any]] = []
+        self.subscribed = threading.Event()
+        # The book has no listener hook: wrap its change log entry point (engine._touch runs
+        # once per change, under the book lock, after the order changed).
+        touch = self.book._touch
+
+        def touched(order: SimOrder, what: str) -> None:
+            before = order.history[-1] if order.history else None
+            touch(order, what)
+            self._on_change(order, what, before)
+
+        self.book._touch = touched  # type: ignore[method-assign]
         self.api_key = api_key
         self.secret_key = secret_key
         self.timestamps = timestamps
@@ -74,6 +118,8 @@ class ShioajiSim(BrokerSim):
         route("POST", "/api/v1/order/update_qty", self._update_qty)
         route("GET", "/api/v1/auth/accounts", self._accounts)
         route("GET", "/api/v1/health", lambda r: SimResponse(200, {"status": "ok"}))
+        route("GET", ORDER_EVENT_PATH, self._order_events)
+        route("POST", "/api/v1/auth/subscribe_trade", self._subscribe_trade)
 
     # -- BrokerSim ----------------------------------------------------------------------
 
@@ -96,6 +142,10 @@ class ShioajiSim(BrokerSim):
         if self.api_key:
             table["api_key"] = self.api_key
             table["secret_key"] = self.secret_key
+        if not self.push_events:
+            # The stream is always served; a daemon subscribes only when asked to, so
+            # polling-only scenarios stay as they were.
+            table["push"] = False
         return table
 
     def is_list_request(self, request: Any) -> bool:
@@ -235,6 +285,151 @@ class ShioajiSim(BrokerSim):
     def _acc(self, order: SimOrder) -> dict[str, Any]:
         return self._account_of(order.account_id, None) or self.account_list[0]
 
+    # -- the order event stream ----------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop the autopilot, end the streams and stop the server."""
+        self.drop_streams()
+        super().stop()
+
+    def stream_count(self) -> int:
+        """How many order event streams are connected."""
+        with self._streams_lock:
+            return len(self._streams)
+
+    def push_frame(self, frame: bytes) -> None:
+        """Send raw SSE bytes to every stream (tests: unreadable or odd events)."""
+        self._broadcast(frame)
+
+    def push_event(self, event: str, data: Any) -> None:
+        """Send one event to every stream (``data`` as JSON unless already text)."""
+        text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+        self._broadcast(_frame(event, text))
+
+    def drop_streams(self) -> None:
+        """Cut every stream's connection mid-answer, as a network drop would."""
+        self._broadcast(_DROP)
+
+    def end_streams(self) -> None:
+        """Finish every stream's answer cleanly (the server closing it)."""
+        self._broadcast(_END)
+
+    def _broadcast(self, item: bytes | None) -> None:
+        with self._streams_lock:
+            for stream in self._streams:
+                stream.put(item)
+
+    def _subscribe_trade(self, request: SimRequest) -> SimResponse:
+        refused = self._guard(request, limited=False)
+        if refused:
+            return refused
+        body = request.json()
+        if not isinstance(body, dict) or not body.get("account_id"):
+            return _error(400, "Invalid request body: field `account_id` is required")
+        self.trade_subscriptions.append(body)
+        self.subscribed.set()
+        return SimResponse(200, {"success": True})
+
+    def _order_events(self, request: SimRequest) -> SimResponse:
+        refused = self._guard(request, limited=False)
+        if refused:
+            return refused
+        frames: queue.Queue[bytes | None] = queue.Queue()
+        with self._streams_lock:
+            self._streams.add(frames)
+        return SimResponse(200, stream=self._serve_stream(frames, next(self._connection_ids)))
+
+    def _serve_stream(self, frames: queue.Queue[bytes | None], number: int) -> Iterator[bytes]:
+        try:
+            while True:
+                try:
+                    frame = frames.get(timeout=self.heartbeat)
+                except queue.Empty:
+                    frame = _frame("heartbeat", json.dumps({
+                        "type": "heartbeat", "timestamp": datetime.now(UTC).isoformat(),
+                        "connection_id": f"sim-{number}"}))
+                if frame is _DROP:
+                    raise DropConnection
+                if frame == _END:
+                    return
+                yield frame
+        finally:
+            with self._streams_lock:
+                self._streams.discard(frames)
+
+    def _on_change(self, order: SimOrder, what: str,
+                   before: tuple[str, Decimal, Decimal, float, str] | None) -> None:
+        """Push the callbacks Shioaji sends for one book change (under the book lock)."""
+        with self._streams_lock:
+            if not self._streams:
+                return
+        account = self._acc(order)
+        if what.startswith("fill "):
+            self.push_event("order_event", {"state": "StockDeal",
+                                            "data": {"StockDeal": self.render_deal(order)}})
+            return
+        operations: list[tuple[str, str, str]] = []
+        if what == "accepted":
+            operations.append(("New", "00", ""))
+        elif what == "rejected":
+            operations.append(("New", "88", order.message))
+        elif what in ("cancelled", "expired"):
+            operations.append(("Cancel", "00", ""))
+        elif what == "cancel refused":
+            operations.append(("Cancel", "88", "cancel refused"))
+        elif what == "modified" and before is not None:
+            if order.qty != before[1]:
+                operations.append(("UpdateQty", "00", ""))
+            if order.price != before[2]:
+                operations.append(("UpdatePrice", "00", ""))
+        for op_type, op_code, op_msg in operations:
+            event = self.render_order_event(order, account, op_type, op_code, op_msg)
+            self.push_event("order_event", {"state": "StockOrder",
+                                            "data": {"StockOrder": event}})
+
+    def render_order_event(self, order: SimOrder, account: dict[str, Any], op_type: str,
+                           op_code: str, op_msg: str) -> dict[str, Any]:
+        """An order callback (``StockOrderEvent`` of shioaji 1.7.9's ``_core.pyi``)."""
+        trade = self.render(order, account)
+        state = trade["status"]
+        return {
+            "event_id": f"{order.order_id}-{len(order.history)}",
+            "operation": {"op_type": op_type, "op_code": op_code, "op_msg": op_msg},
+            "order": {key: trade["order"][key] for key in (
+                "id", "seqno", "ordno", "account", "action", "price", "quantity", "order_type",
+                "price_type", "order_cond", "order_lot", "custom_field")},
+            "status": {"id": order.order_id, "exchange_ts": order.updated,
+                       "modified_price": state["modified_price"],
+                       "cancel_quantity": state["cancel_quantity"],
+                       "order_quantity": state["order_quantity"], "web_id": "137"},
+            "contract": trade["contract"],
+        }
+
+    def render_deal(self, order: SimOrder) -> dict[str, Any]:
+        """A deal callback for the order's last fill (``StockDealEvent``); its
+        ``exchange_seq`` is the deal's ``seq`` in the polled Trade."""
+        deal = order.deals[-1]
+        account = self._acc(order)
+        ordno = order.order_id[:5].upper()
+        return {
+            "event_id": f"{order.order_id}-deal-{deal.seq}",
+            "trade_id": order.order_id,
+            "seqno": f"{int(order.order_id, 16) % 1000000:06d}",
+            "ordno": ordno + deal.seq[-3:],
+            "exchange_seq": deal.seq,
+            "broker_id": account["broker_id"],
+            "account_id": account["account_id"],
+            "action": "Buy" if order.side == "BUY" else "Sell",
+            "code": order.symbol,
+            "order_cond": "Cash",
+            "order_lot": "Common",
+            "price": _num(deal.price),
+            "quantity": _num(deal.qty),
+            "web_id": "137",
+            "custom_field": "",
+            "ts": deal.at,
+        }
+
     # -- rendering --------------------------------------------------------------------------
 
     def render(self, order: SimOrder, account: dict[str, Any]) -> dict[str, Any]:
@@ -296,6 +491,12 @@ class ShioajiSim(BrokerSim):
 def _num(value: Decimal) -> int | float:
     """Shioaji sends plain JSON numbers (ints for lots, floats for prices)."""
     return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _frame(event: str, data: str) -> bytes:
+    """One server-sent event."""
+    lines = "".join(f"data: {line}\n" for line in data.split("\n"))
+    return f"event: {event}\n{lines}\n".encode()
 
 
 def _error(status: int, message: str) -> SimResponse:
