@@ -21,7 +21,7 @@ from bench.harness import Daemon, Receiver, Sims, max_in_window, percentile
 from bench.run import detection, wait_for
 
 #: The documented limit of each broker's list call (requests, seconds), for the ratio.
-DOCUMENTED = {"webull": (2, 2.0), "shioaji": (25, 5.0)}
+DOCUMENTED = {"webull": (2, 2.0), "shioaji": (250, 10.0)}
 
 
 async def one_run(args: argparse.Namespace, push: bool) -> list[str]:
