@@ -738,7 +738,8 @@ def _leg(order: dict[str, Any]) -> dict[str, Any]:
     return {**items[0], **{k: v for k, v in order.items() if k != "items"}}
 
 
-def _text(value: Any) -> str:
+def field_text(value: Any) -> str:
+    """A field of an answer as text (Decimals without exponent, booleans as JSON)."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -748,8 +749,9 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _moment(value: Any) -> datetime | None:
-    """``yyyy-MM-ddTHH:mm:ss.SSSZ`` (also ``+0000``) or epoch milliseconds."""
+def parse_time(value: Any) -> datetime | None:
+    """``yyyy-MM-ddTHH:mm:ss.SSSZ`` (also ``+0000``) or epoch milliseconds (the polls' and
+    the trade events' times, read alike so push and poll agree)."""
     if value is None or value == "":
         return None
     if isinstance(value, int | Decimal) and not isinstance(value, bool):
@@ -771,8 +773,8 @@ def parse_order(order: Any, *, broker: str, account_id: str) -> OrderSnapshot:
     if not isinstance(order, dict):
         raise TypeError(f"expected an object, got {type(order).__name__}")
     leg = _leg(order)
-    client_id = _text(leg.get("client_order_id"))
-    broker_id = _text(leg.get("order_id"))
+    client_id = field_text(leg.get("client_order_id"))
+    broker_id = field_text(leg.get("order_id"))
     if not client_id and not broker_id:
         raise KeyError("client_order_id")
     raw_status = leg["order_status"]
@@ -784,23 +786,23 @@ def parse_order(order: Any, *, broker: str, account_id: str) -> OrderSnapshot:
     limit_price = to_decimal(leg.get("limit_price"))
     stop_price = to_decimal(leg.get("stop_price"))
     avg = to_decimal(leg.get("filled_price"))
-    placed = _moment(leg.get("place_time"))
-    last_fill = _moment(leg.get("last_filled_time"))
-    extra = {key: _text(leg.get(key)) for key in (
+    placed = parse_time(leg.get("place_time"))
+    last_fill = parse_time(leg.get("last_filled_time"))
+    extra = {key: field_text(leg.get(key)) for key in (
         "instrument_id", "category", "currency", "short_name", "stop_price", "trailing_type",
         "trailing_stop_step", "extended_hours_trading", "combo_type")
         if leg.get(key) not in (None, "")}
     return OrderSnapshot(
         broker=broker,
         broker_kind="webull",
-        account_id=_text(leg.get("account_id")) or account_id,
+        account_id=field_text(leg.get("account_id")) or account_id,
         order_id=broker_id or client_id,
         status=status or OrderStatus.SUBMITTED,
         unknown_status=status is None,
         broker_status=raw_status,
-        symbol=_text(leg.get("symbol")),
-        side=_text(leg.get("side")).upper(),
-        order_type=_text(leg.get("order_type")),
+        symbol=field_text(leg.get("symbol")),
+        side=field_text(leg.get("side")).upper(),
+        order_type=field_text(leg.get("order_type")),
         qty=qty,
         price=limit_price if limit_price else (stop_price or None),
         filled_qty=filled,
@@ -810,7 +812,7 @@ def parse_order(order: Any, *, broker: str, account_id: str) -> OrderSnapshot:
         # Webull reports no modification time; the last fill (else placement) is the latest
         # moment it does report, and it never goes backwards.
         updated_at=last_fill or placed,
-        time_in_force=_text(leg.get("tif")),
+        time_in_force=field_text(leg.get("tif")),
         extra=extra,
     )
 
@@ -824,12 +826,12 @@ def replace_body(order: dict[str, Any], *, qty: Decimal | None = None,
         value = leg.get(key)
         if value is None or value == "":
             continue
-        body[key] = value if isinstance(value, bool) else _text(value)
-    body["qty"] = decimal_text(qty) if qty is not None else _text(leg.get("qty"))
+        body[key] = value if isinstance(value, bool) else field_text(value)
+    body["qty"] = decimal_text(qty) if qty is not None else field_text(leg.get("qty"))
     if limit_price is not None:
         body["limit_price"] = decimal_text(limit_price)
     elif leg.get("limit_price") not in (None, ""):
-        body["limit_price"] = _text(leg["limit_price"])
+        body["limit_price"] = field_text(leg["limit_price"])
     return body
 
 

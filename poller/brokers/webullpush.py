@@ -60,6 +60,8 @@ from poller import (
     to_decimal,
 )
 
+from .webull import field_text, parse_time  # the polls' readers: push and poll agree
+
 logger = logging.getLogger(__name__)
 
 #: The official events port (``TradeEventsClient(port=443)``).
@@ -145,28 +147,6 @@ def event_metadata(request: bytes, *, app_key: str, app_secret: str, algorithm: 
 # -- parsing ------------------------------------------------------------------------------
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    return str(value)
-
-
-def _moment(value: Any) -> datetime | None:
-    """ISO 8601 (``…Z`` US, ``…+0000`` HK) or epoch milliseconds (what the docs claim)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | Decimal) and not isinstance(value, bool):
-        return datetime.fromtimestamp(float(Decimal(value) / 1000), UTC)
-    if not isinstance(value, str):
-        raise TypeError(f"time is {type(value).__name__}")
-    if value.isdigit():
-        return datetime.fromtimestamp(int(value) / 1000, UTC)
-    moment = datetime.fromisoformat(value)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def parse_event(payload: str, *, status_table: Mapping[str, OrderStatus],
                 default_account: str = "") -> PushedOrder:
     """One order event's JSON (either shape) as a :class:`PushedOrder`.
@@ -191,22 +171,23 @@ def parse_event(payload: str, *, status_table: Mapping[str, OrderStatus],
         inner = json.loads(inner, parse_float=Decimal)
     if isinstance(inner, dict):
         envelope, order = data, inner
-    order_id, client_id = _text(order.get("order_id")), _text(order.get("client_order_id"))
+    order_id = field_text(order.get("order_id"))
+    client_id = field_text(order.get("client_order_id"))
     if not order_id and not client_id:
         raise KeyError("order_id")
-    account = _text(order.get("account_id")) or default_account
+    account = field_text(order.get("account_id")) or default_account
     if not account:
         raise KeyError("account_id")
-    broker_status = _text(order.get("order_status"))
+    broker_status = field_text(order.get("order_status"))
     filled = to_decimal(order.get("filled_qty"))
     average = to_decimal(order.get("filled_price"))
-    extra = {key: _text(order.get(key)) for key in (
+    extra = {key: field_text(order.get(key)) for key in (
         "instrument_id", "category", "order_type", "request_id", "biz_type")
         if order.get(key) not in (None, "")}
     for key, name in (("id", "event_id"), ("timestamp", "event_timestamp"),
                       ("event_type", "event_type")):
         if envelope.get(key) not in (None, ""):
-            extra[name] = _text(envelope[key])
+            extra[name] = field_text(envelope[key])
     return PushedOrder(
         account_id=account,
         order_id=order_id,
@@ -218,10 +199,10 @@ def parse_event(payload: str, *, status_table: Mapping[str, OrderStatus],
         avg_fill_price=average if average and filled else None,
         qty=to_decimal(order.get("qty")),
         price=to_decimal(order.get("limit_price")),
-        symbol=_text(order.get("symbol")),
-        side=_text(order.get("side")).upper(),
-        event_time=_moment(order.get("filled_time")),
-        kind=_text(order.get("scene_type")),
+        symbol=field_text(order.get("symbol")),
+        side=field_text(order.get("side")).upper(),
+        event_time=parse_time(order.get("filled_time")),
+        kind=field_text(order.get("scene_type")),
         extra=extra,
     )
 
