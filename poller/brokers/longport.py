@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote
 
 import httpx
@@ -58,12 +58,18 @@ from poller import (
     to_decimal,
 )
 
+if TYPE_CHECKING:
+    from .longportpush import LongPortTradePush
+
 logger = logging.getLogger(__name__)
 
 SIGNED_HEADERS = "authorization;x-api-key;x-timestamp"
 TODAY_PATH = "/v1/trade/order/today"
 ORDER_PATH = "/v1/trade/order"
 US_ORDER_PATH = "/v1/us/orders/"
+#: The one-time password of a trade push connection (official SDK ``HttpClient::get_otp``,
+#: ``rust/crates/httpclient/src/client.rs``): ``{otp, limit, online}``.
+SOCKET_TOKEN_PATH = "/v1/socket/token"
 #: The header that picks the data centre serving a request (official SDK, longbridge 5.x:
 #: ``rust/crates/geo/src/lib.rs`` ``DC_REGION_HEADER``; absent means ``ap``). Not signed.
 DC_REGION_HEADER = "x-dc-region"
@@ -273,6 +279,9 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
         ("trade",))
     errors: ClassVar[ErrorTable] = ERRORS
     supports_fetch: ClassVar[bool] = True
+    #: Order-changed notifications over the trade WebSocket (:mod:`poller.brokers.longportpush`,
+    #: the ``push`` extra).
+    supports_push: ClassVar[bool] = True
 
     def __init__(
         self, name: str, config: LongPortConfig, client: httpx.AsyncClient, budget: RateBudget,
@@ -474,6 +483,60 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
         if detail is None:
             return current
         return merge_detail(current, detail, now=self.now())
+
+    # -- push -------------------------------------------------------------------------
+
+    @classmethod
+    def push_problem(cls, config: LongPortConfig) -> str | None:
+        """Also: the push extra is missing, or TLS is off for a host that is not loopback."""
+        problem = super().push_problem(config)
+        if problem is not None:
+            return problem
+        try:
+            # The stream module needs websockets and the protobuf runtime.
+            from . import longportpush
+        except ImportError as err:
+            return (f"the push extra is missing ({err.name or 'websockets'} cannot be "
+                    "imported): pip install '.[push]'")
+        url = longportpush.trade_ws_url(config.push_url, config.base_url, tls=config.push_tls)
+        host = httpx.URL(url).host
+        if not config.push_tls and not is_loopback(host):
+            return f"push_tls = false is allowed for a loopback push_url only, not {host}"
+        return None
+
+    def open_push(self) -> LongPortTradePush:
+        """A new subscription to the account's order-changed notifications."""
+        from . import longportpush
+
+        cfg = self.config
+        secrets = [s.get_secret_value() for s in (cfg.app_key, cfg.app_secret, cfg.access_token)
+                   if s is not None and s.get_secret_value()]
+        return longportpush.LongPortTradePush(longportpush.TradePushSettings(
+            connection=self.name,
+            url=longportpush.trade_ws_url(cfg.push_url, cfg.base_url, tls=cfg.push_tls),
+            account_id=cfg.account_id, region=cfg.region, token=self.socket_token,
+            now=self.now, secrets=tuple(secrets)))
+
+    async def socket_token(self) -> str:
+        """A one-time password for one trade push connection (``GET /v1/socket/token``,
+        signed and through the trade budget like every REST call).
+
+        :raises BrokerAuthError: the credentials were refused.
+        :raises BrokerUnavailable: the account has as many push connections as it may.
+        :raises BrokerMalformed: the answer has no token.
+        """
+        answer = await self.request(RequestKind.LIST, self._build("GET", SOCKET_TOKEN_PATH))
+        data = self.unwrap(RequestKind.LIST, answer)
+        otp = data.get("otp") if isinstance(data, dict) else None
+        if not isinstance(otp, str) or not otp:
+            raise BrokerMalformed(f"{SOCKET_TOKEN_PATH} answered no otp", connection=self.name)
+        limit, online = (to_decimal(data.get(key)) for key in ("limit", "online"))
+        # The SDK refuses to connect past the account's limit (ConnectionLimitExceeded).
+        if limit is not None and online is not None and online >= limit:
+            raise BrokerUnavailable(
+                f"{SOCKET_TOKEN_PATH}: {online} of {limit} push connections already open",
+                connection=self.name, code="connection_limit")
+        return otp
 
     # -- order actions ------------------------------------------------------------------
 

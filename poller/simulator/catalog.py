@@ -33,4 +33,6 @@ def push_options(kind: str) -> dict[str, Any]:
         return {"push_events": True}
     if kind == "shioaji" and _importable("httpx_sse"):
         return {"push_events": True}
+    if kind == "longport" and _importable("websockets", "google.protobuf"):
+        return {"push_events": True}
     return {}

@@ -17,6 +17,11 @@ come from ``GET /v1/us/orders/{id}`` (``{order, current_attached_order,
 current_millisecond}``, the SDK's ``USOrderDetailResponse``); the plain detail answers a
 region error. Its answers are parsed by the official SDK in tests/oracles.
 
+With ``push_events=True`` a :class:`~poller.simulator.longportpush.LongPortPushServer` (the
+trade push WebSocket, needs the ``push`` extra) runs beside it, authenticating the one-time
+passwords ``GET /v1/socket/token`` issues, and pushes an ``order_changed_lb`` notification
+each time an order in the book changes.
+
 Over 400 lines: one broker's whole simulated API (signature check, endpoints, envelopes,
 status lifecycle, limits) in one place, each part short and mirrored from brokers.md §2.
 """
@@ -26,16 +31,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from poller.models import decimal_text
 from poller.simulator import engine
 from poller.simulator.base import BrokerSim
 from poller.simulator.engine import Change, SimOrder
 from poller.simulator.httpserver import SimRequest, SimResponse, SlidingWindow
+
+if TYPE_CHECKING:
+    from poller.simulator.longportpush import LongPortPushServer
 
 TRADE_GROUP = "trade"
 SPACING = 0.02
@@ -53,6 +62,7 @@ CODE_BAD_PARAMETER = 400000
 CODE_STATUS_REFUSED = 602012
 CODE_WRONG_REGION = 403210
 US_ORDERS_PREFIX = "/v1/us/orders/"
+SOCKET_TOKEN_PATH = "/v1/socket/token"
 
 _SIGNATURE = re.compile(r"^HMAC-SHA256 SignedHeaders=(?P<headers>[a-z;-]+), "
                         r"Signature=(?P<sig>[0-9a-f]{64})$")
@@ -97,7 +107,7 @@ class LongPortSim(BrokerSim):
                  access_token: str = "lp-access-token-0001",
                  auth: Literal["apikey", "oauth"] = "apikey",
                  swap_time_in_force: bool = False, instant_cancel: bool = True,
-                 dc_region: Literal["ap", "us"] = "ap") -> None:
+                 dc_region: Literal["ap", "us"] = "ap", push_events: bool = False) -> None:
         super().__init__(seed=seed, port=port)
         self.dc_region = dc_region
         # Longbridge credentials carry their data centre as a prefix (the SDK's
@@ -123,6 +133,69 @@ class LongPortSim(BrokerSim):
         route("PUT", "/v1/trade/order", self._replace)
         route("DELETE", "/v1/trade/order", self._withdraw)
         self.server.route_prefix("GET", US_ORDERS_PREFIX, self._us_detail)
+        route("GET", SOCKET_TOKEN_PATH, self._socket_token)
+        #: One-time passwords issued by ``GET /v1/socket/token`` and not used yet.
+        self.socket_tokens: set[str] = set()
+        self.push: LongPortPushServer | None = None
+        if push_events:
+            self._enable_push()
+
+    # -- trade push -----------------------------------------------------------------------
+
+    def _enable_push(self) -> None:
+        # Imported here: the push server needs the push extra (websockets, protobuf).
+        from poller.simulator.longportpush import LongPortPushServer
+
+        self.push = LongPortPushServer(accept_token=self.take_socket_token)
+        # The book has no listener hook: wrap its change log entry point (engine._touch
+        # runs once per change, under the book lock, after the order changed).
+        touch = self.book._touch
+
+        def touched(order: SimOrder, what: str) -> None:
+            touch(order, what)
+            if self.push is not None and order.account_id == self.account_no:
+                self.push.push("order_changed_lb", self.order_changed(order))
+
+        self.book._touch = touched  # type: ignore[method-assign]
+
+    def take_socket_token(self, token: str) -> bool:
+        """Use up a one-time password; True when ``GET /v1/socket/token`` issued it."""
+        with self.book.lock:
+            if token in self.socket_tokens:
+                self.socket_tokens.discard(token)
+                return True
+            return False
+
+    def order_changed(self, order: SimOrder) -> dict[str, Any]:
+        """The ``data`` of an ``order_changed_lb`` push (the SDK's ``PushOrderChanged``,
+        rust/src/trade/push_types.rs: every field it requires)."""
+        item = self.render(order)
+        deal = order.deals[-1] if order.deals else None
+        data = {key: item[key] for key in (
+            "side", "stock_name", "symbol", "order_type", "executed_quantity",
+            "executed_price", "order_id", "currency", "status", "submitted_at", "updated_at",
+            "trigger_price", "msg", "tag", "trigger_status", "trigger_at", "trailing_amount",
+            "trailing_percent", "limit_offset", "remark")}
+        data.update({
+            "submitted_quantity": item["quantity"], "submitted_price": item["price"],
+            "account_no": self.account_no,
+            "last_share": decimal_text(deal.qty) if deal is not None else "",
+            "last_price": _price(deal.price) if deal is not None else "",
+        })
+        return data
+
+    def start(self) -> LongPortSim:
+        """Start answering requests (and the push server, with ``push_events``)."""
+        super().start()
+        if self.push is not None:
+            self.push.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the push server, the autopilot and the HTTP server."""
+        if self.push is not None:
+            self.push.stop()
+        super().stop()
 
     # -- BrokerSim ----------------------------------------------------------------------
 
@@ -150,6 +223,8 @@ class LongPortSim(BrokerSim):
         if self.auth == "apikey":
             table["app_key"] = self.app_key
             table["app_secret"] = self.app_secret
+        if self.push is not None:
+            table.update(push=True, push_url=self.push.url, push_tls=False)
         return table
 
     def not_found(self, request: Any) -> SimResponse:
@@ -253,6 +328,17 @@ class LongPortSim(BrokerSim):
                     and (not market or o["symbol"].endswith("." + market))
                     and (not order_id or o["order_id"] == order_id)]
         return _ok({"orders": rendered})
+
+    def _socket_token(self, request: SimRequest) -> SimResponse:
+        """``GET /v1/socket/token``: a one-time password for one push connection."""
+        refused = self._guard(request)
+        if refused:
+            return refused
+        otp = "otp-" + secrets.token_hex(16)
+        with self.book.lock:
+            self.socket_tokens.add(otp)
+        online = self.push.subscribed() if self.push is not None else 0
+        return _ok({"otp": otp, "limit": 10, "online": online})
 
     def _known(self, order_id: str | None) -> SimOrder | None:
         order = self.book.orders.get(order_id or "")
