@@ -26,9 +26,7 @@ DOCUMENTED = {"webull": (2, 2.0), "shioaji": (250, 10.0)}
 
 async def one_run(args: argparse.Namespace, push: bool) -> list[str]:
     """One daemon against one simulator process; the lines to print."""
-    options = {"push_events": "true"} if push and args.kind == "webull" else {}
-    if push and args.kind == "shioaji":
-        options = {"push_events": "true"}
+    options = {"push_events": "true"} if push else {}
     sims = Sims(args.kind, orders=args.orders, latency=args.latency_ms, seed=args.seed,
                 size=1000, options=options)
     receiver = Receiver()
