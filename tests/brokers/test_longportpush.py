@@ -11,7 +11,6 @@ import multiprocessing
 import queue
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import aclosing
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -30,10 +29,11 @@ from poller.brokers.longportpush import (
 )
 from poller.errors import BrokerAuthError, BrokerError, BrokerUnavailable
 from poller.models import OrderStatus
-from poller.pushfeed import CONNECTED, PushedOrder, is_marker
+from poller.pushfeed import CONNECTED, PushedOrder
 from poller.ratelimit import LimitGroup, RateBudget
 from poller.simulator.longport import LongPortSim
 from poller.simulator.longportpush import LongPortPushServer, pack_push
+from tests.brokers.consumer import Consumer
 
 T = TypeVar("T")
 WAIT = 10.0
@@ -65,37 +65,6 @@ def adapter_for(config: dict[str, Any]) -> LongPortAdapter:
     cfg = LongPortConfig.model_validate(config)
     budget = RateBudget([LimitGroup("trade", LongPortAdapter.limits["trade"], share=1.0)])
     return LongPortAdapter("lp", cfg, httpx.AsyncClient(base_url=cfg.base_url), budget)
-
-
-class Consumer:
-    """Iterates ``updates()`` in a task, as the runner does; keeps what it got."""
-
-    def __init__(self, stream: LongPortTradePush) -> None:
-        self.stream = stream
-        self.items: asyncio.Queue[PushedOrder] = asyncio.Queue()
-        self.markers: list[PushedOrder] = []
-        self.error: BrokerError | None = None
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        updates: Any = self.stream.updates()
-        try:
-            async with aclosing(updates) as stream:
-                async for update in stream:
-                    if is_marker(update):
-                        assert self.items.empty()  # it comes first
-                        self.markers.append(update)
-                    else:
-                        await self.items.put(update)
-        except BrokerError as err:
-            self.error = err
-
-    async def next(self) -> PushedOrder:
-        return await asyncio.wait_for(self.items.get(), WAIT)
-
-    async def finished(self) -> BrokerError | None:
-        await asyncio.wait_for(self.task, WAIT)
-        return self.error
 
 
 async def subscribed(server: LongPortPushServer, total: int = 1) -> None:

@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import aclosing
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -32,10 +31,11 @@ from poller.brokers.shioajipush import (
 )
 from poller.errors import BrokerAuthError, BrokerError, BrokerMalformed, BrokerUnavailable
 from poller.models import OrderStatus
-from poller.pushfeed import PushedOrder, is_marker
+from poller.pushfeed import PushedOrder
 from poller.ratelimit import LimitGroup, RateBudget
 from poller.simulator.httpserver import SimResponse, SimServer
 from poller.simulator.shioaji import ShioajiSim
+from tests.brokers.consumer import Consumer
 from tests.conftest import Receiver, daemon_config, running_app
 
 T = TypeVar("T")
@@ -228,40 +228,6 @@ def adapter_for(sim_or_url: ShioajiSim | str, **cfg: Any) -> ShioajiAdapter:
     client = httpx.AsyncClient(base_url=config.base_url)
     CLIENTS.append(client)
     return ShioajiAdapter("tw", config, client, budget)
-
-
-class Consumer:
-    """Iterates ``updates()`` in a task, as the runner does; keeps what it got."""
-
-    def __init__(self, stream: ShioajiEventStream) -> None:
-        self.stream = stream
-        self.items: asyncio.Queue[PushedOrder] = asyncio.Queue()
-        self.connected = asyncio.Event()
-        self.error: BrokerError | None = None
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            stream: Any = self.stream.updates()
-            async with aclosing(stream) as updates:
-                async for update in updates:
-                    if is_marker(update):
-                        assert self.items.empty()  # it comes first
-                        self.connected.set()
-                    else:
-                        await self.items.put(update)
-        except BrokerError as err:
-            self.error = err
-
-    async def up(self) -> None:
-        await asyncio.wait_for(self.connected.wait(), WAIT)
-
-    async def next(self) -> PushedOrder:
-        return await asyncio.wait_for(self.items.get(), WAIT)
-
-    async def finished(self) -> BrokerError | None:
-        await asyncio.wait_for(self.task, WAIT)
-        return self.error
 
 
 def test_book_changes_arrive_as_order_and_deal_events(sim: ShioajiSim) -> None:

@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import aclosing
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -38,11 +37,12 @@ from poller.brokers.webullpush import (
 )
 from poller.errors import BrokerAuthError, BrokerError, BrokerUnavailable
 from poller.models import OrderStatus
-from poller.pushfeed import CONNECTED, PushedOrder, is_marker
+from poller.pushfeed import CONNECTED, PushedOrder
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
 from poller.simulator.httpserver import SlidingWindow
 from poller.simulator.webull import WebullSim
 from poller.simulator.webullevents import WebullEventsServer
+from tests.brokers.consumer import Consumer
 
 T = TypeVar("T")
 
@@ -118,38 +118,6 @@ def server() -> Iterator[WebullEventsServer]:
     events = WebullEventsServer(app_key=KEY, app_secret=SECRET).start()
     yield events
     events.stop()
-
-
-class Consumer:
-    """Iterates ``updates()`` in a task, as the runner does; keeps what it got."""
-
-    def __init__(self, stream: WebullEventStream) -> None:
-        self.stream = stream
-        self.items: asyncio.Queue[PushedOrder] = asyncio.Queue()
-        #: Markers (CONNECTED) yielded before the first order update.
-        self.markers: list[PushedOrder] = []
-        self.error: BrokerError | None = None
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        updates: Any = self.stream.updates()
-        try:
-            async with aclosing(updates) as stream:
-                async for update in stream:
-                    if is_marker(update):
-                        assert self.items.empty()  # it comes first
-                        self.markers.append(update)
-                    else:
-                        await self.items.put(update)
-        except BrokerError as err:
-            self.error = err
-
-    async def next(self) -> PushedOrder:
-        return await asyncio.wait_for(self.items.get(), WAIT)
-
-    async def finished(self) -> BrokerError | None:
-        await asyncio.wait_for(self.task, WAIT)
-        return self.error
 
 
 async def subscribed(events: WebullEventsServer) -> None:
