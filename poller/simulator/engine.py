@@ -108,13 +108,20 @@ class OrderBook:
         self.orders: dict[str, SimOrder] = {}
         self.lock = threading.RLock()
         self.changes: list[Change] = []
+        #: Called after every change, under the book lock, with the order, what happened
+        #: and the order's history entry before the change (None for a new order): how a
+        #: simulator pushes its broker's events.
+        self.listeners: list[Callable[[SimOrder, str, Any], None]] = []
         self.rng = random.Random(seed)
         self.clock: Callable[[], float] = time.monotonic
 
     def _touch(self, order: SimOrder, what: str) -> None:
+        before = order.history[-1] if order.history else None
         order.updated = time.time()
         order.history.append((order.status, order.qty, order.price, order.updated, what))
         self.changes.append(Change(self.clock(), order.order_id, what))
+        for listener in list(self.listeners):
+            listener(order, what, before)
 
     def place(self, account_id: str, symbol: str, side: str, qty: Decimal | int | str,
               price: Decimal | int | str, **extra: Any) -> SimOrder:

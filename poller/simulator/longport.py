@@ -147,16 +147,11 @@ class LongPortSim(BrokerSim):
         from poller.simulator.longportpush import LongPortPushServer
 
         self.push = LongPortPushServer(accept_token=self.take_socket_token)
-        # The book has no listener hook: wrap its change log entry point (engine._touch
-        # runs once per change, under the book lock, after the order changed).
-        touch = self.book._touch
-
-        def touched(order: SimOrder, what: str) -> None:
-            touch(order, what)
+        def changed(order: SimOrder, what: str, before: Any) -> None:
             if self.push is not None and order.account_id == self.account_no:
                 self.push.push("order_changed_lb", self.order_changed(order))
 
-        self.book._touch = touched  # type: ignore[method-assign]
+        self.book.listeners.append(changed)
 
     def take_socket_token(self, token: str) -> bool:
         """Use up a one-time password; True when ``GET /v1/socket/token`` issued it."""

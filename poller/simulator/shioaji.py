@@ -88,16 +88,7 @@ class ShioajiSim(BrokerSim):
         #: ``subscribe_trade`` bodies received, in order; set at each (tests wait on it).
         self.trade_subscriptions: list[dict[str, Any]] = []
         self.subscribed = threading.Event()
-        # The book has no listener hook: wrap its change log entry point (engine._touch runs
-        # once per change, under the book lock, after the order changed).
-        touch = self.book._touch
-
-        def touched(order: SimOrder, what: str) -> None:
-            before = order.history[-1] if order.history else None
-            touch(order, what)
-            self._on_change(order, what, before)
-
-        self.book._touch = touched  # type: ignore[method-assign]
+        self.book.listeners.append(self._on_change)
         self.api_key = api_key
         self.secret_key = secret_key
         self.timestamps = timestamps

@@ -166,15 +166,7 @@ class WebullSim(BrokerSim):
 
         self.events = WebullEventsServer(app_key=self.app_key, app_secret=self.app_secret)
         self.events.wall = lambda: self.wall()
-        # The book has no listener hook: wrap its change log entry point (engine._touch
-        # runs once per change, under the book lock, after the order changed).
-        touch = self.book._touch
-
-        def touched(order: SimOrder, what: str) -> None:
-            touch(order, what)
-            self._order_changed(order, what)
-
-        self.book._touch = touched  # type: ignore[method-assign]
+        self.book.listeners.append(lambda order, what, _before: self._order_changed(order, what))
 
     def _order_changed(self, order: SimOrder, what: str) -> None:
         events = self.events
