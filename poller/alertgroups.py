@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from poller.models import SystemScene
 from poller.records import OutboxSummary
+from poller.timetext import age_text
 
 
 class Phase(StrEnum):
@@ -95,15 +96,6 @@ class AlertGroups:
         problem.announced = now
         problem.reminders += 1
         return Phase.REMINDER
-
-
-def age_text(seconds: float) -> str:
-    """``45 s``, ``38 min``, ``2.5 h``: how long, for a person."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def notifier_problem_text(name: str, problem: Problem, phase: Phase, *, now: datetime,

@@ -25,7 +25,7 @@ from poller.compose import Loaded, Validated, build_adapter, build_notifier
 from poller.dispatch import DeliveryPolicy, Dispatcher
 from poller.errors import StoreError
 from poller.events import OrderEvent, system_event
-from poller.health import ErrorEpisode, age_text, pending_age, problems
+from poller.health import ErrorEpisode, pending_age, problems
 from poller.jobs import PollJobs
 from poller.logsetup import Redactor
 from poller.looplag import LoopLag
@@ -39,6 +39,7 @@ from poller.routing import route
 from poller.settings import Settings
 from poller.store import Store
 from poller.storehealth import Outage, StoreHealth
+from poller.timetext import age_text
 from poller.tracker import Tracker
 
 logger = logging.getLogger(__name__)

@@ -86,7 +86,6 @@ class NotifierStats:
     retried: int = 0
     dead: int = 0
     last_error: str = ""
-    latencies: list[float] = field(default_factory=list)
     #: Detection-to-delivery latency of every delivery since start (``/metrics``).
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     #: Consecutive failed attempts since the last delivery: the first one is a warning,
@@ -344,8 +343,6 @@ class Dispatcher:
             await self._record(notifier.name, each.id, "mark_sent")
         stats.delivered += len(rows)
         latency = (utcnow() - event.timestamp).total_seconds()
-        stats.latencies.append(latency)
-        del stats.latencies[:-1000]
         for _ in rows:  # each event covered reached its reader now
             stats.latency.observe(latency)
         await self._delivered(notifier)

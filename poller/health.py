@@ -43,6 +43,7 @@ from poller.models import SceneType, SystemScene, iso, utcnow
 from poller.records import OutboxSummary
 from poller.settings import Settings
 from poller.storehealth import StoreHealth
+from poller.timetext import age_text
 from poller.tracker import Tracker
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class DeliveryStats(Protocol):
     def retried(self) -> int: ...
     @property
     def dead(self) -> int: ...
+    @property
+    def latency(self) -> LatencyHistogram: ...
 
 
 class DeliveryCounters(Protocol):
@@ -106,23 +109,6 @@ class DaemonView(Protocol):
     def store_health(self) -> StoreHealth: ...
     @property
     def loop_lag(self) -> LoopLag: ...
-
-
-def latency_of(stats: DeliveryStats) -> LatencyHistogram | None:
-    """A notifier's latency histogram, where the dispatcher keeps one."""
-    latency = getattr(stats, "latency", None)
-    return latency if isinstance(latency, LatencyHistogram) else None
-
-
-def age_text(seconds: float) -> str:
-    """A duration as people say it: ``45 s``, ``38 min``, ``5.2 h``, ``3.0 d``."""
-    if seconds < 120:
-        return f"{max(0, int(seconds))} s"
-    if seconds < 7200:
-        return f"{int(seconds // 60)} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
 
 
 def pending_age(summary: OutboxSummary, now: datetime) -> float:
@@ -248,7 +234,7 @@ class AppCollector(Collector):
             deliveries.add_metric([name, "retried"], counters.retried)
             deliveries.add_metric([name, "dead"], counters.dead)
             dead.add_metric([name], counters.dead)
-            histogram = latency_of(counters)
+            histogram = counters.latency
             if histogram is not None:
                 buckets, total = histogram.snapshot()
                 latency.add_metric([name], [(_le(b), c) for b, c in buckets], total)

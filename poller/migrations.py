@@ -93,4 +93,9 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 6: each notifier's newest rows by state, for the outbox summary read every 5 s (issue
+    # 15): without it the newest error and delivery were found by sorting every row.
+    """
+    CREATE INDEX outbox_latest ON outbox (notifier, state, id);
+    """,
 ]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 import textwrap
 import threading
@@ -25,14 +24,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.request import pathname2url
 
 import httpx
 
 from poller.__about__ import __version__
 from poller.api import action_json
 from poller.clicommon import EX_FAIL, EX_OK, positive_float, settings_of
-from poller.dbfile import BUSY_TIMEOUT_MS, fault
+from poller.dbfile import fault
 from poller.errors import StoreError
 from poller.models import iso, parse_iso, utcnow
 from poller.records import ActionRow, OutboxSummary
@@ -263,36 +261,15 @@ def _file_size(path: Path) -> int:
         return 0
 
 
-def _read_connections(path: Path) -> tuple[dict[str, tuple[int, int, datetime | None]],
-                                           dict[str, Alert]]:
-    """Per connection in the database: (open orders, stale ones, newest time an order was
-    seen), and its newest operator event. Queries the store has no method for, on a
-    connection of their own that SQLite opens read-only (it cannot write by mistake)."""
-    try:
-        conn = sqlite3.connect(f"file:{pathname2url(str(path.resolve()))}?mode=ro", uri=True,
-                               timeout=BUSY_TIMEOUT_MS / 1000)
-        try:
-            orders = {
-                broker: (int(open_ or 0), int(stale or 0), _time(seen))
-                for broker, open_, stale, seen in conn.execute(
-                    "SELECT broker, SUM(final = 0), SUM(final = 0 AND stale != 0), "
-                    "MAX(last_seen) FROM orders GROUP BY broker")}
-            for (broker,) in conn.execute("SELECT DISTINCT broker FROM accounts"):
-                orders.setdefault(broker, (0, 0, None))
-            alerts: dict[str, Alert] = {}
-            for broker, scene, created, body in conn.execute(
-                    "SELECT broker, scene, created_at, body FROM (SELECT * FROM events "
-                    "ORDER BY seq DESC LIMIT ?) WHERE event_type = 'SYSTEM' AND broker != '' "
-                    "ORDER BY seq DESC", (RECENT_EVENTS,)):
-                if broker not in alerts:
-                    payload = _dict(_dict(json.loads(body)).get("payload"))
-                    alerts[broker] = Alert(scene, _time(payload.get("detected_at"))
-                                           or _time(created), _text(payload.get("message")))
-            return orders, alerts
-        finally:
-            conn.close()
-    except (sqlite3.Error, ValueError) as err:
-        raise fault(err, path, "read") from err
+def _operator_alerts(rows: list[tuple[str, str, str, str]]) -> dict[str, Alert]:
+    """Each connection's newest operator event, from the store's rows (newest first)."""
+    alerts: dict[str, Alert] = {}
+    for broker, scene, created, body in rows:
+        if broker not in alerts:
+            payload = _dict(_dict(json.loads(body)).get("payload"))
+            alerts[broker] = Alert(scene, _time(payload.get("detected_at")) or _time(created),
+                                   _text(payload.get("message")))
+    return alerts
 
 
 def gather(settings: Settings, client: httpx.Client, *,
@@ -312,7 +289,11 @@ def gather(settings: Settings, client: httpx.Client, *,
     try:
         summaries: dict[str, OutboxSummary] = store.outbox_summary()
         actions = store.open_actions()
-        orders, alerts = _read_connections(path)
+        orders = store.connection_orders()
+        try:
+            alerts = _operator_alerts(store.recent_operator_events(RECENT_EVENTS))
+        except ValueError as err:  # an event body that is not JSON: a damaged file
+            raise fault(err, path, "read") from err
     finally:
         store.close()
     connections = {name: ConnectionStatus(name, configured=True,

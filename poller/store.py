@@ -365,29 +365,56 @@ class Store:
         ``notifiers`` names the ones to report (a running daemon knows them: no scan of the
         whole outbox for the names); default, every notifier the outbox has rows for.
         """
-        rows = self._conn.execute(
-            "SELECT notifier, state, COUNT(*), MIN(created_at) FROM outbox "
-            "WHERE state IN ('pending', 'dead') GROUP BY notifier, state").fetchall()
-        counts: dict[str, dict[str, tuple[int, str]]] = {}
-        for notifier, state, count, oldest in rows:
-            counts.setdefault(notifier, {})[state] = (count, oldest)
-        names = list(notifiers) if notifiers is not None else [
-            n for (n,) in self._conn.execute("SELECT DISTINCT notifier FROM outbox")]
+        names = list(notifiers) if notifiers is not None else self._notifier_names()
         result: dict[str, OutboxSummary] = {}
         for notifier in names:
-            # Newest first by rowid: the recent rows decide, the scan stops at the first hit.
+            # Index searches only (outbox_latest): the waiting and dead rows are few, and the
+            # newest error and delivery are read from the end of their ranges.
+            counts = {state: self._conn.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE notifier = ? AND state = ?",
+                (notifier, state)).fetchone() for state in ("pending", "dead")}
             error = self._conn.execute(
-                "SELECT last_error FROM outbox WHERE notifier = ? AND state != 'sent' "
-                "AND last_error != '' ORDER BY id DESC LIMIT 1", (notifier,)).fetchone()
+                "SELECT last_error FROM outbox WHERE notifier = ? AND state IN "
+                "('pending', 'dead') AND last_error != '' ORDER BY id DESC LIMIT 1",
+                (notifier,)).fetchone()
             sent = self._conn.execute(
                 "SELECT sent_at FROM outbox WHERE notifier = ? AND state = 'sent' "
                 "ORDER BY id DESC LIMIT 1", (notifier,)).fetchone()
-            pending, oldest = counts.get(notifier, {}).get("pending", (0, None))
-            dead, _ = counts.get(notifier, {}).get("dead", (0, None))
             result[notifier] = OutboxSummary(
-                notifier, pending, _when(oldest), dead, error[0] if error else "",
-                _when(sent[0] if sent else None))
+                notifier, counts["pending"][0], _when(counts["pending"][1]), counts["dead"][0],
+                error[0] if error else "", _when(sent[0] if sent else None))
         return result
+
+    @guarded("read")
+    def connection_orders(self) -> dict[str, tuple[int, int, datetime | None]]:
+        """Per connection: open orders, stale ones among them, and when an order was last
+        seen; connections with a baseline but no orders are there with zeros."""
+        found = {broker: (int(open_ or 0), int(stale or 0), _when(seen))
+                 for broker, open_, stale, seen in self._conn.execute(
+                     "SELECT broker, SUM(final = 0), SUM(final = 0 AND stale != 0), "
+                     "MAX(last_seen) FROM orders GROUP BY broker")}
+        for (broker,) in self._conn.execute("SELECT DISTINCT broker FROM accounts"):
+            found.setdefault(broker, (0, 0, None))
+        return found
+
+    @guarded("read")
+    def recent_operator_events(self, recent: int) -> list[tuple[str, str, str, str]]:
+        """(connection, scene, created_at, body) of the operator events about a connection
+        among the newest ``recent`` events, newest first."""
+        return [tuple(row) for row in self._conn.execute(
+            "SELECT broker, scene, created_at, body FROM (SELECT * FROM events "
+            "ORDER BY seq DESC LIMIT ?) WHERE event_type = 'SYSTEM' AND broker != '' "
+            "ORDER BY seq DESC", (recent,))]
+
+    def _notifier_names(self) -> list[str]:
+        """Every notifier the outbox has rows for, one index seek each (not a scan)."""
+        names: list[str] = []
+        while True:
+            row = self._conn.execute("SELECT MIN(notifier) FROM outbox WHERE notifier > ?",
+                                     (names[-1] if names else "",)).fetchone()
+            if row[0] is None:
+                return names
+            names.append(row[0])
 
     @guarded("read")
     def recent_events(

@@ -34,3 +34,13 @@ def shown_time(text: str | None, *, utc: bool = False, date: bool = True) -> str
     offset = local.strftime("%z") or "+0000"
     return local.strftime(pattern) + offset[:3] + ":" + offset[3:]
 
+
+def age_text(seconds: float) -> str:
+    """A duration as people say it: ``45 s``, ``38 min``, ``5.2 h``, ``3.0 d``."""
+    if seconds < 120:
+        return f"{max(0, int(seconds))} s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"

@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from poller.alertgroups import AlertGroups, Phase, age_text, notifier_problem_text
+from poller.alertgroups import AlertGroups, Phase, notifier_problem_text
 from poller.models import SystemScene
 from poller.records import OutboxSummary
+from poller.timetext import age_text
 
 T0 = datetime(2026, 12, 3, 5, 0, tzinfo=UTC)
 

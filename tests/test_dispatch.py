@@ -283,8 +283,8 @@ def test_an_outage_is_one_started_reminders_and_one_resolved(tmp_path: Path) -> 
         await h.commit(Batch(events=[trade(i, order=f"O{i}") for i in range(300)]))
         d.wake()
         await until(lambda: d.stats["down"].dead == 300, timeout=30)
-        await until(lambda: "REMINDER" in str([m.body for m in other.messages]) or
-                    any("still failing" in m.body for m in other.messages), timeout=10)
+        await until(lambda: any("still failing" in m.body for m in other.messages),
+                    timeout=10)
         outage = time.monotonic() - started
         down.always = None  # the receiver is back
         await h.commit(Batch(events=[trade(999, order="O999")]))
@@ -308,7 +308,7 @@ def test_an_outage_is_one_started_reminders_and_one_resolved(tmp_path: Path) -> 
     assert "300 message(s) were dead-lettered" in resolved[0].body
     assert "poller events --requeue down" in resolved[0].body
     assert all("sekrit-token" not in m.body for m in other.messages)
-    assert down.received == ["event 999"] or len(down.messages) == 1
+    assert len(down.messages) == 1  # the new event, once the receiver is back
     # The log: one warning when failing starts, one error for the first dead letter, a
     # line per announcement, and the repeated INFO lines collapsed (bound: 5 + reminders).
     lines = out.getvalue().splitlines()

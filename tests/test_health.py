@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from poller.errors import StoreError
-from poller.health import ERROR_CATEGORIES, SCENES, ErrorEpisode, HealthServer, age_text
+from poller.health import ERROR_CATEGORIES, SCENES, ErrorEpisode, HealthServer
 from poller.latencyhistogram import DEFAULT_BUCKETS, LatencyHistogram
 from poller.looplag import LoopLag
 from poller.models import SceneType, SystemScene, parse_iso
@@ -264,13 +264,6 @@ def test_a_store_that_cannot_commit_makes_health_degraded(server: HealthServer,
     assert sample(samples, "poller_store_commit_failures_total") == 1.0
     view.store_health.succeeded()
     assert get(server.port, "/healthz")[0] == 200
-
-
-@pytest.mark.parametrize(("seconds", "text"), [
-    (0.4, "0 s"), (119.0, "119 s"), (120.0, "2 min"), (38 * 60 + 59, "38 min"),
-    (7200.0, "2.0 h"), (5 * 86400, "5.0 d")])
-def test_ages_read_as_people_say_them(seconds: float, text: str) -> None:
-    assert age_text(seconds) == text
 
 
 @pytest.mark.parametrize("path", ["/", "/health", "/metrics/extra", "/healthz/"])

@@ -24,6 +24,7 @@ STEPS: list[tuple[set[str], dict[str, set[str]]]] = [
     (set(), {"outbox": {"held"}}),
     ({"actions", "actions_state"}, {}),
     ({"meta"}, {}),
+    ({"outbox_latest"}, {}),
 ]
 
 T0 = datetime(2026, 5, 20, 3, 24, 30, 125000, tzinfo=UTC)

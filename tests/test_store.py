@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from poller.errors import StoreError
-from poller.events import OrderEvent
+from poller.events import OrderEvent, system_event
 from poller.migrations import MIGRATIONS
-from poller.models import OrderSnapshot, OrderStatus
+from poller.models import OrderSnapshot, OrderStatus, SystemScene
 from poller.records import Batch
 from poller.store import Store
 
@@ -152,4 +152,19 @@ def test_outbox_summary(tmp_path: Path) -> None:
     assert (mail.pending, mail.dead, mail.last_error, mail.last_sent) == (3, 0, "", None)
     assert list(store.outbox_summary(["mail", "absent"])) == ["mail", "absent"]
     assert store.outbox_summary(["absent"])["absent"].pending == 0
+    store.close()
+
+
+def test_connection_orders_and_recent_operator_events(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    alert = system_event(SystemScene.BROKER_UNREACHABLE, broker="tw", detected_at=NOW,
+                         discriminator="x", message="tw: no answer")
+    store.commit(Batch(snapshots=[snapshot("O1"), snapshot("O2", OrderStatus.FILLED)],
+                       events=[event("e1"), alert], baselined=[("cx", "A")]))
+    orders = store.connection_orders()
+    assert orders["tw"][:2] == (1, 0) and orders["tw"][2] is not None
+    assert orders["cx"] == (0, 0, None)  # a baseline, no orders
+    rows = store.recent_operator_events(10)
+    assert [(broker, scene) for broker, scene, _, _ in rows] == [("tw", "BROKER_UNREACHABLE")]
+    assert store.recent_operator_events(1) == rows  # the newest event is that one
     store.close()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from poller.timetext import printable, shown_time
+from poller.timetext import age_text, printable, shown_time
 
 
 @pytest.fixture
@@ -36,3 +36,10 @@ def test_local_time_with_its_offset_or_utc_marked_z(new_york: None, text: str | 
 ])
 def test_control_characters_become_visible_escapes(text: str, shown: str) -> None:
     assert printable(text) == shown
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.4, "0 s"), (119.0, "119 s"), (120.0, "2 min"), (38 * 60 + 59, "38 min"),
+    (7200.0, "2.0 h"), (5 * 86400, "5.0 d")])
+def test_ages_read_as_people_say_them(seconds: float, text: str) -> None:
+    assert age_text(seconds) == text
