@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -109,7 +110,7 @@ def connect(path: Path) -> sqlite3.Connection:
                            check_same_thread=False)
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         for name, wanted in REQUIRED_PRAGMAS.items():
@@ -121,6 +122,26 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting (up to the busy timeout) for another process.
+
+    SQLite does not call its busy handler for a journal-mode change: two processes opening a
+    new file at once (the API thread and a CLI command, say) would see ``SQLITE_BUSY`` at
+    once. Retry it for as long as any other statement would wait.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if reason_of(err) != "locked" or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # back off: the other opener holds the lock for milliseconds
+        pause = min(pause * 2, 0.1)
 
 
 def check(conn: sqlite3.Connection) -> None:
