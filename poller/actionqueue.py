@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from poller.actions import ActionExecutor, Outcome
+from poller.databaseurl import DatabaseUrl
 from poller.errors import PollerError, StoreError
 from poller.models import utcnow
 from poller.records import ActionRow
-from poller.store import Store
+from poller.statestore import StateStore, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class ActionRunner:
     :param executors: the executor of a running connection by name, or None.
     """
 
-    def __init__(self, store: Store, db: DbCall,
+    def __init__(self, store: StateStore, db: DbCall,
                  executors: Callable[[str], ActionExecutor | None], *,
                  every: float = 0.25, expiry: float = 300.0) -> None:
         self.store = store
@@ -161,13 +162,16 @@ class ActionRunner:
         return await executor.perform(row, qty, price)
 
 
-def submit(database: Path, broker: str, order_id: str, kind: str, *, account_id: str = "",
-           qty: str | None = None, price: str | None = None, wait: bool = True,
-           timeout: float = 60.0, on_wait: Callable[[float], None] = time.sleep
+def submit(database: Path | DatabaseUrl, broker: str, order_id: str, kind: str, *,
+           account_id: str = "", qty: str | None = None, price: str | None = None,
+           wait: bool = True, timeout: float = 60.0,
+           on_wait: Callable[[float], None] = time.sleep, password: str | None = None
            ) -> ActionRow:
     """Queue an order action for the running daemon (the Python API).
 
-    :param database: the daemon's database (``daemon.database``).
+    :param database: the daemon's database (``daemon.database``: a path or a URL; with
+        PostgreSQL the instance holding the connection's lease carries it out).
+    :param password: the PostgreSQL password (``daemon.database_password``).
     :param kind: ``"replace"`` (with ``qty`` and/or ``price``) or ``"cancel"``.
     :param wait: wait for the outcome (up to ``timeout`` seconds) instead of returning at once.
     :returns: the action as last seen (``row.done`` tells whether the outcome is known,
@@ -179,7 +183,7 @@ def submit(database: Path, broker: str, order_id: str, kind: str, *, account_id:
         raise ActionRefused("replace needs a new quantity and/or price")
     parse_decimal(qty, "quantity")
     parse_decimal(price, "price")
-    store = Store.open(database)
+    store = open_store(database, password=password)
     try:
         action_id = store.add_action(broker, account_id, order_id, kind, qty=qty, price=price)
         deadline = time.monotonic() + timeout

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from poller.actionqueue import ActionRefused, submit
+from poller.databaseurl import DatabaseUrl
 from poller.errors import StoreError
 from poller.loopserver import LoopbackServer, StartResponse, json_answer
 from poller.records import ActionRow
-from poller.store import Store
+from poller.statestore import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,11 @@ MAX_DEPTH = 8
 class ApiServer:
     """Serves the action API for the daemon's database on a loopback address."""
 
-    def __init__(self, database: Path, token: str, host: str, port: int, *,
-                 connections: Callable[[], set[str]], wake: Callable[[], None]) -> None:
+    def __init__(self, database: Path | DatabaseUrl, token: str, host: str, port: int, *,
+                 connections: Callable[[], set[str]], wake: Callable[[], None],
+                 password: str | None = None) -> None:
         self.database = database
+        self._password = password
         self._token = token.encode()
         self._connections = connections
         self._wake = wake
@@ -113,10 +116,10 @@ class ApiServer:
             row = submit(self.database, connection, order_id, kind,
                          account_id=str(body.get("account_id") or ""),
                          qty=_text(body.get("qty")), price=_text(body.get("price")),
-                         wait=False)
+                         wait=False, password=self._password)
             self._wake()
             if wait:
-                store = Store.open(self.database)
+                store = open_store(self.database, password=self._password)
                 try:
                     deadline = time.monotonic() + wait
                     while not row.done and time.monotonic() < deadline:
@@ -133,7 +136,7 @@ class ApiServer:
         # SQLite integers have 64 bits: a longer id is simply not an action of ours.
         if not ident.isdigit() or len(ident) > 18:
             return json_answer(start, "404 Not Found", {"error": "no such action"})
-        store = Store.open(self.database)
+        store = open_store(self.database, password=self._password)
         try:
             row = store.action(int(ident))
         finally:

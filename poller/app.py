@@ -37,7 +37,7 @@ from poller.plugins import Plugins
 from poller.records import Batch, OutboxSummary
 from poller.routing import route
 from poller.settings import Settings
-from poller.store import Store
+from poller.statestore import StateStore
 from poller.storehealth import Outage, StoreHealth
 from poller.timetext import age_text
 from poller.tracker import Tracker
@@ -50,7 +50,7 @@ class App:
     """The running daemon. Build with :meth:`create`; ``await start()``, then ``await stop()``."""
 
     def __init__(self, settings: Settings, plugins: Plugins, validated: Validated,
-                 store: Store, redactor: Redactor) -> None:
+                 store: StateStore, redactor: Redactor) -> None:
         self.settings = settings
         self.plugins = plugins
         self.validated = validated
@@ -77,7 +77,7 @@ class App:
 
     @classmethod
     def create(cls, settings: Settings, plugins: Plugins, validated: Validated, *,
-               redactor: Redactor, store: Store) -> App:
+               redactor: Redactor, store: StateStore) -> App:
         """Build the adapters and notifiers (one httpx client each); nothing runs yet."""
         app = cls(settings, plugins, validated, store, redactor)
         app.notifiers = [build_notifier(name, ncls, ncfg)

@@ -31,6 +31,7 @@ from poller.clicommon import (
     EX_USAGE,
     UsageError,
     config_of,
+    database_argument,
     order_id,
     positive_float,
     positive_int,
@@ -38,14 +39,15 @@ from poller.clicommon import (
 )
 from poller.clitables import cmd_actions, cmd_events, cmd_orders
 from poller.compose import build_budget, exposed_secrets, load
+from poller.databaseurl import DatabaseUrl
 from poller.errors import ConfigError, PollerError, StoreError
 from poller.logsetup import Redactor, setup_logging
 from poller.plugins import get_plugin_manager
 from poller.samples import SCENES
 from poller.settings import Settings
+from poller.statestore import open_configured, store_exists
 from poller.statusreport import add_arguments as add_status_arguments
 from poller.statusreport import cmd_status
-from poller.store import Store
 
 logger = logging.getLogger("poller")
 
@@ -90,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     def utc(p: argparse.ArgumentParser) -> None:
         p.add_argument("--utc", action="store_true",
                        help="times in UTC (marked Z) instead of local time with its offset")
-        p.add_argument("--database", type=Path, metavar="PATH",
+        p.add_argument("--database", type=database_argument, metavar="PATH",
                        help="read this database instead of daemon.database (e.g. one kept "
                             "by `poller demo --keep-db`; the config is then optional)")
 
@@ -213,8 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     redactor = setup_logging(level=args.log_level or settings.daemon.log_level,
                              fmt=args.log_format or settings.daemon.log_format,
                              redactor=Redactor(validated.secrets()))
-    store = Store.open(settings.daemon.database, lock=True,
-                       max_mb=settings.daemon.max_database_mb)
+    store = open_configured(settings.daemon, lock=True)
     if not validated.brokers:
         logger.warning("no broker connections are configured: nothing will be polled")
     exposed = exposed_secrets(path, validated)
@@ -261,7 +262,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     exposed = exposed_secrets(path, validated)
     if exposed:
         print(f"poller: warning: {exposed}", file=sys.stderr)
-    print(f"database: {settings.daemon.database}")
+    print(f"database: {_database_line(settings)}")
     open_orders = _open_orders(settings)
     for name, (cls, cfg) in validated.brokers.items():
         state = "" if cfg.enabled else " (disabled)"
@@ -292,12 +293,32 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _database_line(settings: Settings) -> str:
+    """What ``check-config`` says of the database: the SQLite path, or for PostgreSQL the
+    URL (no password), whether it answers, and who shares it.
+
+    :raises StoreError: a PostgreSQL database that cannot be reached or used (exit 74).
+    """
+    target = settings.daemon.database
+    if not isinstance(target, DatabaseUrl):
+        return str(target)
+    store = open_configured(settings.daemon)
+    try:
+        live = [row for row in store.instances() if row.alive]
+        held = sum(1 for lease in store.leases() if lease.holder)
+        return (f"{target} (PostgreSQL, reachable; {len(live)} instance(s) running, "
+                f"{held} connection lease(s) held; leases last "
+                f"{settings.daemon.lease_seconds:g} s)")
+    finally:
+        store.close()
+
+
 def _open_orders(settings: Settings) -> dict[str, int]:
     """Open orders per connection from an existing database (none when there is none)."""
-    if not settings.daemon.database.exists():
+    if not store_exists(settings.daemon.database):
         return {}
     try:
-        store = Store.open(settings.daemon.database)
+        store = open_configured(settings.daemon)
     except StoreError:
         return {}
     try:

@@ -23,7 +23,7 @@ from poller.events import OrderEvent
 from poller.logsetup import Redactor, setup_logging
 from poller.samples import sample_event
 from poller.settings import Settings
-from poller.store import Store
+from poller.statestore import open_configured, secret_text
 
 
 def cmd_action(args: argparse.Namespace) -> int:
@@ -40,7 +40,8 @@ def cmd_action(args: argparse.Namespace) -> int:
         row = submit(loaded.settings.daemon.database, args.broker, args.order_id, kind,
                      account_id=args.account, qty=getattr(args, "qty", None),
                      price=getattr(args, "price", None), wait=not args.no_wait,
-                     timeout=args.timeout)
+                     timeout=args.timeout, password=secret_text(
+                         loaded.settings.daemon.database_password))
     except ActionRefused as err:
         raise UsageError(str(err)) from None
     what = f"{kind} of {args.broker} order {args.order_id}"
@@ -69,7 +70,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise UsageError(f"{cls.kind} has no per-order call; every order of a "
                          "configured account is already listed")
     account = args.account or _only_account(loaded.settings, args.broker)
-    store = Store.open(loaded.settings.daemon.database)
+    store = open_configured(loaded.settings.daemon)
     try:
         added = store.watch(args.broker, account, args.order_id)
     finally:
@@ -82,7 +83,7 @@ def cmd_unwatch(args: argparse.Namespace) -> int:
     """``poller unwatch``."""
     settings = settings_of(args)
     known("connection", args.broker, settings.brokers)
-    store = Store.open(settings.daemon.database)
+    store = open_configured(settings.daemon)
     try:
         removed = store.unwatch(args.broker, args.order_id)
     finally:

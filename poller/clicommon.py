@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from poller.compose import Loaded, load
+from poller.databaseurl import DatabaseUrl, looks_like_url
 from poller.errors import PollerError
 from poller.models import decimal_text
 from poller.settings import Settings, config_path, load_settings
@@ -31,7 +32,7 @@ def settings_of(args: argparse.Namespace) -> Settings:
 
     With ``--database PATH`` (a database kept by ``poller demo --keep-db``, a copy from
     another box) the config file is optional: read when given or present, else defaults."""
-    database: Path | None = getattr(args, "database", None)
+    database: Path | DatabaseUrl | None = getattr(args, "database", None)
     path = config_of(args)
     if database is None:
         return load_settings(path)
@@ -39,10 +40,20 @@ def settings_of(args: argparse.Namespace) -> Settings:
         settings = load_settings(path)
     else:
         settings = load_settings(data={})
-    if not database.exists():
+    if isinstance(database, Path) and not database.exists():
         raise UsageError(f"--database: no such file {str(database)!r}")
     daemon = settings.daemon.model_copy(update={"database": database})
     return settings.model_copy(update={"daemon": daemon})
+
+
+def database_argument(text: str) -> Path | DatabaseUrl:
+    """``--database``: a SQLite file path or a ``postgresql://`` URL (checked)."""
+    if looks_like_url(text):
+        try:
+            return DatabaseUrl.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return Path(text)
 
 
 def loaded_of(args: argparse.Namespace) -> Loaded:

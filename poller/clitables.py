@@ -16,7 +16,7 @@ from poller.clicommon import (
     print_table,
     settings_of,
 )
-from poller.store import Store
+from poller.statestore import open_configured
 from poller.timetext import shown_time
 
 
@@ -25,7 +25,7 @@ def cmd_orders(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     broker = None if args.broker is None else known("connection", args.broker,
                                                     settings.brokers)
-    store = Store.open(settings.daemon.database)
+    store = open_configured(settings.daemon)
     try:
         rows = store.list_orders(broker, include_final=not args.open)
     finally:
@@ -59,7 +59,7 @@ def cmd_events(args: argparse.Namespace) -> int:
                                                     settings.brokers)
     if args.requeue not in (None, "*"):
         known("notifier", args.requeue, settings.notifiers)
-    store = Store.open(settings.daemon.database)
+    store = open_configured(settings.daemon)
     try:
         if args.requeue:
             count = store.requeue_dead(None if args.requeue == "*" else args.requeue)
@@ -94,7 +94,7 @@ def cmd_actions(args: argparse.Namespace) -> int:
     """``poller actions``: queued (and with ``--all`` finished) replaces and cancels;
     ``--drop ID`` takes back one that was not sent yet."""
     settings = settings_of(args)
-    store = Store.open(settings.daemon.database)
+    store = open_configured(settings.daemon)
     try:
         if args.drop is not None:
             dropped = store.drop_action(args.drop, reason="dropped with `poller actions "

@@ -23,6 +23,7 @@ from poller.errors import ConfigError
 from poller.health import HealthServer
 from poller.heartbeat import Heartbeat
 from poller.settings import DaemonSettings, parse_listen
+from poller.statestore import secret_text
 from poller.systemd import Notifier as SystemdNotifier
 from poller.systemd import watchdog_interval
 
@@ -134,7 +135,8 @@ class Server:
             host, port = parse_listen(daemon.api_listen)
             self.api = ApiServer(daemon.database, daemon.api_token.get_secret_value(), host,
                                  port, connections=lambda: set(app.trackers),
-                                 wake=lambda: _call_soon(loop, app.wake_actions))
+                                 wake=lambda: _call_soon(loop, app.wake_actions),
+                                 password=secret_text(daemon.database_password))
             self.api.start()
         # The outbox backlog is read at ticks; without this the first lines would say
         # "0 queued" while hundreds wait from the last run.

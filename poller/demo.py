@@ -27,7 +27,7 @@ from poller.plugins import get_plugin_manager
 from poller.settings import load_settings
 from poller.simulator.base import BrokerSim
 from poller.simulator.catalog import SIMULATORS, push_options
-from poller.store import Store
+from poller.statestore import open_configured
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ async def run_demo(*, duration: float | None, seed: int | None, kinds: list[str]
             plugins = get_plugin_manager()
             validated = validate(settings, plugins.registry(), "<demo>")
             redactor.add(validated.secrets())
-            store = Store.open(settings.daemon.database, lock=True)
+            store = open_configured(settings.daemon, lock=True)
             try:
                 app = App.create(settings, plugins, validated, redactor=redactor, store=store)
                 names = ", ".join(f"{kind} at {sim.url}" + (" (pushes)" if push_options(kind)

@@ -37,7 +37,7 @@ from poller.logsetup import Redactor
 from poller.models import utcnow
 from poller.notifiers import Notifier
 from poller.records import Batch, OutboxRow, OutboxSummary
-from poller.store import Store
+from poller.statestore import StateStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,7 +98,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: Store,
+        store: StateStore,
         notifiers: list[Notifier],
         *,
         db: DbCall,

@@ -297,7 +297,9 @@ class StoreError(PollerError, NeedsHuman):
     ``full`` (no space: the disk, or ``daemon.max_database_mb``), ``readonly`` (file, folder
     or mount not writable), ``io`` (the device failed), ``corrupt`` (not a sound database),
     ``replaced`` (the file was deleted or swapped while in use), ``busy`` (another daemon
-    runs on it) or ``other``. Only ``corrupt`` ever moves a file aside.
+    runs on it), ``unreachable`` (a PostgreSQL server that does not answer), ``fenced``
+    (a cluster instance lost the lease of a connection: another instance holds it now) or
+    ``other``. Only ``corrupt`` ever moves a file aside.
     """
 
     def __init__(self, message: str, *, reason: str = "other") -> None:
@@ -308,4 +310,4 @@ class StoreError(PollerError, NeedsHuman):
     def transient(self) -> bool:
         """Whether the same write may work later without anyone touching the file (a full
         disk can get space back; a lock is released)."""
-        return self.reason in ("full", "locked", "io")
+        return self.reason in ("full", "locked", "io", "unreachable")

@@ -98,4 +98,28 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX outbox_latest ON outbox (notifier, state, id);
     """,
+    # 7: more than one box (issue 16). Instances sharing a PostgreSQL database, the lease of
+    # each connection (holder, fencing epoch, expiry, the budget's recent request times),
+    # and outbox claims, so one row is sent by one instance at a time. SQLite has the same
+    # tables (one version number for both engines); there the one daemon holds everything.
+    """
+    CREATE TABLE instances (
+        id         TEXT PRIMARY KEY,
+        host       TEXT NOT NULL,
+        pid        INTEGER NOT NULL,
+        started_at TEXT NOT NULL,
+        seen_at    TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE leases (
+        connection  TEXT PRIMARY KEY,
+        holder      TEXT NOT NULL DEFAULT '',
+        epoch       INTEGER NOT NULL DEFAULT 0,
+        expires_at  REAL NOT NULL DEFAULT 0,
+        acquired_at TEXT,
+        budget      TEXT NOT NULL DEFAULT '{}'
+    );
+    ALTER TABLE outbox ADD COLUMN claimed_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE outbox ADD COLUMN claimed_until REAL NOT NULL DEFAULT 0;
+    """,
 ]

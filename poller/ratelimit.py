@@ -18,8 +18,9 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 _SPEC = re.compile(
     r"^\s*(?P<count>\d+)\s*/\s*(?P<window>\d+(?:\.\d+)?)?\s*(?P<unit>ms|s|m|min)?\s*$"
@@ -64,6 +65,8 @@ YIELD_TO_AHEAD = 0.001
 PRIORITY_ROUTINE = -1  # round-robin refresh of idle orders
 PRIORITY_URGENT = 1  # orders that just changed or left a list answer
 PRIORITY_ACTION = 2  # a replace or cancel someone asked for
+#: How often a request held back by the lease (no allowance, past the deadline) looks again.
+LEASE_RECHECK = 0.05
 
 
 class LimitGroup:
@@ -100,6 +103,9 @@ class LimitGroup:
         self._starts: deque[float] = deque()
         self.paused_until = 0.0
         self.admitted = 0
+        #: Requests still allowed before the lease holder writes its window log again (None:
+        #: no lease, no limit). See :meth:`RateBudget.lease_state`.
+        self.allowance: int | None = None
 
     def wait_time(self, now: float) -> float:
         """Seconds until one more request may start here (0 when it may start now)."""
@@ -111,6 +117,8 @@ class LimitGroup:
             wait = max(wait, starts[len(starts) - self.allowed] + self.window - now)
         if self.spacing and starts:
             wait = max(wait, starts[-1] + self.spacing - now)
+        if self.allowance is not None and self.allowance <= 0:
+            wait = max(wait, LEASE_RECHECK)
         return wait
 
     def in_window(self, now: float) -> int:
@@ -121,6 +129,17 @@ class LimitGroup:
         """Note that a request started at ``now``."""
         self._starts.append(now)
         self.admitted += 1
+        if self.allowance is not None:
+            self.allowance -= 1
+
+    def ages(self, now: float) -> list[float]:
+        """Seconds since each request of the trailing window started (oldest first)."""
+        return [now - t for t in self._starts if t > now - self.window]
+
+    def seed(self, starts: Iterable[float]) -> None:
+        """Add requests another process made (times on this group's clock), in order."""
+        merged = sorted([*self._starts, *starts])
+        self._starts = deque(merged)
 
     def set_pad(self, jitter: float) -> None:
         """Pad the window by the measured jitter, kept between ``min_pad`` and ``max_pad``."""
@@ -193,6 +212,9 @@ class RateBudget:
         self._tickets = itertools.count()
         self._closed = False
         self.jitter = Jitter()
+        #: Budget-clock time after which no request may start (the lease's end as this
+        #: process can be sure of it); None without a lease.
+        self.deadline: float | None = None
 
     def group(self, name: str) -> LimitGroup:
         """The group called ``name`` (KeyError names the group when it does not exist)."""
@@ -217,6 +239,11 @@ class RateBudget:
         try:
             while True:
                 now = self._clock()
+                if self.deadline is not None and now >= self.deadline:
+                    # The lease may have passed to another instance: send nothing until it
+                    # is renewed (or the connection is stopped here).
+                    await self._sleep(LEASE_RECHECK)
+                    continue
                 wait = max((g.wait_time(now) for g in groups), default=0.0)
                 if wait <= 0:
                     if self._someone_ahead(ticket, groups, now):
@@ -269,3 +296,45 @@ class RateBudget:
     def now(self) -> float:
         """The budget's clock."""
         return self._clock()
+
+    # -- handing the window over between instances (a PostgreSQL cluster) --------------------
+
+    def lease_state(self, valid_for: float, renew_every: float) -> dict[str, Any]:
+        """Renew: allow requests for ``valid_for`` seconds more, and say what was used.
+
+        Each group may start at most ``allowance`` requests before the next renewal writes
+        its log again; the returned state (stored with the lease) holds the ages of the
+        window's requests and that allowance, so a new holder that finds it counts every
+        request this one may have made since — fencing the budget, not hoping.
+        """
+        now = self._clock()
+        self.deadline = now + valid_for
+        groups: dict[str, Any] = {}
+        for name, group in self.groups.items():
+            # Enough for two renewal periods at full rate (a late renewal does not stall
+            # polling at once), never more than the window allows anyway.
+            group.allowance = min(group.allowed, math.ceil(
+                group.allowed * 2 * renew_every / group.window) + 1)
+            groups[name] = {"ages": [round(a, 4) for a in group.ages(now)],
+                            "allowance": group.allowance}
+        return {"groups": groups}
+
+    def resume(self, state: Mapping[str, Any], elapsed: float) -> int:
+        """Take over from the previous holder's last :meth:`lease_state`, ``elapsed``
+        seconds after it was written: its requests fill this budget's windows, and every
+        request it was allowed after that counts as made just now. Returns how many
+        requests were seeded (a state that is not ours seeds nothing)."""
+        now = self._clock()
+        seeded = 0
+        groups = state.get("groups") if isinstance(state, Mapping) else None
+        for name, data in (groups or {}).items():
+            group = self.groups.get(name)
+            if group is None or not isinstance(data, Mapping):
+                continue
+            ages = [float(a) for a in data.get("ages", []) if isinstance(a, int | float)]
+            starts = [now - a - elapsed for a in ages if a + elapsed < group.window]
+            allowance = data.get("allowance", 0)
+            starts += [now] * (int(allowance) if isinstance(allowance, int) else 0)
+            group.seed(starts)
+            seeded += len(starts)
+        return seeded

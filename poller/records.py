@@ -127,3 +127,62 @@ class StoredOrder:
     last_changed: str
     missing: int
     stale: bool
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """One ``poller run`` sharing a PostgreSQL database: who it is, for leases and status."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: str
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """A row of the instances table: an instance and when it was last heard of."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: str
+    seen_at: str
+    alive: bool
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The lease of one broker connection (design: issue 16).
+
+    ``epoch`` grows by one at every change of holder; a commit about the connection is
+    refused unless the committing instance holds this epoch (fencing). Times are epoch
+    seconds of the database's clock. ``budget`` is the JSON the holder stored with its last
+    renewal (its rate budget's recent request times), ``budget_at`` when (database clock).
+    """
+
+    connection: str
+    holder: str
+    epoch: int
+    expires_at: float
+    budget: str = "{}"
+    budget_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class LeaseRound:
+    """What one lease round found and did, in one transaction.
+
+    ``held``: the leases this instance holds after the round (renewed or just taken);
+    ``taken``: connections acquired in this round (their epoch was raised); ``lost``: ones it
+    believed it held that another instance holds now (or that expired and were taken);
+    ``instances``: live instances, this one included; ``target``: ⌈C / instances⌉.
+    """
+
+    now: float
+    held: dict[str, Lease]
+    taken: list[str]
+    lost: list[str]
+    released: list[str]
+    instances: int
+    target: int

@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from poller.databaseurl import DatabaseUrl, looks_like_url
 from poller.errors import ConfigError, ConfigProblem
 from poller.suggest import did_you_mean
 
@@ -44,7 +45,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 #: ``[daemon]`` keys that are secrets, also read from systemd credential files.
-DAEMON_SECRETS = ("api_token", "heartbeat_url")
+DAEMON_SECRETS = ("api_token", "heartbeat_url", "database_password")
 
 
 class DaemonSettings(BaseModel):
@@ -52,9 +53,21 @@ class DaemonSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, frozen=True)
 
-    database: Path = Field(
+    database: Path | DatabaseUrl = Field(
         default=Path("/var/lib/poller/poller.db"),
-        description="The SQLite state file (orders, events, outbox).",
+        description="The state database (orders, events, outbox): a SQLite file path, or a "
+                    "postgresql://user@host:5432/dbname URL shared by several instances "
+                    "(password in daemon.database_password, never in the URL).",
+    )
+    database_password: SecretStr | None = Field(
+        default=None,
+        description="The PostgreSQL password (a secret: POLLER_DAEMON__DATABASE_PASSWORD or "
+                    "a credential file daemon.database_password).",
+    )
+    lease_seconds: float = Field(
+        default=10.0, ge=3, le=120,
+        description="PostgreSQL: how long a connection's lease lasts unrenewed; an instance "
+                    "that dies hands its connections over within about this long.",
     )
     announce_existing: bool = Field(
         default=False,
@@ -125,6 +138,13 @@ class DaemonSettings(BaseModel):
     )
     heartbeat_interval: float = Field(
         default=60.0, ge=1, description="Seconds between heartbeat pings, at least.")
+
+    @field_validator("database", mode="before")
+    @classmethod
+    def _database(cls, value: Any) -> Any:
+        if isinstance(value, str) and looks_like_url(value):
+            return DatabaseUrl.parse(value)
+        return value
 
     @field_validator("heartbeat_url")
     @classmethod

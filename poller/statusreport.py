@@ -29,13 +29,12 @@ import httpx
 
 from poller.__about__ import __version__
 from poller.api import action_json
-from poller.clicommon import EX_FAIL, EX_OK, positive_float, settings_of
-from poller.dbfile import fault
+from poller.clicommon import EX_FAIL, EX_OK, database_argument, positive_float, settings_of
 from poller.errors import StoreError
 from poller.models import iso, parse_iso, utcnow
-from poller.records import ActionRow, OutboxSummary
+from poller.records import ActionRow, InstanceRow, OutboxSummary
 from poller.settings import Settings, parse_listen
-from poller.store import Store
+from poller.statestore import open_configured, store_exists
 from poller.timetext import printable, shown_time
 
 #: Seconds to wait for ``/healthz``: a status screen must come up even when the daemon hangs.
@@ -54,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", type=positive_float, nargs="?", const=2.0,
                         metavar="SECONDS",
                         help="redraw every SECONDS (default 2) until Ctrl-C")
-    parser.add_argument("--database", type=Path, metavar="PATH",
+    parser.add_argument("--database", type=database_argument, metavar="PATH",
                         help="read this database instead of daemon.database (e.g. one kept "
                              "by `poller demo --keep-db`; the config is then optional)")
 
@@ -106,6 +105,8 @@ class ConnectionStatus:
     last_alert: Alert | None = None
     #: The push stream as /healthz reports it: state, since, updates, drops, last error.
     push: dict[str, object] | None = None
+    #: PostgreSQL: the instance holding the connection's lease ("" when none holds it).
+    holder: str | None = None
 
 
 @dataclass
@@ -139,7 +140,7 @@ class Report:
     """Everything ``poller status`` shows, gathered at ``generated_at``."""
 
     generated_at: datetime
-    database: Path
+    database: str
     database_bytes: int
     wal_bytes: int
     daemon: DaemonStatus
@@ -147,6 +148,8 @@ class Report:
     notifiers: dict[str, NotifierStatus]
     actions: list[ActionRow]
     problems: list[str]
+    #: PostgreSQL: the instances sharing the database (empty for SQLite).
+    instances: list[InstanceRow] = field(default_factory=list)
 
 
 # -- /healthz, read tolerantly --------------------------------------------------------------
@@ -279,21 +282,27 @@ def gather(settings: Settings, client: httpx.Client, *,
     :raises StoreError: the database does not exist or cannot be read.
     """
     path = settings.daemon.database
-    if not path.exists():
+    if not store_exists(path):
         raise StoreError(f"no database at {path} (has `poller run` started with this "
                          "config?)", reason="other")
-    # Measured before opening: closing the last connection checkpoints and removes -wal.
-    size, wal = _file_size(path), _file_size(path.with_name(path.name + "-wal"))
+    size = wal = 0
+    if isinstance(path, Path):
+        # Measured before opening: closing the last connection checkpoints and removes -wal.
+        size, wal = _file_size(path), _file_size(path.with_name(path.name + "-wal"))
     daemon, body = fetch_health(client, settings)
-    store = Store.open(path)
+    store = open_configured(settings.daemon)
     try:
         summaries: dict[str, OutboxSummary] = store.outbox_summary()
         actions = store.open_actions()
         orders = store.connection_orders()
+        leases, instances = store.leases(), store.instances()
+        if not isinstance(path, Path):
+            size = store.size_bytes() or 0
         try:
             alerts = _operator_alerts(store.recent_operator_events(RECENT_EVENTS))
         except ValueError as err:  # an event body that is not JSON: a damaged file
-            raise fault(err, path, "read") from err
+            raise StoreError(f"cannot read {store.location}: an event is not JSON ({err})",
+                             reason="corrupt") from err
     finally:
         store.close()
     connections = {name: ConnectionStatus(name, configured=True,
@@ -309,9 +318,15 @@ def gather(settings: Settings, client: httpx.Client, *,
         notifier.pending, notifier.oldest_pending, notifier.dead = (s.pending,
                                                                     s.oldest_pending, s.dead)
         notifier.last_error, notifier.last_sent = s.last_error, s.last_sent
+    alive = {row.id: row for row in instances if row.alive}
+    for lease in leases:
+        conn = connections.setdefault(lease.connection, ConnectionStatus(lease.connection))
+        row = alive.get(lease.holder)
+        conn.holder = f"{row.id} ({row.host} pid {row.pid})" if row else ""
     if daemon.reachable:
         _merge_health(body, connections, notifiers)
-    report = Report(now(), path, size, wal, daemon, connections, notifiers, actions, [])
+    report = Report(now(), str(path), size, wal, daemon, connections, notifiers, actions, [],
+                    instances)
     report.problems = problems_of(report, settings.daemon.backlog_alert_after)
     return report
 
@@ -412,8 +427,17 @@ def render_text(report: Report) -> str:
         lines.append(_clip(f"daemon: not reachable ({daemon.reason})", WIDTH))
         lines.append("        showing what the database knows")
     # Never clipped: a path is only useful whole.
-    lines.append(f"database: {printable(str(report.database))}  "
-                 f"{_size(report.database_bytes)} + wal {_size(report.wal_bytes)}")
+    if report.wal_bytes or not report.database.startswith("postgres"):
+        lines.append(f"database: {printable(report.database)}  "
+                     f"{_size(report.database_bytes)} + wal {_size(report.wal_bytes)}")
+    else:
+        lines.append(f"database: {printable(report.database)}  {_size(report.database_bytes)}")
+    if report.instances:
+        live = [i for i in report.instances if i.alive]
+        lines.append(_clip("instances: " + ", ".join(
+            f"{i.id} ({i.host} pid {i.pid})" for i in live) + (
+            f"; {len(report.instances) - len(live)} gone" if len(live) < len(report.instances)
+            else ""), WIDTH))
     lines.append("problems: none" if not report.problems else "problems:")
     for problem in report.problems:  # wrapped, not clipped: each is something to act on
         lines += textwrap.wrap(problem, WIDTH, initial_indent="  - ", subsequent_indent="    ",
@@ -424,13 +448,16 @@ def render_text(report: Report) -> str:
         lines.append("  none configured or in the database")
     else:
         last_label = "LAST POLL" if daemon.reachable else "LAST SEEN"
-        rows: list[tuple[str, ...]] = [("NAME", last_label, "OPEN", "STATE")]
+        clustered = any(c.holder is not None for c in report.connections.values())
+        rows: list[tuple[str, ...]] = [("NAME", last_label, "OPEN", "STATE")
+                                       + (("HOLDER",) if clustered else ())]
         for c in report.connections.values():
             last = c.last_success if daemon.reachable else c.last_order_seen
             opened = str(c.open_orders) + (f" ({c.stale_orders} stale)" if c.stale_orders
                                            else "")
             rows.append((_clip(c.name, 20), ago(now, last), opened,
-                         _clip(_connection_state(c, now, daemon.reachable), 40)))
+                         _clip(_connection_state(c, now, daemon.reachable), 40))
+                        + ((_clip(c.holder or "none", 30),) if clustered else ()))
         lines += _table(rows)
         unknown = [c.name for c in report.connections.values() if not c.configured]
         if unknown:
@@ -499,8 +526,10 @@ def render_json(report: Report) -> dict[str, Any]:
         "daemon": {"reachable": daemon.reachable, "reason": daemon.reason or None,
                    "url": daemon.url or None, "status": daemon.status or None,
                    "problems": list(daemon.problems), "store_ok": daemon.store_ok},
-        "database": {"path": str(report.database), "bytes": report.database_bytes,
+        "database": {"path": report.database, "bytes": report.database_bytes,
                      "wal_bytes": report.wal_bytes},
+        "instances": [{"id": i.id, "host": i.host, "pid": i.pid, "started_at": i.started_at,
+                       "seen_at": i.seen_at, "alive": i.alive} for i in report.instances],
         "connections": {c.name: {
             "configured": c.configured, "enabled": c.enabled, "open_orders": c.open_orders,
             "stale_orders": c.stale_orders, "last_success": iso(c.last_success),
@@ -511,6 +540,7 @@ def render_json(report: Report) -> dict[str, Any]:
             "budget": {b.group: {"used": b.used, "allowed": b.allowed,
                                  "pad_seconds": b.pad_seconds} for b in c.budget},
             "push": c.push,
+            "holder": c.holder,
             "last_alert": None if c.last_alert is None else {
                 "scene": c.last_alert.scene, "at": iso(c.last_alert.at),
                 "message": c.last_alert.message},

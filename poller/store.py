@@ -14,9 +14,10 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar, cast
@@ -32,7 +33,18 @@ from poller.dbfile import (
 )
 from poller.events import OrderEvent
 from poller.models import OrderSnapshot, iso, utcnow
-from poller.records import ActionRow, Batch, Delivery, OutboxRow, OutboxSummary, StoredOrder
+from poller.records import (
+    ActionRow,
+    Batch,
+    Delivery,
+    InstanceInfo,
+    InstanceRow,
+    Lease,
+    LeaseRound,
+    OutboxRow,
+    OutboxSummary,
+    StoredOrder,
+)
 
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -93,6 +105,28 @@ class Store:
         store = cls(conn, path, lock_file)
         store.recovered_from = recovered
         return store
+
+    @property
+    def location(self) -> str:
+        """The file's path, for people."""
+        return str(self.path)
+
+    @property
+    def clustered(self) -> bool:
+        """Never: a SQLite file has one daemon (the daemon lock), which holds everything."""
+        return False
+
+    def size_bytes(self) -> int | None:
+        """The file's size with its WAL (None when it cannot be read)."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += Path(f"{self.path}{suffix}").stat().st_size
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return None
+        return total
 
     def close(self) -> None:
         """Close the database and release the daemon lock."""
@@ -560,6 +594,31 @@ class Store:
                 (broker,),
             ).fetchall()
         ]
+
+
+    # -- more than one box: one SQLite daemon holds every connection ------------------------
+
+    def lease_round(self, instance: InstanceInfo, connections: Sequence[str], *, ttl: float,
+                    mine: Mapping[str, int], budgets: Mapping[str, str],
+                    release: Sequence[str] = ()) -> LeaseRound:
+        """The one daemon on a SQLite file (the daemon lock proves it) holds every connection
+        for good: nothing to write, nobody to fence."""
+        now = time.time()
+        held = {c: Lease(c, instance.id, 1, math.inf) for c in connections}
+        return LeaseRound(now, held, [c for c in connections if c not in mine], [], [],
+                          1, len(connections))
+
+    def leases(self) -> list[Lease]:
+        """No lease rows: a SQLite file is never shared by instances."""
+        return []
+
+    def instances(self) -> list[InstanceRow]:
+        """No instance rows: a SQLite file is never shared by instances."""
+        return []
+
+    def leave(self, instance_id: str) -> None:
+        """Nothing to hand over: the daemon lock goes with :meth:`close`."""
+        logger.debug("instance %s leaves (a SQLite daemon holds no leases)", instance_id)
 
 
 def _when(text: str | None) -> datetime | None:

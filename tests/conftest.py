@@ -20,11 +20,26 @@ from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
 from poller.settings import load_settings
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer
 from poller.store import Store
+from tests.pgserver import PgServer, running_server
 
 # Times shown to people are local with their offset; the tests expect UTC unless they choose a
 # zone themselves (subprocesses inherit it).
 os.environ["TZ"] = "UTC"
 time.tzset()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the whole run (started on first use). Without
+    PostgreSQL installed, every test that needs it fails with the line saying how to get it."""
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh, empty database on the test server: its ``postgresql://`` URL."""
+    return pg_server.database()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ STEPS: list[tuple[set[str], dict[str, set[str]]]] = [
     ({"actions", "actions_state"}, {}),
     ({"meta"}, {}),
     ({"outbox_latest"}, {}),
+    ({"instances", "leases"}, {"outbox": {"claimed_by", "claimed_until"}}),
 ]
 
 T0 = datetime(2026, 5, 20, 3, 24, 30, 125000, tzinfo=UTC)

@@ -230,3 +230,77 @@ def test_the_window_pad_follows_the_measured_round_trip_spread() -> None:
     for n in range(Jitter.SAMPLES):  # a terrible one: held at the cap
         budget.observe_round_trip(5.0 * (n % 2))
     assert group.pad == group.max_pad == 1.0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.sampled_from(SPECS), share=st.sampled_from([0.8, 1.0]),
+       death=st.floats(0.5, 40), ttl=st.sampled_from([3.0, 10.0]))
+def test_a_new_lease_holder_continues_the_old_holders_window(
+        spec: LimitSpec, share: float, death: float, ttl: float) -> None:
+    """Instance A polls at full rate and renews its lease every ttl/3, storing its window;
+    it dies at any moment; B takes over when the lease expires and resumes from the stored
+    state. Together they never exceed the share in any window."""
+    fake = FakeTime()
+    renew_every = ttl / 3
+    a = RateBudget([LimitGroup("g", spec, share=share)], clock=fake.clock, sleep=fake.sleep)
+    b = RateBudget([LimitGroup("g", spec, share=share)], clock=fake.clock, sleep=fake.sleep)
+    times: list[float] = []
+    stored: list[tuple[float, dict[str, Any]]] = []
+
+    async def worker(budget: RateBudget, until: float) -> None:
+        while fake.now < until:
+            times.append(await budget.acquire("g"))
+
+    async def renewer() -> None:
+        while True:
+            stored.append((fake.now, a.lease_state(ttl - 0.5, renew_every)))
+            await fake.sleep(renew_every)
+
+    async def main() -> None:
+        stored.append((0.0, a.lease_state(ttl - 0.5, renew_every)))
+        tasks = [asyncio.ensure_future(worker(a, math.inf)), asyncio.ensure_future(renewer())]
+        waiter = asyncio.ensure_future(fake.sleep(death))
+        await fake.run([waiter], [])
+        for task in tasks:  # kill -9: no goodbye, no last write
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        written_at, state = stored[-1]
+        takeover = written_at + ttl  # the lease's expiry, as the database sees it
+        await fake.run([asyncio.ensure_future(fake.sleep(max(0.0, takeover - fake.now)))], [])
+        b.resume(state, fake.now - written_at)
+        successor = asyncio.ensure_future(worker(b, fake.now + 2 * spec.window + 5))
+        await fake.run([successor], [])
+
+    asyncio.run(main())
+    allowed = max(1, math.floor(share * spec.count))
+    window = spec.window if math.floor(share * spec.count) >= 1 else spec.window / share
+    assert max_in_window(times, window) <= allowed
+
+
+def test_no_request_starts_after_the_lease_deadline_until_it_is_renewed() -> None:
+    fake = FakeTime()
+    budget = RateBudget([LimitGroup("g", LimitSpec(30, 2.0))], clock=fake.clock,
+                        sleep=fake.sleep)
+    budget.lease_state(1.0, 1.0)
+    admitted: list[float] = []
+
+    async def main() -> None:
+        await fake.run([asyncio.ensure_future(fake.sleep(1.5))], [])  # a pause: SIGSTOP
+        task = asyncio.ensure_future(budget.acquire("g"))
+
+        async def renew_later() -> None:
+            await fake.sleep(3.0)
+            budget.lease_state(5.0, 1.0)
+
+        await fake.run([task, asyncio.ensure_future(renew_later())], [])
+        admitted.append(task.result())
+
+    asyncio.run(main())
+    assert admitted[0] >= 4.5  # held back from 1.5 s until the renewal at 4.5 s
+
+
+def test_resume_ignores_a_state_that_is_not_a_budget() -> None:
+    budget = RateBudget([LimitGroup("g", LimitSpec(2, 2.0))])
+    assert budget.resume({"groups": {"g": "nonsense", "other": {"ages": [0.1]}}}, 0.0) == 0
+    assert budget.resume({"groups": {"g": {"ages": [0.5, "x"], "allowance": 1}}}, 0.2) == 2
+    assert budget.group("g").wait_time(budget.now()) > 0

@@ -228,7 +228,7 @@ def test_with_todays_healthz_and_the_json_document(
                        "--json")
     assert code == 1  # the dead letter, which only the database knows
     doc = json.loads(out)
-    assert set(doc) == {"generated_at", "ok", "problems", "daemon", "database",
+    assert set(doc) == {"generated_at", "ok", "problems", "daemon", "database", "instances",
                         "connections", "notifiers", "actions"}
     assert doc["ok"] is False and doc["problems"][0].startswith("notifier hook: 1 dead")
     assert doc["daemon"] == {"reachable": True, "reason": None,
