@@ -71,6 +71,7 @@ class View:
     last_tick: float = field(default_factory=time.monotonic)
     store_health: StoreHealth = field(default_factory=StoreHealth)
     loop_lag: LoopLag = field(default_factory=LoopLag)
+    cluster: dict[str, Any] | None = None
 
 
 def get(port: int, path: str) -> tuple[int, str, str]:
@@ -442,7 +443,10 @@ def test_a_backlog_a_dead_letter_and_an_outage_in_a_running_daemon(
             health.start()
             try:
                 tw = app.trackers["tw"]
-                await until(lambda: tw.polls >= 1, "the baseline")
+                # Committed, not just started (polls counts list calls as they begin): an
+                # order placed while the first list is on its way would be baseline.
+                await until(lambda: "tw" in app.trackers and bool(tw.book.baselined),
+                            "the baseline")
                 account = sim.accounts()[0]
                 sim.book.place(account, "2890", "BUY", 10, "27.1")
                 sim.book.place(account, "2330", "SELL", 5, "600")
