@@ -35,8 +35,8 @@ class Sims:
     """``bench.simproc`` in its own process: ``count`` simulators of one kind."""
 
     def __init__(self, kind: str, *, count: int = 1, orders: int = 50, latency: str = "0-0",
-                 seed: int = 1, size: int = 1_000_000, options: dict[str, str] | None = None
-                 ) -> None:
+                 seed: int = 1, size: int = 1_000_000, options: dict[str, str] | None = None,
+                 identify_peers: bool = False) -> None:
         self.folder = tempfile.TemporaryDirectory(prefix="poller-sims-")
         ready = Path(self.folder.name) / "ready.json"
         args = [sys.executable, "-m", "bench.simproc", "--kind", kind, "--count", str(count),
@@ -44,6 +44,8 @@ class Sims:
                 "--size", str(size), "--ready", str(ready)]
         for key, value in (options or {}).items():
             args += ["--sim-option", f"{key}={value}"]
+        if identify_peers:
+            args.append("--identify-peers")
         self.proc = subprocess.Popen(args)
         deadline = time.monotonic() + 120
         while not ready.exists() or not ready.read_text():

@@ -79,15 +79,19 @@ class Bench:
     def report(self, request: SimRequest) -> SimResponse:
         sim = self.sim
         requests = []
+        peers = []
         for r in list(sim.server.log):
             if r.path.startswith("/_bench/"):
                 continue
+            peers.append(r.peer_pid)
             kind = "list" if sim.is_list_request(r) else "order" if sim.polled_order(r) \
                 else "other"
             requests.append((r.arrived, kind, sim.polled_order(r) or "",
                              r.path + ("?" + r.query.split("&")[0] if r.query else "")))
         return SimResponse(200, {
             "requests": requests, "changes": self.changes,
+            # With --identify-peers: the process that sent each request (same order).
+            "peers": peers,
             "windows": {name: [w.max_seen, w.count, w.window, w.violations]
                         for name, w in sim.windows.items()},
             "violations": sim.violations(),
@@ -104,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", default="0-0", help="answer delay range, e.g. 0-300")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ready", required=True, help="file to write the JSON line to")
+    parser.add_argument("--identify-peers", action="store_true",
+                        help="record which local process sent each request (cluster runs)")
     parser.add_argument("--sim-option", action="append", default=[],
                         help="KEY=VALUE passed to the simulator (e.g. region=hk)")
     args = parser.parse_args(argv)
@@ -119,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             stream = getattr(sim, "events", None)  # a push stream has latency too
             if stream is not None:
                 stream.latency = latency
+        sim.server.identify_peers = args.identify_peers
         benches.append(Bench(sim, args.orders, args.size))
         sim.start()
     ready = [{"url": b.sim.url, "config": b.sim.broker_config(f"c{i}"),

@@ -55,8 +55,11 @@ class ActionRunner:
 
     def __init__(self, store: StateStore, db: DbCall,
                  executors: Callable[[str], ActionExecutor | None], *,
-                 every: float = 0.25, expiry: float = 300.0) -> None:
+                 every: float = 0.25, expiry: float = 300.0, held_only: bool = False) -> None:
         self.store = store
+        #: Several instances share the database: run only the actions of connections this
+        #: instance holds (their lease holder runs the others).
+        self.held_only = held_only
         self.expiry = expiry
         self._db = db
         self._executors = executors
@@ -100,6 +103,8 @@ class ActionRunner:
                 logger.debug("cannot read queued actions: %s", err)  # health says why, once
                 rows = []
             for row in rows:
+                if self.held_only and self._executors(row.broker) is None:
+                    continue
                 if row.id not in self._running and row.id not in self._unrecorded:
                     task = asyncio.create_task(self._run(row), name=f"action-{row.id}")
                     self._running[row.id] = task

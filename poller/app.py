@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +25,13 @@ from poller.actionqueue import ActionRunner
 from poller.actions import ActionExecutor
 from poller.adapter import BrokerAdapter
 from poller.compose import Loaded, Validated, build_adapter, build_notifier
+from poller.databaseurl import DatabaseUrl
 from poller.dispatch import DeliveryPolicy, Dispatcher
 from poller.errors import StoreError
 from poller.events import OrderEvent, system_event
 from poller.health import ErrorEpisode, pending_age, problems
 from poller.jobs import PollJobs
+from poller.leasekeeper import LeaseKeeper
 from poller.logsetup import Redactor
 from poller.looplag import LoopLag
 from poller.models import SystemScene, iso, utcnow
@@ -34,7 +39,7 @@ from poller.notifiers import Notifier
 from poller.observers import ObserverQueue
 from poller.orderbook import OrderBook
 from poller.plugins import Plugins
-from poller.records import Batch, OutboxSummary
+from poller.records import Batch, InstanceInfo, OutboxSummary
 from poller.routing import route
 from poller.settings import Settings
 from poller.statestore import StateStore
@@ -74,6 +79,8 @@ class App:
         self.store_health = StoreHealth()
         self.observers = ObserverQueue(plugins)
         self.loop_lag = LoopLag()
+        #: Several instances share a PostgreSQL database: the leases of this one.
+        self.keeper: LeaseKeeper | None = None
 
     @classmethod
     def create(cls, settings: Settings, plugins: Plugins, validated: Validated, *,
@@ -102,6 +109,12 @@ class App:
         try:
             fresh: list[OrderEvent] = await self.db(self.store.commit, batch)
         except StoreError as err:
+            if err.reason == "fenced" and self.keeper is not None:
+                # Not an outage: another instance holds the connection now (we were paused
+                # past our lease). Nothing was written; the next round stops it here.
+                logger.warning("%s", err)
+                self.keeper.wake()
+                raise
             await self._store_failed(err)
             raise
         ended = self.store_health.succeeded()
@@ -158,16 +171,70 @@ class App:
         self.jobs = PollJobs()
         self.observers.start()
         self.loop_lag.start()
-        for name in self.adapters:
-            await self._add_tracker(name)
+        if self.clustered:
+            await self._join_cluster()
+        else:
+            for name in self.adapters:
+                await self._add_tracker(name)
         self._start_dispatcher()
         self.actions = ActionRunner(self.store, self.db, self._executor_of,
-                                    expiry=self.settings.daemon.action_expiry)
+                                    expiry=self.settings.daemon.action_expiry,
+                                    held_only=self.clustered)
         self.actions.start()
         await self.plugins.call_observers("startup", app=self)
         for name in self.trackers:
             self._schedule(name)
         self.jobs.start()
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this daemon shares its (PostgreSQL) database with other instances."""
+        return isinstance(self.settings.daemon.database, DatabaseUrl)
+
+    @property
+    def cluster(self) -> dict[str, Any] | None:
+        """This instance and its leases (for /healthz); None for SQLite."""
+        return None if self.keeper is None else self.keeper.view()
+
+    def connection_names(self) -> set[str]:
+        """Connections an order action may name: those polled here, or with several
+        instances every enabled one (its lease holder runs the action)."""
+        return set(self.adapters) if self.clustered else set(self.trackers)
+
+    async def _join_cluster(self) -> None:
+        for adapter in self.adapters.values():
+            adapter.budget.shut_lease()  # nothing is sent before a lease says so
+        instance = InstanceInfo(
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}",
+            socket.gethostname(), os.getpid(), iso(utcnow()) or "")
+        self.keeper = LeaseKeeper(
+            db=self.db, lease_round=self.store.lease_round, leave=self.store.leave,
+            instance=instance, ttl=self.settings.daemon.lease_seconds,
+            connections=lambda: sorted(self.adapters),
+            budget_of=lambda name: self.adapters[name].budget,
+            start=self._start_connection, stop=self._stop_connection)
+        await self.keeper.start()
+        logger.info("instance %s joined the cluster on %s: %d instance(s), %d connection(s) "
+                    "each at most", instance.id, self.store.location, self.keeper.instances,
+                    self.keeper.target + 1)
+
+    async def _start_connection(self, name: str) -> None:
+        """This instance holds the lease now: poll from the shared snapshots (no baseline
+        again, nothing re-announced)."""
+        if name in self.trackers or name not in self.adapters:
+            return
+        await self._add_tracker(name)
+        if self.jobs is not None:
+            self._schedule(name)
+            self.jobs.poll_soon(name)
+
+    async def _stop_connection(self, name: str) -> None:
+        """The lease is gone or handed back: stop polling (the adapter stays)."""
+        if self.jobs is not None:
+            await self.jobs.remove(name)
+        tracker = self.trackers.pop(name, None)
+        if tracker is not None:
+            await tracker.stop()
 
     async def _add_tracker(self, name: str) -> None:
         daemon = self.settings.daemon
@@ -256,6 +323,10 @@ class App:
             if name in self.adapters or not bcfg.enabled:
                 continue
             self.adapters[name] = build_adapter(name, bcls, bcfg)
+            if self.keeper is not None:
+                self.adapters[name].budget.shut_lease()
+                self.keeper.wake()  # the next round may take it
+                continue
             await self._add_tracker(name)
             if self.jobs is not None:
                 self._schedule(name)
@@ -263,6 +334,8 @@ class App:
             await self._rebuild_notifiers(old, loaded.validated)
 
     async def _remove_connection(self, name: str) -> None:
+        if self.keeper is not None:
+            self.keeper.drop(name)
         if self.jobs is not None:
             await self.jobs.remove(name)
         tracker = self.trackers.pop(name, None)
@@ -347,6 +420,8 @@ class App:
                             adapter.name, waiting)
         if self.actions is not None:
             await self.actions.stop()
+        if self.keeper is not None:
+            await self.keeper.stop()  # stops its connections, hands the leases back
         if self.jobs is not None:
             await self.jobs.stop()
         await asyncio.gather(*(t.stop() for t in self.trackers.values()))

@@ -134,7 +134,7 @@ class Server:
             loop = asyncio.get_running_loop()
             host, port = parse_listen(daemon.api_listen)
             self.api = ApiServer(daemon.database, daemon.api_token.get_secret_value(), host,
-                                 port, connections=lambda: set(app.trackers),
+                                 port, connections=app.connection_names,
                                  wake=lambda: _call_soon(loop, app.wake_actions),
                                  password=secret_text(daemon.database_password))
             self.api.start()

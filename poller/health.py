@@ -109,6 +109,8 @@ class DaemonView(Protocol):
     def store_health(self) -> StoreHealth: ...
     @property
     def loop_lag(self) -> LoopLag: ...
+    @property
+    def cluster(self) -> dict[str, Any] | None: ...
 
 
 def pending_age(summary: OutboxSummary, now: datetime) -> float:
@@ -340,6 +342,9 @@ def health(app: DaemonView, *, stale_after: float) -> tuple[bool, dict[str, Any]
                   **({} if outage is None else {
                       "failing_since": iso(outage.since), "reason": outage.reason,
                       "error": outage.error, "failed_commits": outage.failures})},
+        # PostgreSQL: this instance, the leases it holds (connection → epoch), how many
+        # instances share the database. Absent for SQLite.
+        **({} if app.cluster is None else {"cluster": app.cluster}),
     }
 
 

@@ -191,6 +191,15 @@ class Jitter:
         return ordered[round(0.99 * last)] - ordered[round(0.01 * last)]
 
 
+@dataclass(frozen=True)
+class LeaseGrant:
+    """A prepared lease renewal: the ``state`` to store with it, and what it allows."""
+
+    state: dict[str, Any]
+    allowances: dict[str, int]
+    marks: dict[str, int]
+
+
 class RateBudget:
     """The limit groups of one broker connection; every request passes through :meth:`slot`.
 
@@ -299,25 +308,41 @@ class RateBudget:
 
     # -- handing the window over between instances (a PostgreSQL cluster) --------------------
 
-    def lease_state(self, valid_for: float, renew_every: float) -> dict[str, Any]:
-        """Renew: allow requests for ``valid_for`` seconds more, and say what was used.
+    def prepare_lease(self, renew_every: float) -> LeaseGrant:
+        """What a lease renewal stores: the ages of each window's requests, and how many
+        more each group may start before the next renewal (its allowance).
 
-        Each group may start at most ``allowance`` requests before the next renewal writes
-        its log again; the returned state (stored with the lease) holds the ages of the
-        window's requests and that allowance, so a new holder that finds it counts every
-        request this one may have made since — fencing the budget, not hoping.
+        Nothing changes here: :meth:`apply_lease` puts the grant in force once the renewal
+        is committed. A new holder that finds the state counts every request this one may
+        have made after writing it — fencing the budget, not hoping.
         """
         now = self._clock()
-        self.deadline = now + valid_for
         groups: dict[str, Any] = {}
+        allowances: dict[str, int] = {}
+        marks: dict[str, int] = {}
         for name, group in self.groups.items():
             # Enough for two renewal periods at full rate (a late renewal does not stall
             # polling at once), never more than the window allows anyway.
-            group.allowance = min(group.allowed, math.ceil(
+            allowances[name] = min(group.allowed, math.ceil(
                 group.allowed * 2 * renew_every / group.window) + 1)
+            marks[name] = group.admitted
             groups[name] = {"ages": [round(a, 4) for a in group.ages(now)],
-                            "allowance": group.allowance}
-        return {"groups": groups}
+                            "allowance": allowances[name]}
+        return LeaseGrant({"groups": groups}, allowances, marks)
+
+    def apply_lease(self, grant: LeaseGrant, deadline: float) -> None:
+        """The renewal carrying ``grant`` is committed: requests may start until
+        ``deadline`` (budget clock), within the allowance — less what started since the
+        grant was prepared, which the stored ages do not hold."""
+        self.deadline = deadline
+        for name, group in self.groups.items():
+            since = group.admitted - grant.marks.get(name, group.admitted)
+            group.allowance = max(0, grant.allowances.get(name, 0) - since)
+
+    def shut_lease(self) -> None:
+        """No lease (before the first renewal, after losing or releasing it): no request
+        may start."""
+        self.deadline = -math.inf
 
     def resume(self, state: Mapping[str, Any], elapsed: float) -> int:
         """Take over from the previous holder's last :meth:`lease_state`, ``elapsed``

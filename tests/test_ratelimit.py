@@ -251,13 +251,18 @@ def test_a_new_lease_holder_continues_the_old_holders_window(
         while fake.now < until:
             times.append(await budget.acquire("g"))
 
+    def renew() -> None:
+        grant = a.prepare_lease(renew_every)
+        stored.append((fake.now, grant.state))
+        a.apply_lease(grant, fake.now + ttl - 0.5)
+
     async def renewer() -> None:
         while True:
-            stored.append((fake.now, a.lease_state(ttl - 0.5, renew_every)))
+            renew()
             await fake.sleep(renew_every)
 
     async def main() -> None:
-        stored.append((0.0, a.lease_state(ttl - 0.5, renew_every)))
+        renew()
         tasks = [asyncio.ensure_future(worker(a, math.inf)), asyncio.ensure_future(renewer())]
         waiter = asyncio.ensure_future(fake.sleep(death))
         await fake.run([waiter], [])
@@ -281,7 +286,7 @@ def test_no_request_starts_after_the_lease_deadline_until_it_is_renewed() -> Non
     fake = FakeTime()
     budget = RateBudget([LimitGroup("g", LimitSpec(30, 2.0))], clock=fake.clock,
                         sleep=fake.sleep)
-    budget.lease_state(1.0, 1.0)
+    budget.apply_lease(budget.prepare_lease(1.0), 1.0)
     admitted: list[float] = []
 
     async def main() -> None:
@@ -290,13 +295,42 @@ def test_no_request_starts_after_the_lease_deadline_until_it_is_renewed() -> Non
 
         async def renew_later() -> None:
             await fake.sleep(3.0)
-            budget.lease_state(5.0, 1.0)
+            budget.apply_lease(budget.prepare_lease(1.0), fake.now + 5.0)
 
         await fake.run([task, asyncio.ensure_future(renew_later())], [])
         admitted.append(task.result())
 
     asyncio.run(main())
     assert admitted[0] >= 4.5  # held back from 1.5 s until the renewal at 4.5 s
+
+
+def test_a_budget_without_a_lease_admits_nothing() -> None:
+    fake = FakeTime()
+    budget = RateBudget([LimitGroup("g", LimitSpec(30, 2.0))], clock=fake.clock,
+                        sleep=fake.sleep)
+    budget.shut_lease()
+    grant = budget.prepare_lease(1.0)
+    assert grant.allowances == {"g": 24} and grant.state["groups"]["g"]["ages"] == []
+
+    async def main() -> float:
+        task = asyncio.ensure_future(budget.acquire("g"))
+
+        async def take_over() -> None:
+            await fake.sleep(7.0)
+            budget.apply_lease(grant, fake.now + 10)
+
+        await fake.run([task, asyncio.ensure_future(take_over())], [])
+        return task.result()
+
+    assert asyncio.run(main()) >= 7.0
+
+
+def test_requests_between_prepare_and_apply_count_against_the_allowance() -> None:
+    budget = RateBudget([LimitGroup("g", LimitSpec(10, 30.0))])
+    grant = budget.prepare_lease(3.0)
+    budget.group("g").record(budget.now())  # started while the renewal was on its way
+    budget.apply_lease(grant, budget.now() + 5)
+    assert budget.group("g").allowance == grant.allowances["g"] - 1
 
 
 def test_resume_ignores_a_state_that_is_not_a_budget() -> None:

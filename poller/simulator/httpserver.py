@@ -19,6 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from poller.simulator.peerpid import pid_of_peer
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,6 +36,8 @@ class SimRequest:
     body: bytes
     arrived: float
     host: str = ""
+    #: The local process that sent it, when the server identifies peers (else None).
+    peer_pid: int | None = None
 
     def json(self) -> Any:
         """The body parsed as JSON (``None`` when empty or not JSON)."""
@@ -122,6 +126,9 @@ class SimServer:
         #: Answer delay, uniform between the two bounds (seconds): a network and a broker
         #: that take their time (benchmarks). Arrivals are stamped before it.
         self.latency: tuple[float, float] | None = None
+        #: Look up which local process sent each request (``SimRequest.peer_pid``): the
+        #: cluster tests check at the broker that two instances never poll one key at once.
+        self.identify_peers = False
         self._rng = random.Random(0)
         server = self
 
@@ -131,8 +138,15 @@ class SimServer:
             # ~40 ms for a delayed ACK on loopback.
             disable_nagle_algorithm = True
 
+            peer_pid: int | None = None
+            peer_known = False
+
             def _serve(self) -> None:
                 arrived = server.clock()
+                if server.identify_peers and not self.peer_known:
+                    # Once per TCP connection: keep-alive carries the later requests.
+                    self.peer_pid = pid_of_peer(self.client_address[1], server.port)
+                    self.peer_known = True
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 parts = urlsplit(self.path)
@@ -145,6 +159,7 @@ class SimServer:
                     body=body,
                     arrived=arrived,
                     host=self.headers.get("Host", ""),
+                    peer_pid=self.peer_pid,
                 )
                 response = server.dispatch(request)
                 if response.stream is not None:
