@@ -132,8 +132,9 @@ def fault(err: BaseException, url: DatabaseUrl, doing: str, *, password: str | N
         detail = detail.replace(password, "***")
     where = url.where
     text = {
-        "unreachable": f"cannot reach the database {where}: {detail}; poller goes on and "
-                       "retries",
+        "unreachable": f"cannot reach the database {where}: {detail} (check that the server "
+                       "runs and accepts this host; a running daemon keeps polling and "
+                       "retries)",
         "full": f"cannot {doing} the database {where}: the server has no space left "
                 f"({detail}); free disk space on the database server",
         "readonly": f"cannot {doing} the database {where}: it refuses writes ({detail}); "

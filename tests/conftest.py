@@ -19,7 +19,7 @@ from poller.logsetup import Redactor
 from poller.plugins import DEFAULT_PLUGINS, get_plugin_manager
 from poller.settings import load_settings
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer
-from poller.store import Store
+from poller.statestore import open_configured
 from tests.pgserver import PgServer, running_server
 
 # Times shown to people are local with their offset; the tests expect UTC unless they choose a
@@ -132,8 +132,7 @@ async def running_app(config: dict[str, Any], extra_plugins: tuple[str, ...] = (
     settings = load_settings(data=config)
     plugins = get_plugin_manager(builtins=DEFAULT_PLUGINS + extra_plugins)
     validated = validate(settings, plugins.registry(), "<test>")
-    store = Store.open(settings.daemon.database, lock=True,
-                       max_mb=settings.daemon.max_database_mb)
+    store = open_configured(settings.daemon, lock=True)
     redactor = redactor or Redactor()
     redactor.add(validated.secrets())
     app = App.create(settings, plugins, validated, redactor=redactor, store=store)

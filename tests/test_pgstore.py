@@ -206,7 +206,7 @@ def test_an_unreachable_server_is_one_line_without_the_password() -> None:
     message = str(caught.value)
     assert caught.value.reason == "unreachable" and caught.value.transient
     assert message.startswith("cannot reach the database 127.0.0.1:1/x: ")
-    assert message.endswith("; poller goes on and retries")
+    assert message.endswith("a running daemon keeps polling and retries)")
     assert CANARY not in message and "\n" not in message and "Traceback" not in message
     assert time.monotonic() - started < 10  # connect_timeout bounds it
 
@@ -261,7 +261,7 @@ def test_a_terminated_connection_is_replaced_at_the_next_call(pg_url: str) -> No
         answer = store.load_orders("c1")  # transparently reconnected, or "unreachable"
         assert list(answer) == [("c1", "A", "O1")]
     except StoreError as err:
-        assert err.reason == "unreachable" and "poller goes on and retries" in str(err)
+        assert err.reason == "unreachable" and "keeps polling and retries" in str(err)
     assert list(store.load_orders("c1")) == [("c1", "A", "O1")]
     # The same inside a write transaction: that commit is lost as a whole, the next works.
     sql(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from poller.api import ApiServer
@@ -118,3 +122,62 @@ def test_no_canary_anywhere(tmp_path: Path, receiver: Receiver,
     for where, text in places.items():
         for name, canary in CANARIES.items():
             assert canary not in text, f"{name} leaked into the {where}"
+
+
+DB_CANARY = "cnry-db-pass-78ef"
+
+
+def test_the_database_password_appears_nowhere(tmp_path: Path, receiver: Receiver,
+                                               pg_url: str,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A daemon on PostgreSQL with a password (the test server trusts local connections,
+    so the password is sent and ignored), then the commands against a database that does
+    not answer: the password is in no log line, message, error or table."""
+    sim = ShioajiSim(seed=4)
+    sim.start()
+    stream = io.StringIO()
+    try:
+        config = daemon_config(tmp_path, {"tw": sim.broker_config("tw") | {"interval": 0.2}},
+                               receiver.url, announce_existing=True, lease_seconds=3,
+                               database=pg_url, database_password=DB_CANARY)
+        redactor = setup_logging(level="DEBUG", stream=stream)
+
+        async def scenario() -> None:
+            async with running_app(config, redactor=redactor) as app:
+                logging.getLogger("poller").debug("settings: %r", app.settings.daemon)
+                account = sim.accounts()[0]
+                order = sim.book.place(account, "2890", "BUY", 10, "27.1")
+                sim.book.accept(order.order_id)
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 1, 30)
+
+        caplog.set_level(logging.DEBUG)
+        asyncio.run(scenario())
+    finally:
+        sim.stop()
+        logging.getLogger().handlers = [h for h in logging.getLogger().handlers
+                                        if not getattr(h, "_poller", False)]
+    config_file = tmp_path / "down.toml"
+    config_file.write_text('[daemon]\ndatabase = "postgresql://poller@127.0.0.1:1/poller"\n')
+    env = {**os.environ, "POLLER_DAEMON__DATABASE_PASSWORD": DB_CANARY}
+    commands = [subprocess.run([sys.executable, "-m", "poller", command, "-c", str(config_file)],
+                               capture_output=True, text=True, env=env, timeout=60)
+                for command in ("check-config", "status", "orders")]
+    with psycopg.connect(pg_url) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        dump = "\n".join(str(row) for table in tables
+                         for row in conn.execute(f'SELECT * FROM "{table}"'))
+    assert [c.returncode for c in commands] == [74, 74, 74]
+    for done in commands:
+        errors = [line for line in done.stderr.splitlines() if "warning" not in line]
+        assert len(errors) == 1 and errors[0].startswith(
+            "poller: cannot reach the database 127.0.0.1:1/poller: "), done.stderr
+        assert "Traceback" not in done.stderr
+    places = {"formatted log": stream.getvalue(),
+              "log records": "\n".join(r.getMessage() for r in caplog.records),
+              "messages": "\n".join(r.body.decode() for r in receiver.requests),
+              "database": dump,
+              "command output": "\n".join(c.stdout + c.stderr for c in commands)}
+    assert "joined the cluster" in places["formatted log"]
+    for where, text in places.items():
+        assert DB_CANARY not in text, f"the database password leaked into the {where}"
