@@ -7,7 +7,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from poller.actionqueue import submit
 from poller.compose import Loaded, validate
+from poller.databaseurl import DatabaseUrl
 from poller.events import OrderEvent, system_event
 from poller.models import SystemScene
 from poller.plugins import get_plugin_manager
@@ -111,3 +113,44 @@ def test_a_reload_tries_a_stopped_connection_again(tmp_path: Path, receiver: Rec
     assert stopped is not None and "credentials refused" in stopped and after is None
     receiver.wait_for(lambda e: [x["payload"]["scene_type"] for x in e] == [
         "BROKER_AUTH_FAILED", "BROKER_RECOVERED"])
+
+
+def test_two_instances_on_postgresql_one_polls_and_runs_the_actions(
+        tmp_path: Path, receiver: Receiver, pg_url: str) -> None:
+    """Two daemons share a database and one connection: one holds it, polls it, announces
+    its orders once and runs an action submitted through the shared database; /healthz's
+    cluster view and the leases say who holds it."""
+    sim = ShioajiSim(seed=5)
+    sim.start()
+    account = sim.accounts()[0]
+    order = sim.book.place(account, "2890", "BUY", 10, "27.1")
+    sim.book.accept(order.order_id)
+    brokers = {"tw": sim.broker_config("tw") | {"interval": 0.2}}
+    first = daemon_config(tmp_path, brokers, receiver.url, announce_existing=True,
+                          database=pg_url, lease_seconds=3)
+    second = daemon_config(tmp_path / "b", brokers, receiver.url, announce_existing=True,
+                           database=pg_url, lease_seconds=3)
+
+    async def scenario() -> tuple[Any, Any, Any, Any]:
+        async with running_app(first) as a, running_app(second) as b:
+            await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 1, 30)
+            holder, other = (a, b) if a.trackers else (b, a)
+            deadline = asyncio.get_running_loop().time() + 15
+            while (holder.cluster or {}).get("instances") != 2:  # its next round sees b
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            row = await asyncio.to_thread(
+                submit, DatabaseUrl.parse(pg_url), "tw", order.order_id, "cancel",
+                timeout=30)
+            return holder.cluster, other.cluster, row, other.trackers
+
+    try:
+        held, idle, row, idle_trackers = asyncio.run(scenario())
+    finally:
+        sim.stop()
+    assert set(held["held"]) == {"tw"} and held["instances"] == 2
+    assert idle["held"] == {} and not idle_trackers
+    assert (row.state, row.outcome, row.attempts) == ("succeeded", "CANCEL_SUCCESS", 1)
+    assert "cancel" in str(sim.book.get(order.order_id).status).lower()
+    scenes = [e["payload"]["scene_type"] for e in receiver.events]
+    assert scenes.count("PLACED") == 1  # announced once, by the one holder

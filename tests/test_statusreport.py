@@ -22,9 +22,11 @@ import httpx
 import pytest
 
 from poller.cli import main
+from poller.databaseurl import DatabaseUrl
 from poller.events import OrderEvent, system_event
 from poller.models import OrderSnapshot, OrderStatus, SystemScene, iso, utcnow
-from poller.records import Batch
+from poller.pgstore import PgStore
+from poller.records import Batch, InstanceInfo
 from poller.settings import load_settings
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer
 from poller.statusreport import age, gather
@@ -397,3 +399,35 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--help"]) == 0
     out = capsys.readouterr().out
     assert "examples:\n  poller status" in out and "--watch [SECONDS]" in out
+
+
+def test_on_postgresql_status_and_check_config_show_who_holds_what(
+        tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    store = PgStore.open(DatabaseUrl.parse(pg_url), lock=True)
+    try:
+        me = InstanceInfo("box1-4242-ab12", "box1", 4242, "2026-12-03T08:00:00Z")
+        store.lease_round(me, ["tw-main", "us-webull"], ttl=60, mine={}, budgets={})
+    finally:
+        store.close()
+    path = config(tmp_path, pg_url)  # type: ignore[arg-type]  # a URL, as in the file
+    assert main(["status", "-c", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert f"database: {pg_url}" in shown
+    assert "instances: box1-4242-ab12 (box1 pid 4242)" in shown
+    header = next(line for line in shown.splitlines() if line.strip().startswith("NAME"))
+    assert header.split()[-1] == "HOLDER"
+    held = [line for line in shown.splitlines() if "box1-4242-ab12 (box1 pid" in line]
+    assert len(held) == 3  # the instances line and both connections
+    assert main(["status", "-c", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["connections"]["tw-main"]["holder"] == "box1-4242-ab12 (box1 pid 4242)"
+    assert [i["id"] for i in doc["instances"] if i["alive"]] == ["box1-4242-ab12"]
+    checked = tmp_path / "check.toml"
+    checked.write_text(f'[daemon]\ndatabase = "{pg_url}"\n[brokers.tw-main]\nkind = "shioaji"\n'
+                       'base_url = "http://127.0.0.1:9"\n'
+                       'accounts = [{ broker_id = "9A95", account_id = "A" }]\n')
+    checked.chmod(0o600)
+    assert main(["check-config", "-c", str(checked)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("database:"))
+    assert line == (f"database: {pg_url} (PostgreSQL, reachable; 1 instance(s) running, "
+                    "2 connection lease(s) held; leases last 10 s)")
