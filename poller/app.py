@@ -4,6 +4,10 @@
 :mod:`poller.compose`, the scheduler's jobs in :mod:`poller.jobs`, one connection's polling in
 :mod:`poller.tracker`. Every commit goes through :meth:`App.commit`: routes are computed
 first, the store writes them in one transaction, then delivery is woken and observers told.
+
+Over 400 lines: the daemon's lifecycle — start, commit, reload, cluster membership, stop —
+is one sequence over the same parts (trackers, jobs, dispatcher, leases); split up, each
+piece would reach into the others' fields.
 """
 
 from __future__ import annotations
@@ -11,9 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from poller.errors import StoreError
 from poller.events import OrderEvent, system_event
 from poller.health import ErrorEpisode, pending_age, problems
 from poller.jobs import PollJobs
-from poller.leasekeeper import LeaseKeeper
+from poller.leasekeeper import LeaseKeeper, this_instance
 from poller.logsetup import Redactor
 from poller.looplag import LoopLag
 from poller.models import SystemScene, iso, utcnow
@@ -39,7 +40,7 @@ from poller.notifiers import Notifier
 from poller.observers import ObserverQueue
 from poller.orderbook import OrderBook
 from poller.plugins import Plugins
-from poller.records import Batch, InstanceInfo, OutboxSummary
+from poller.records import Batch, OutboxSummary
 from poller.routing import route
 from poller.settings import Settings
 from poller.statestore import StateStore
@@ -197,39 +198,33 @@ class App:
         return None if self.keeper is None else self.keeper.view()
 
     def connection_names(self) -> set[str]:
-        """Connections an order action may name: those polled here, or with several
-        instances every enabled one (its lease holder runs the action)."""
+        """Connections an order action may name (in a cluster: every enabled one)."""
         return set(self.adapters) if self.clustered else set(self.trackers)
 
     async def _join_cluster(self) -> None:
         for adapter in self.adapters.values():
             adapter.budget.shut_lease()  # nothing is sent before a lease says so
-        instance = InstanceInfo(
-            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}",
-            socket.gethostname(), os.getpid(), iso(utcnow()) or "")
         self.keeper = LeaseKeeper(
             db=self.db, lease_round=self.store.lease_round, leave=self.store.leave,
-            instance=instance, ttl=self.settings.daemon.lease_seconds,
+            instance=this_instance(), ttl=self.settings.daemon.lease_seconds,
             connections=lambda: sorted(self.adapters),
             budget_of=lambda name: self.adapters[name].budget,
             start=self._start_connection, stop=self._stop_connection)
         await self.keeper.start()
         logger.info("instance %s joined the cluster on %s: %d instance(s), %d connection(s) "
-                    "each at most", instance.id, self.store.location, self.keeper.instances,
-                    self.keeper.target + 1)
+                    "each at most", self.keeper.instance.id, self.store.location,
+                    self.keeper.instances, self.keeper.target + 1)
 
     async def _start_connection(self, name: str) -> None:
-        """This instance holds the lease now: poll from the shared snapshots (no baseline
-        again, nothing re-announced)."""
-        if name in self.trackers or name not in self.adapters:
-            return
-        await self._add_tracker(name)
-        if self.jobs is not None:
-            self._schedule(name)
-            self.jobs.poll_soon(name)
+        # Held here now: poll from the shared snapshots (no baseline again, no re-announcing).
+        if name not in self.trackers and name in self.adapters:
+            await self._add_tracker(name)
+            if self.jobs is not None:
+                self._schedule(name)
+                self.jobs.poll_soon(name)
 
     async def _stop_connection(self, name: str) -> None:
-        """The lease is gone or handed back: stop polling (the adapter stays)."""
+        # The lease is gone or handed back: stop polling (the adapter stays).
         if self.jobs is not None:
             await self.jobs.remove(name)
         tracker = self.trackers.pop(name, None)

@@ -20,11 +20,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from poller.errors import StoreError
+from poller.models import iso, utcnow
 from poller.ratelimit import LeaseGrant, RateBudget
 from poller.records import InstanceInfo, Lease, LeaseRound
 
@@ -35,6 +39,14 @@ logger = logging.getLogger(__name__)
 GUARD = 1.0
 
 DbCall = Callable[..., Awaitable[Any]]
+
+
+def this_instance() -> InstanceInfo:
+    """Who this process is among the instances: host, pid and a random tag (a pid can be
+    reused after a restart; the tag keeps two lives of one pid apart)."""
+    host = socket.gethostname()
+    return InstanceInfo(f"{host}-{os.getpid()}-{secrets.token_hex(2)}", host, os.getpid(),
+                        iso(utcnow()) or "")
 
 
 class LeaseKeeper:

@@ -59,16 +59,10 @@ class DaemonSettings(BaseModel):
                     "postgresql://user@host:5432/dbname URL shared by several instances "
                     "(password in daemon.database_password, never in the URL).",
     )
-    database_password: SecretStr | None = Field(
-        default=None,
-        description="The PostgreSQL password (a secret: POLLER_DAEMON__DATABASE_PASSWORD or "
-                    "a credential file daemon.database_password).",
-    )
-    lease_seconds: float = Field(
-        default=10.0, ge=3, le=120,
-        description="PostgreSQL: how long a connection's lease lasts unrenewed; an instance "
-                    "that dies hands its connections over within about this long.",
-    )
+    database_password: SecretStr | None = Field(default=None, description=(
+        "The PostgreSQL password (POLLER_DAEMON__DATABASE_PASSWORD or a credential file)."))
+    lease_seconds: float = Field(default=10.0, ge=3, le=120, description=(
+        "PostgreSQL: how long a connection's lease lasts unrenewed (the take-over bound)."))
     announce_existing: bool = Field(
         default=False,
         description="Announce orders that already exist when an account is first polled.",
@@ -142,9 +136,8 @@ class DaemonSettings(BaseModel):
     @field_validator("database", mode="before")
     @classmethod
     def _database(cls, value: Any) -> Any:
-        if isinstance(value, str) and looks_like_url(value):
-            return DatabaseUrl.parse(value)
-        return value
+        return DatabaseUrl.parse(value) if isinstance(value, str) and looks_like_url(value) \
+            else value
 
     @field_validator("heartbeat_url")
     @classmethod
