@@ -493,9 +493,13 @@ class PgStore:
         """
         now = time.time() if now is None else now
         db = self._db()
+        # A claim counts while its instance lives: one killed mid-send holds its rows only
+        # until its registration expires (a lease's length), not for the whole claim.
         sql = ("SELECT o.id, o.attempts, o.created_at, e.body, o.held, o.next_attempt_at, "
                "e.broker, e.account_id, e.order_id, e.event_type, e.id, o.claimed_by, "
-               "o.claimed_until FROM outbox o JOIN events e ON e.seq = o.event_seq "
+               "LEAST(o.claimed_until, COALESCE(i.expires_at, 0)) FROM outbox o "
+               "JOIN events e ON e.seq = o.event_seq "
+               "LEFT JOIN instances i ON i.id = o.claimed_by AND o.claimed_by != '' "
                "WHERE o.notifier = %s AND o.state = 'pending' ORDER BY e.seq LIMIT %s")
         args = (notifier, max(limit * 20, 1000))
         if self._me is None:
@@ -510,10 +514,11 @@ class PgStore:
             # Rows another instance locked, claimed, sent or put off since the read above are
             # left out, and hold back the later rows of their order.
             locked: dict[int, int] = dict(db.execute(
-                "SELECT id, attempts FROM outbox WHERE id = ANY(%s) AND state = 'pending' "
-                "AND next_attempt_at <= %s AND (claimed_by IN ('', %s) OR claimed_until <= %s) "
-                "FOR UPDATE SKIP LOCKED",
-                ([row.id for row, _ in chosen], now, me, clock)).fetchall())
+                "SELECT id, attempts FROM outbox o WHERE id = ANY(%s) AND state = 'pending' "
+                "AND next_attempt_at <= %s AND (claimed_by IN ('', %s) OR claimed_until <= %s "
+                "OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = o.claimed_by "
+                "AND i.expires_at > %s)) FOR UPDATE OF o SKIP LOCKED",
+                ([row.id for row, _ in chosen], now, me, clock, clock)).fetchall())
             result: list[OutboxRow] = []
             blocked: set[tuple[str, ...]] = set()
             for row, key in chosen:

@@ -532,6 +532,20 @@ def test_a_crashed_senders_claims_come_back(members: Callable[..., Member]) -> N
     assert a.store.due("hook") == []  # b's now, for b's claim_seconds
 
 
+def test_a_dead_instances_claims_end_with_its_registration(
+        members: Callable[..., Member]) -> None:
+    """kill -9 mid-send: the rows it claimed for a long time come back once its instance
+    row expires (a lease's length), not after the whole claim."""
+    a, b = members("a", ttl=1.0, claim_seconds=600.0), members("b")
+    a.round(["c1"])
+    b.round([])
+    a.store.commit(routed([event("e1")], "hook"))
+    assert [r.event.id for r in a.store.due("hook")] == ["e1"]
+    assert b.store.due("hook") == []
+    rows = wait_for(lambda: b.store.due("hook") or None, what="a's registration expires")
+    assert [r.event.id for r in rows] == ["e1"]
+
+
 def test_retry_hold_and_dead_give_up_the_claim(pg_url: str,
                                                members: Callable[..., Member]) -> None:
     a, b = members("a"), members("b")
