@@ -222,6 +222,8 @@ class App:
             if self.jobs is not None:
                 self._schedule(name)
                 self.jobs.poll_soon(name)
+            if self.dispatcher is not None:
+                self.dispatcher.wake()  # what a dead holder committed but never sent
 
     async def _stop_connection(self, name: str) -> None:
         # The lease is gone or handed back: stop polling (the adapter stays).
