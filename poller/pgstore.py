@@ -66,6 +66,12 @@ Connection = psycopg.Connection[TupleRow]
 
 #: Seconds to wait for the server to answer a new connection.
 CONNECT_TIMEOUT = 5
+#: How long the server lets a session sit inside a transaction between two statements before
+#: it ends the session (and its locks). A commit here runs its statements back to back in
+#: milliseconds; a session idle inside one is a holder paused (SIGSTOP, a long GC) or cut
+#: off mid-commit, and its share locks on lease rows would otherwise keep every other
+#: instance from taking its connections over until it woke, or for hours on a dead network.
+IDLE_IN_TRANSACTION_MS = 2000
 #: The advisory lock every schema step is applied under ("poller" in ASCII): two instances
 #: opening a new database at once must not both apply a step.
 MIGRATION_LOCK = 0x706F6C6C6572
@@ -227,7 +233,10 @@ class PgStore:
         extra: dict[str, Any] = {}
         if self._password is not None:
             extra["password"] = self._password
-        return psycopg.connect(make_conninfo(**params), autocommit=True, **extra)
+        conn = psycopg.connect(make_conninfo(**params), autocommit=True, **extra)
+        conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                     (str(IDLE_IN_TRANSACTION_MS),))
+        return conn
 
     def _db(self) -> Connection:
         """The live connection, opened again if the last one broke (a restarted server, a

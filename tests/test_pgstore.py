@@ -375,6 +375,31 @@ def test_a_commit_in_flight_holds_off_a_takeover(pg_url: str,
     assert b.store.leases()[0].epoch == lease.epoch + 1
 
 
+def test_a_holder_paused_inside_its_commit_holds_off_a_takeover_only_briefly(
+        members: Callable[..., Member]) -> None:
+    a, b = members("a", ttl=0.3), members("b")
+    (lease,) = a.round(["c1"]).held.values()
+    # a's own session as a commit leaves it when the process is paused (SIGSTOP, a network
+    # cut) between two statements: inside a transaction, the lease row share-locked.
+    db = a.store._db()
+    db.execute("BEGIN")
+    db.execute("SELECT holder FROM leases WHERE connection = 'c1' FOR SHARE")
+    # The server ends that session (pgstore.IDLE_IN_TRANSACTION_MS), so b takes c1 although
+    # a never woke.
+    took = wait_for(lambda: r if "c1" in (r := b.round(["c1"])).taken else None,
+                    within=8,  # a's lease (0.3 s) plus the server's limit, with room
+                    what="b takes c1 although a's commit never ended")
+    assert took.held["c1"].epoch == lease.epoch + 1
+    # a wakes: its session is gone (one transient error), and then it is fenced.
+    reasons = []
+    for _ in range(2):
+        with pytest.raises(StoreError) as caught:
+            a.store.commit(Batch(snapshots=[snapshot("O9")]))
+        reasons.append(caught.value.reason)
+    assert reasons[-1] == "fenced" and set(reasons) <= {"unreachable", "fenced"}
+    assert list(b.store.load_orders("c1")) == []
+
+
 def test_release_hands_a_lease_over_at_once(members: Callable[..., Member]) -> None:
     a, b = members("a"), members("b")
     assert sorted(a.round(["c1", "c2"]).held) == ["c1", "c2"]
