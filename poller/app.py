@@ -382,8 +382,10 @@ class App:
         open_orders = sum(t.open_orders for t in self.trackers.values())
         outbox = list(self.outbox.values())
         waiting = sum(s.pending for s in outbox)
-        text = (f"{len(self.trackers)} connection(s), {open_orders} open order(s), "
-                f"{waiting} waiting notification(s)")
+        # In a cluster the others' connections are not "missing": say how many are held here.
+        held = (f"{len(self.trackers)} of {len(self.adapters)} connection(s) held here"
+                if self.clustered else f"{len(self.trackers)} connection(s)")
+        text = f"{held}, {open_orders} open order(s), {waiting} waiting notification(s)"
         now = utcnow()
         oldest = max((pending_age(s, now) for s in outbox if s.pending), default=None)
         if oldest is not None:

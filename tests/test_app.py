@@ -142,14 +142,18 @@ def test_two_instances_on_postgresql_one_polls_and_runs_the_actions(
             row = await asyncio.to_thread(
                 submit, DatabaseUrl.parse(pg_url), "tw", order.order_id, "cancel",
                 timeout=30)
-            return holder.cluster, other.cluster, row, other.trackers
+            lines = (holder.status_line(), other.status_line())
+            return holder.cluster, other.cluster, row, other.trackers, lines
 
     try:
-        held, idle, row, idle_trackers = asyncio.run(scenario())
+        held, idle, row, idle_trackers, lines = asyncio.run(scenario())
     finally:
         sim.stop()
     assert set(held["held"]) == {"tw"} and held["instances"] == 2
     assert idle["held"] == {} and not idle_trackers
+    # Each says how many of the configured connections it polls, not "0 connection(s)".
+    assert lines[0].startswith("1 of 1 connection(s) held here, ")
+    assert lines[1].startswith("0 of 1 connection(s) held here, ")
     assert (row.state, row.outcome, row.attempts) == ("succeeded", "CANCEL_SUCCESS", 1)
     assert "cancel" in str(sim.book.get(order.order_id).status).lower()
     scenes = [e["payload"]["scene_type"] for e in receiver.events]
