@@ -66,6 +66,7 @@ class ActionRunner:
         self.every = every
         self._task: asyncio.Task[None] | None = None
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._broker_of: dict[int, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
         # Outcomes the store refused to record (a full disk): written again later, and
@@ -91,6 +92,20 @@ class ActionRunner:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
+    async def drop_connection(self, broker: str) -> None:
+        """Stop the actions of ``broker`` running here: its lease went to another instance.
+
+        Their rows stay queued, so the new holder runs them; without this both instances
+        would run one action at once (the new holder reads the queue as soon as it holds the
+        lease). One cut off after its request left is sent again by the new holder, as after
+        a crash; verification then reports what the broker did.
+        """
+        tasks = [task for action_id, task in self._running.items()
+                 if self._broker_of.get(action_id) == broker]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
@@ -108,6 +123,7 @@ class ActionRunner:
                 if row.id not in self._running and row.id not in self._unrecorded:
                     task = asyncio.create_task(self._run(row), name=f"action-{row.id}")
                     self._running[row.id] = task
+                    self._broker_of[row.id] = row.broker
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.every)
             except TimeoutError:
@@ -142,6 +158,7 @@ class ActionRunner:
             await self._finish(row.id, "failed", "", f"internal error: {type(err).__name__}")
         finally:
             self._running.pop(row.id, None)
+            self._broker_of.pop(row.id, None)
 
     async def _finish(self, action_id: int, state: str, scene: str, message: str) -> None:
         """Record an action's outcome; if the store refuses, keep it and try again later."""

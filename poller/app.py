@@ -232,6 +232,8 @@ class App:
         tracker = self.trackers.pop(name, None)
         if tracker is not None:
             await tracker.stop()
+        if self.actions is not None:
+            await self.actions.drop_connection(name)
 
     async def _add_tracker(self, name: str) -> None:
         daemon = self.settings.daemon

@@ -118,3 +118,59 @@ def test_an_action_queued_too_long_ago_expires_unsent(tmp_path: Path) -> None:
     assert "waited longer than daemon.action_expiry" in first.message
     assert (second.state, second.outcome) == ("succeeded", "MODIFY_SUCCESS")
     assert [seen[0] for seen in executor.seen] == [2]  # the expired one never reached it
+
+
+def test_a_connection_handed_to_another_instance_stops_its_actions_here(
+        tmp_path: Path) -> None:
+    """In a cluster the lease's new holder runs the queue's actions of that connection: the
+    old holder's running ones stop when its lease goes (their rows stay queued), so the two
+    never run one action at once, and the new holder runs it to its end."""
+    db = tmp_path / "p.db"
+    submit(db, "cx", "1", "cancel", wait=False)
+    store = Store.open(db)
+
+    async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    class Hanging:
+        """An executor whose verification never ends (the broker is slow to show it)."""
+
+        def __init__(self) -> None:
+            self.started = asyncio.Event()
+            self.cancelled = False
+
+        async def perform(self, row: ActionRow, qty: Decimal | None,
+                          price: Decimal | None) -> Outcome:
+            self.started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+            raise AssertionError("never reached")
+
+    async def run() -> tuple[Hanging, ActionRow | None, ActionRow | None]:
+        hanging = Hanging()
+        held: dict[str, Any] = {"cx": hanging}
+        old = ActionRunner(store, call, held.get, every=0.02, held_only=True)
+        old.start()
+        await asyncio.wait_for(hanging.started.wait(), 10)
+        del held["cx"]  # the lease went elsewhere
+        await old.drop_connection("cx")
+        left = store.action(1)
+        done = asyncio.Event()
+        finisher = Executor(lambda r: (done.set(), Outcome(True, "CANCEL_SUCCESS", "gone"))[1])
+        new = ActionRunner(store, call, {"cx": finisher}.get, every=0.02, held_only=True)
+        new.start()
+        await asyncio.wait_for(done.wait(), 10)
+        await new.stop()
+        await old.stop()
+        return hanging, left, store.action(1)
+
+    try:
+        hanging, left, final = asyncio.run(run())
+    finally:
+        store.close()
+    assert hanging.cancelled
+    assert left is not None and left.state == "queued"
+    assert final is not None and (final.state, final.outcome) == ("succeeded", "CANCEL_SUCCESS")
