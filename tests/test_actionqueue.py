@@ -159,8 +159,13 @@ def test_a_connection_handed_to_another_instance_stops_its_actions_here(
         await old.drop_connection("cx")
         left = store.action(1)
         done = asyncio.Event()
-        finisher = Executor(lambda r: (done.set(), Outcome(True, "CANCEL_SUCCESS", "gone"))[1])
-        new = ActionRunner(store, call, {"cx": finisher}.get, every=0.02, held_only=True)
+
+        def finish(row: ActionRow) -> Outcome:
+            done.set()
+            return Outcome(True, "CANCEL_SUCCESS", "gone")
+
+        holder: dict[str, Any] = {"cx": Executor(finish)}
+        new = ActionRunner(store, call, holder.get, every=0.02, held_only=True)
         new.start()
         await asyncio.wait_for(done.wait(), 10)
         await new.stop()
