@@ -94,8 +94,13 @@ class Receiver:
 
     def _hook(self, request: SimRequest) -> SimResponse:
         at = time.monotonic()
+        try:
+            event = json.loads(request.body)
+        except ValueError:
+            # A sender killed mid-POST leaves a cut-off body: refused, as a real one would.
+            return SimResponse(400, {"error": "the body is not JSON"})
         with self.lock:
-            self.events.append(Received(at, json.loads(request.body)))
+            self.events.append(Received(at, event))
         return SimResponse(200, {"ok": True})
 
     @property
