@@ -134,6 +134,77 @@ def test_no_window_ever_holds_more_than_the_share(
         assert not [t for t in admitted["a"] if start < t < end - 1e-9]
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spec=st.sampled_from(SPECS),
+    share=st.sampled_from([0.8, 1.0]),
+    jitter=st.floats(0.0, 0.4),
+    requests=st.lists(st.tuples(st.floats(0, 10), st.floats(0, 1), st.floats(0, 1),
+                                st.booleans()),
+                      min_size=1, max_size=80),
+)
+def test_early_answers_free_slots_but_no_window_at_the_broker_holds_more(
+        spec: LimitSpec, share: float, jitter: float,
+        requests: list[tuple[float, float, float, bool]]) -> None:
+    """Counted by arrival at the broker: each request travels 0..J there and its answer
+    0..(J - out) back; answered ones leave the log early (LimitGroup.answered), some are
+    never answered (a timeout). No window W ever holds more than the share, and the
+    spacing between starts holds."""
+    fake = FakeTime()
+    group = LimitGroup("g", spec, share=share)
+    group.set_pad(jitter)
+    pad = group.pad  # clamped between the group's floor and ceiling
+    budget = RateBudget([group], clock=fake.clock, sleep=fake.sleep)
+    arrivals: list[float] = []
+    starts: list[float] = []
+
+    async def request(at: float, out: float, back: float, answered: bool) -> None:
+        await fake.sleep(at)
+        when = await budget.acquire("g")
+        starts.append(when)
+        arrivals.append(when + out * pad)
+        if answered:
+            await fake.sleep(out * pad + back * (pad - out * pad))
+            budget.answered(["g"], when, fake.now)
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(request(*r)) for r in requests]
+        await fake.run(tasks, [])
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    if math.floor(share * spec.count) >= 1:
+        assert max_in_window(arrivals, spec.window) <= group.allowed
+    else:
+        assert max_in_window(arrivals, spec.window / share) <= 1
+    ordered = sorted(starts)
+    assert all(b - a >= spec.spacing - 1e-9 for a, b in zip(ordered, ordered[1:], strict=False))
+
+
+def test_an_answer_frees_its_slot_after_the_window_not_the_padded_one() -> None:
+    """One per second with a 0.3 s pad: a request answered after 0.05 s lets the next one
+    start 1.05 s after it, not 1.3 s; one never answered holds its padded slot."""
+    fake = FakeTime()
+    group = LimitGroup("g", LimitSpec(1, 1.0), share=1.0)
+    group.set_pad(0.3)
+    budget = RateBudget([group], clock=fake.clock, sleep=fake.sleep)
+    times: list[float] = []
+
+    async def main() -> None:
+        async def worker() -> None:
+            first = await budget.acquire("g")
+            times.append(first)
+            await fake.sleep(0.05)
+            budget.answered(["g"], first, fake.now)
+            times.append(await budget.acquire("g"))  # answered at 0.05: free at 1.05
+            times.append(await budget.acquire("g"))  # never answered: 1.3 s later
+        task = asyncio.ensure_future(worker())
+        await fake.run([task], [])
+
+    asyncio.run(main())
+    assert times == pytest.approx([0.0, 1.05, 2.35])
+
+
 def test_saturated_demand_uses_the_allowed_rate() -> None:
     """With more work than budget, admissions run at the allowed rate (utilisation)."""
     fake = FakeTime()

@@ -373,7 +373,9 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
                 answer = await send(self.client, request, connection=self.name,
                                     deadline=self.config.timeout,
                                     max_bytes=self.max_answer_bytes)
-                self.budget.observe_round_trip(self.budget.now() - admitted)
+                now = self.budget.now()
+                self.budget.observe_round_trip(now - admitted)
+                self.budget.answered(groups, admitted, now)
                 return answer
             finally:
                 self._last_done = time.monotonic()
