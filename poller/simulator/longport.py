@@ -220,6 +220,8 @@ class LongPortSim(BrokerSim):
             table["app_secret"] = self.app_secret
         if self.push is not None:
             table.update(push=True, push_url=self.push.url, push_tls=False)
+        else:
+            table["push"] = False  # never the real stream's default address from a test
         return table
 
     def not_found(self, request: Any) -> SimResponse:

@@ -235,8 +235,9 @@ class WebullSim(BrokerSim):
             "app_secret": self.app_secret,
             "account_ids": self.accounts(),
             "interval": 8.0 if self.region == "us" else 4.5,
+            # Without its events server: no push, never the real stream's default address.
             **({"push": True, "push_url": self.events.target, "push_tls": False}
-               if self.events is not None else {}),
+               if self.events is not None else {"push": False}),
         }
 
     def not_found(self, request: Any) -> SimResponse:
