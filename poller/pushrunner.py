@@ -6,6 +6,22 @@ catch whatever a stream misses); when it drops, polling returns to full cadence 
 a list poll runs straight away to catch up. Reconnects back off (capped); refused
 credentials or a refused signature stop the stream for the session — one error line, one
 operator event through the coordinator, polling goes on — until a reload.
+
+Each stream may state its broker SDK's reconnect numbers; the runner reads these optional
+attributes of the object ``adapter.open_push()`` returned, after each connection ends (so a
+value the server set during it counts), and uses a default for any it lacks or cannot read:
+
+* ``reconnect_delay`` (seconds, > 0): the wait before the first reconnect after a drop;
+  default :data:`RECONNECT_FIRST`. Each further failure in a row doubles it.
+* ``reconnect_cap`` (seconds): the longest wait; default :data:`RECONNECT_CAP` (never
+  below the first delay: a cap equal to it is the SDKs' fixed delay).
+* ``retryable(error) -> bool``: whether the stream's SDK reconnects after ``error`` (a
+  ``BrokerError`` other than ``BrokerAuthError``; its ``code`` names the cause); default
+  True. When False the stream stops until a reload, as for refused credentials, and
+  polling goes on at full cadence. A ``BrokerAuthError`` always stops it.
+
+The attributes are read with ``getattr``: :class:`poller.pushfeed.PushStream` stays the
+two-method contract, and a stream that says nothing gets the defaults.
 """
 
 from __future__ import annotations
@@ -13,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from poller.adapter import BrokerAdapter
@@ -26,20 +43,60 @@ from poller.pushfeed import PushedOrder, PushStream, is_marker
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between reconnects: doubling from the first, capped (the official Webull SDK
-#: waits a fixed 5 s, webull/trade/events/default_retry_policy.py; a cap keeps a long
-#: outage from costing a connection attempt every few seconds).
+#: Seconds between reconnects when the stream does not say: doubling from the first,
+#: capped (a cap keeps a long outage from costing a connection attempt every few seconds;
+#: a stream's own ``reconnect_delay`` / ``reconnect_cap`` replace them).
 RECONNECT_FIRST = 1.0
 RECONNECT_CAP = 60.0
 #: A stream that stayed up this long resets the backoff.
 STABLE_AFTER = 30.0
+#: Doublings counted at most (the cap is reached long before; keeps the power finite).
+MAX_DOUBLINGS = 32
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """How one stream reconnects: the first wait, the cap, and which errors end it."""
+
+    first: float = RECONNECT_FIRST
+    cap: float = RECONNECT_CAP
+    retryable: Callable[[BrokerError], bool] = field(default=lambda error: True)
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failed connections in a row (1: the first)."""
+        doublings = min(max(failures - 1, 0), MAX_DOUBLINGS)
+        return min(math.ldexp(self.first, doublings), max(self.cap, self.first))
+
+
+def _seconds(value: object, default: float) -> float:
+    """A positive finite number of seconds, or ``default`` (absent, not a number, <= 0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(value) if 0 < value < float("inf") else default
+
+
+def policy_of(stream: object) -> ReconnectPolicy:
+    """The reconnect policy ``stream`` states through its optional attributes (module
+    docstring), with the runner's defaults for what it does not state."""
+    first = _seconds(getattr(stream, "reconnect_delay", None), RECONNECT_FIRST)
+    cap = _seconds(getattr(stream, "reconnect_cap", None), RECONNECT_CAP)
+    retryable = getattr(stream, "retryable", None)
+    if not callable(retryable):
+        return ReconnectPolicy(first, cap)
+    return ReconnectPolicy(first, cap, retryable)
+
+
+async def wait_or_wake(wake: asyncio.Event, seconds: float) -> None:
+    """Wait ``seconds``, or less if ``wake`` is set (a reload asks to reconnect now)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wake.wait(), timeout=seconds)
 
 
 @dataclass
 class PushState:
     """What ``/healthz``, ``/metrics`` and ``poller status`` show of a stream."""
 
-    state: str = "starting"  # starting, up, down, stopped (auth), off
+    state: str = "starting"  # starting, up, down, stopped (refused), off
     since: datetime | None = None
     events: int = 0
     drops: int = 0
@@ -54,23 +111,35 @@ class PushRunner:
     :param on_change: called with True when the stream comes up and False when it drops
         (the connection's list cadence follows it).
     :param on_auth_failed: called with the error once, when credentials are refused.
+    :param on_refused: called with the error once, when the stream ends with an error its
+        SDK does not retry (``retryable`` False); None: the error line alone.
+    :param wait: waits the given seconds or until the event is set (tests pass one that
+        records the delay and returns at once).
     """
 
     def __init__(self, adapter: BrokerAdapter, *, apply: Callable[[PushedOrder],
                  Awaitable[None]], on_change: Callable[[bool], None],
                  on_auth_failed: Callable[[BrokerAuthError], Awaitable[None]],
+                 on_refused: Callable[[BrokerError], Awaitable[None]] | None = None,
                  log: ConnectionLog | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 wait: Callable[[asyncio.Event, float], Awaitable[None]] = wait_or_wake,
+                 ) -> None:
         self.adapter = adapter
         self.status = PushState()
         self._apply = apply
         self._on_change = on_change
         self._on_auth_failed = on_auth_failed
+        self._on_refused = on_refused
         self.log = log or ConnectionLog(logger, {"connection": adapter.name})
         self._mono = monotonic
+        self._wait = wait
         self._task: asyncio.Task[None] | None = None
         self._stream: PushStream | None = None
         self._wake = asyncio.Event()
+        #: The policy of the last connection and the wait chosen after it (None: none yet).
+        self.policy = ReconnectPolicy()
+        self.next_delay: float | None = None
 
     @property
     def up(self) -> bool:
@@ -112,33 +181,57 @@ class PushRunner:
             self._on_change(self.up)
 
     async def _run(self) -> None:
-        delay = RECONNECT_FIRST
+        failures = 0  # failed connections in a row
         while True:
             started = self._mono()
             error = await self._once()
             if isinstance(error, BrokerAuthError):
-                self._set("stopped", str(error))
-                self.log.error("push stream refused (%s); polling goes on at full cadence; "
-                               "fix the key, then `systemctl reload poller`", error)
-                await self._on_auth_failed(error)
-                self._wake.clear()
-                await self._wake.wait()  # until a reload asks again
-                delay = RECONNECT_FIRST
+                await self._stop_until_reload(error, "push stream refused (%s); polling goes "
+                                              "on at full cadence; fix the key, then "
+                                              "`systemctl reload poller`")
+                failures = 0
+                continue
+            if error is not None and not self._retryable(error):
+                await self._stop_until_reload(error, "push stream ended with an error its "
+                                              "SDK does not retry (%s); polling goes on at "
+                                              "full cadence; `systemctl reload poller` "
+                                              "tries again")
+                failures = 0
                 continue
             if self._mono() - started >= STABLE_AFTER:
-                delay = RECONNECT_FIRST
+                failures = 0
+            failures += 1
+            delay = self.next_delay = self.policy.delay(failures)
             self.status.drops += 1
             self._set("down", str(error) if error else "the stream ended")
             self.log.warning("push stream down (%s); polling at full cadence, reconnecting "
-                             "in %.0f s", self.status.last_error, delay)
+                             "in %g s", self.status.last_error, delay)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            delay = min(delay * 2, RECONNECT_CAP)
+            await self._wait(self._wake, delay)
+
+    def _retryable(self, error: BrokerError) -> bool:
+        """The stream's ``retryable`` answer; a stream whose check fails is retried."""
+        try:
+            return bool(self.policy.retryable(error))
+        except Exception:
+            self.log.exception("the push stream's retryable() failed; reconnecting")
+            return True
+
+    async def _stop_until_reload(self, error: BrokerError, message: str) -> None:
+        """Stop the stream until :meth:`retry_now`: one error line, one callback."""
+        self._set("stopped", str(error))
+        self.log.error(message, error)
+        if isinstance(error, BrokerAuthError):
+            await self._on_auth_failed(error)
+        elif self._on_refused is not None:
+            await self._on_refused(error)
+        self._wake.clear()
+        await self._wake.wait()  # until a reload asks again
 
     async def _once(self) -> BrokerError | None:
         """One connection: read until it ends; the error that ended it (None: it closed)."""
         stream = self._stream = self.adapter.open_push()
+        self.policy = ReconnectPolicy()
         try:
             async for update in stream.updates():
                 if not self.up:
@@ -158,6 +251,8 @@ class PushRunner:
         except BrokerError as err:
             return err
         finally:
+            # Read now: a server may have changed the delay during the connection.
+            self.policy = policy_of(stream)
             self._stream = None
             with contextlib.suppress(Exception):
                 await stream.aclose()

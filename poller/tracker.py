@@ -23,7 +23,7 @@ from poller.actions import ActionExecutor, PendingActions, RecordState
 from poller.adapter import BrokerAdapter
 from poller.coordinator import Coordinator, Episode
 from poller.drain import OrderDrain
-from poller.errors import BrokerAuthError
+from poller.errors import BrokerAuthError, BrokerError
 from poller.events import system_event
 from poller.logsetup import ConnectionLog
 from poller.models import OrderSnapshot, SystemScene, iso, utcnow
@@ -91,7 +91,8 @@ class Tracker:
         if adapter.push_available() is None:
             self.push = PushRunner(adapter, apply=self.poller.apply_push,
                                    on_change=self._push_changed,
-                                   on_auth_failed=self._push_refused, log=self.log,
+                                   on_auth_failed=self._push_refused,
+                                   on_refused=self._push_stopped, log=self.log,
                                    monotonic=monotonic)
 
     # -- running -----------------------------------------------------------------------
@@ -136,6 +137,16 @@ class Tracker:
             discriminator=iso(utcnow()) or "",
             message=f"{self.name}: the push stream refused the credentials ({err}); polling "
                     "goes on at full cadence. Fix the key, then `systemctl reload poller`")]))
+
+    async def _push_stopped(self, err: BrokerError) -> None:
+        # An error the broker's own SDK does not retry (a wrong push_url, say): one event,
+        # not a reconnect loop; it stays stopped until a reload.
+        await self.poller.commit(Batch(events=[system_event(
+            SystemScene.PUSH_REFUSED, broker=self.name, detected_at=utcnow(),
+            discriminator=iso(utcnow()) or "",
+            message=f"{self.name}: the push stream ended with an error its broker's SDK does "
+                    f"not retry ({err}); polling goes on at full cadence. Check push_url, "
+                    "then `systemctl reload poller`")]))
 
     def _look_again(self, key: Key) -> None:
         """Read an order again soon: per order where orders are polled one by one, else

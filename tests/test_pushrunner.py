@@ -10,10 +10,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from poller.brokers import longportpush, shioajipush, webullpush
+from poller.brokers.longportpush import LongPortTradePush, TradePushSettings
+from poller.brokers.shioajipush import ShioajiEventStream
+from poller.brokers.shioajipush import StreamSettings as ShioajiSettings
+from poller.brokers.webullpush import EventsSettings, WebullEventStream
 from poller.coordinator import Coordinator
 from poller.errors import BrokerAuthError, BrokerError, BrokerUnavailable
 from poller.models import OrderStatus
@@ -21,7 +31,13 @@ from poller.orderbook import OrderBook
 from poller.polling import ConnectionPoller
 from poller.pollqueue import OrderQueue
 from poller.pushfeed import CONNECTED, PushedOrder, PushStream
-from poller.pushrunner import PushRunner
+from poller.pushrunner import (
+    RECONNECT_CAP,
+    RECONNECT_FIRST,
+    PushRunner,
+    ReconnectPolicy,
+    policy_of,
+)
 from poller.simulator.webull import WebullSim
 from tests.conftest import Receiver, daemon_config, running_app
 from tests.scripted import T0, ScriptedAdapter, StoreCommit, clock_at, order
@@ -29,10 +45,16 @@ from tests.scripted import T0, ScriptedAdapter, StoreCommit, clock_at, order
 End = BrokerError | None
 
 
+#: A queue item that sets the stream's ``reconnect_delay`` (a server's ``retry:``).
+@dataclass(frozen=True)
+class SetDelay:
+    seconds: float
+
+
 class QueueStream:
     """A stream fed by the test: updates, then what ends the connection."""
 
-    def __init__(self, items: asyncio.Queue[PushedOrder | End]) -> None:
+    def __init__(self, items: asyncio.Queue[PushedOrder | End | SetDelay]) -> None:
         self.items = items
         self.closed = False
 
@@ -40,6 +62,9 @@ class QueueStream:
         yield CONNECTED
         while True:
             item = await self.items.get()
+            if isinstance(item, SetDelay):
+                self.reconnect_delay = item.seconds
+                continue
             if isinstance(item, PushedOrder):
                 yield item
                 continue
@@ -54,14 +79,19 @@ class QueueStream:
 class PushingAdapter(ScriptedAdapter):
     supports_push: ClassVar[bool] = True
 
-    def __init__(self) -> None:
+    def __init__(self, policy: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.items: asyncio.Queue[PushedOrder | End] = asyncio.Queue()
+        self.items: asyncio.Queue[PushedOrder | End | SetDelay] = asyncio.Queue()
         self.opened = 0
+        #: Attributes each stream gets (``reconnect_delay``, ``reconnect_cap``, ...).
+        self.policy = policy or {}
 
     def open_push(self) -> PushStream:
         self.opened += 1
-        return QueueStream(self.items)
+        stream = QueueStream(self.items)
+        for name, value in self.policy.items():
+            setattr(stream, name, value)
+        return stream
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -72,8 +102,9 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 class Rig:
-    def __init__(self, tmp_path: Path) -> None:
-        self.adapter = PushingAdapter()
+    def __init__(self, tmp_path: Path, policy: dict[str, Any] | None = None,
+                 **runner: Any) -> None:
+        self.adapter = PushingAdapter(policy)
         self.commit = StoreCommit(tmp_path)
         self.polls_asked = 0
         self.refused: list[BrokerAuthError] = []
@@ -87,7 +118,7 @@ class Rig:
             self.refused.append(err)
 
         self.runner = PushRunner(self.adapter, apply=self.poller.apply_push,
-                                 on_change=self._changed, on_auth_failed=refused)
+                                 on_change=self._changed, on_auth_failed=refused, **runner)
 
     def _poll_soon(self) -> None:
         self.polls_asked += 1
@@ -205,6 +236,233 @@ def test_a_refused_stream_is_one_error_and_polling_goes_on(tmp_path: Path) -> No
 
     asyncio.run(run())
     assert rig.runner.status.state == "off"
+
+
+# --- reconnect numbers: the stream's own (its SDK's), else the runner's ------------------
+
+
+class Waits:
+    """The runner's wait, recorded: returns at once, so each drop reconnects straight away
+    and the test sees every delay the runner chose (no timing involved)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, wake: asyncio.Event, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+async def drop(rig: Rig, times: int, error: BrokerError | None = None) -> None:
+    """Let the stream come up and drop ``times`` times (each reconnect comes up again)."""
+    for n in range(1, times + 1):
+        def connected(n: int = n) -> bool:
+            return rig.runner.up and rig.adapter.opened == n
+
+        def dropped(n: int = n) -> bool:
+            return rig.runner.status.drops == n
+
+        await until(connected)
+        await rig.adapter.items.put(error or BrokerUnavailable("reset", code="UNAVAILABLE"))
+        await until(dropped)
+
+
+def test_a_stream_s_own_first_delay_and_cap_are_used(tmp_path: Path) -> None:
+    waits = Waits()
+    # The monotonic clock stands still: no connection counts as stable, so no reset.
+    rig = Rig(tmp_path, {"reconnect_delay": 5.0, "reconnect_cap": 15.0}, wait=waits,
+              monotonic=lambda: 0.0)
+
+    async def run() -> None:
+        rig.runner.start()
+        await drop(rig, 4)
+        await until(lambda: rig.adapter.opened == 5 and rig.runner.up)
+        await rig.runner.stop()
+
+    asyncio.run(run())
+    assert waits.delays == [5.0, 10.0, 15.0, 15.0]
+    assert rig.runner.next_delay == 15.0
+
+
+def test_a_stream_that_says_nothing_gets_the_runner_s_backoff(tmp_path: Path) -> None:
+    waits = Waits()
+    rig = Rig(tmp_path, wait=waits, monotonic=lambda: 0.0)
+
+    async def run() -> None:
+        rig.runner.start()
+        await drop(rig, 3)
+        await rig.runner.stop()
+
+    asyncio.run(run())
+    assert waits.delays == [1.0, 2.0, 4.0]
+
+
+def test_a_stable_connection_starts_the_backoff_again(tmp_path: Path) -> None:
+    waits = Waits()
+    now = [0.0]
+    rig = Rig(tmp_path, {"reconnect_delay": 2.0}, wait=waits, monotonic=lambda: now[0])
+
+    async def run() -> None:
+        rig.runner.start()
+        await drop(rig, 2)
+        await until(lambda: rig.adapter.opened == 3 and rig.runner.up)
+        now[0] += 31.0  # this connection stayed up past STABLE_AFTER
+        await rig.adapter.items.put(BrokerUnavailable("reset"))
+        await until(lambda: rig.runner.status.drops == 3)
+        await rig.runner.stop()
+
+    asyncio.run(run())
+    assert waits.delays == [2.0, 4.0, 2.0]
+
+
+def test_a_delay_the_server_set_during_the_connection_is_the_one_used(
+        tmp_path: Path) -> None:
+    """As a Shioaji server's ``retry:`` field: the runner reads the stream's delay after the
+    connection ended, not when it opened it."""
+    waits = Waits()
+    rig = Rig(tmp_path, {"reconnect_delay": 3.0}, wait=waits, monotonic=lambda: 0.0)
+
+    async def run() -> None:
+        rig.runner.start()
+        await until(lambda: rig.runner.up)
+        await rig.adapter.items.put(SetDelay(7.5))
+        await rig.adapter.items.put(BrokerUnavailable("reset"))
+        await until(lambda: rig.runner.status.drops == 1)
+        await rig.runner.stop()
+
+    asyncio.run(run())
+    assert waits.delays == [7.5]
+
+
+def test_a_code_the_stream_s_sdk_does_not_retry_stops_it_until_a_reload(
+        tmp_path: Path) -> None:
+    waits = Waits()
+    refused: list[BrokerError] = []
+
+    async def on_refused(err: BrokerError) -> None:
+        refused.append(err)
+
+    rig = Rig(tmp_path, {"retryable": WebullEventStream.retryable}, wait=waits,
+              on_refused=on_refused)
+
+    async def run() -> None:
+        rig.runner.start()
+        await drop(rig, 1, BrokerUnavailable("gRPC INTERNAL", code="INTERNAL"))  # retried
+        await until(lambda: rig.adapter.opened == 2 and rig.runner.up)
+        await rig.adapter.items.put(BrokerUnavailable("gRPC UNIMPLEMENTED",
+                                                      code="UNIMPLEMENTED"))
+        await until(lambda: rig.runner.status.state == "stopped")
+        assert not rig.poller.push_up and rig.polls_asked == 2  # one catch-up a drop
+        assert rig.adapter.opened == 2 and [e.code for e in refused] == ["UNIMPLEMENTED"]
+        rig.runner.retry_now()  # a reload
+        await until(lambda: rig.adapter.opened == 3 and rig.runner.up)
+        await rig.runner.stop()
+
+    asyncio.run(run())
+    assert waits.delays == [1.0]  # no wait was chosen after the refusal
+    assert rig.refused == []  # not a credentials refusal: no PUSH_REFUSED
+
+
+def test_a_failing_retryable_check_means_retry(tmp_path: Path) -> None:
+    def broken(err: BrokerError) -> bool:
+        raise RuntimeError("bug in a stream")
+
+    waits = Waits()
+    rig = Rig(tmp_path, {"retryable": broken}, wait=waits, monotonic=lambda: 0.0)
+
+    async def run() -> None:
+        rig.runner.start()
+        await drop(rig, 1)
+        await until(lambda: rig.adapter.opened == 2 and rig.runner.up)
+        await rig.runner.stop()
+
+    asyncio.run(run())
+    assert waits.delays == [1.0]
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "5", True, None])
+def test_a_delay_that_is_not_a_positive_number_of_seconds_is_ignored(value: object) -> None:
+    class Odd:
+        reconnect_delay = value
+        reconnect_cap = value
+
+    policy = policy_of(Odd())
+    assert (policy.first, policy.cap) == (RECONNECT_FIRST, RECONNECT_CAP)
+
+
+def test_a_cap_below_the_first_delay_is_a_fixed_delay() -> None:
+    policy = ReconnectPolicy(first=5.0, cap=2.0)
+    assert [policy.delay(n) for n in (1, 2, 10, 10_000)] == [5.0, 5.0, 5.0, 5.0]
+
+
+def test_the_real_streams_state_their_sdk_s_numbers() -> None:
+    """What each broker stream hands the runner: its SDK's first delay, and for Webull the
+    SDK's retryable gRPC codes (poller's own control codes are retried too)."""
+    webull = WebullEventStream(EventsSettings(
+        connection="wb", target="127.0.0.1:1", tls=False, app_key=SecretStr("k"),
+        app_secret=SecretStr("s"), accounts=("A",), algorithm="HMAC-SHA256",
+        signature_version="1.0", status_table={}, timestamp=lambda: "", nonce=lambda: ""))
+    policy = policy_of(webull)
+    assert (policy.first, policy.cap) == (webullpush.RECONNECT_DELAY, RECONNECT_CAP) == (
+        5.0, 60.0)
+    for code in ("UNAVAILABLE", "INTERNAL", "UNKNOWN", "NumOfConnExceed",
+                 "SubscribeExpired", ""):
+        assert policy.retryable(BrokerUnavailable("x", code=code)), code
+    for code in ("UNIMPLEMENTED", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "NOT_FOUND",
+                 "CANCELLED", "DEADLINE_EXCEEDED"):
+        assert not policy.retryable(BrokerUnavailable("x", code=code)), code
+
+    async def token() -> str:
+        return ""
+
+    longport = LongPortTradePush(TradePushSettings(
+        connection="lp", url="ws://127.0.0.1:1/v2", account_id="A", region="hk", token=token,
+        now=lambda: T0))
+    assert policy_of(longport).first == longportpush.RECONNECT_DELAY == 2.0
+    assert policy_of(longport).retryable(BrokerUnavailable("x", code="connect"))
+
+    def no_quantity(status: OrderStatus | None, order: Decimal | None,
+                    cancelled: Decimal | None, filled: Decimal) -> Decimal:
+        return filled
+
+    async def shioaji_policy() -> tuple[float, float]:
+        async with httpx.AsyncClient() as client:
+            stream = ShioajiEventStream(ShioajiSettings(
+                connection="sj", url="http://127.0.0.1:1/", accounts=(), status_table={},
+                quantity=no_quantity), client)
+            first = policy_of(stream).first
+            stream.retry_delay = 9.0  # what a server's ``retry: 9000`` sets
+            return first, policy_of(stream).first
+
+    assert asyncio.run(shioaji_policy()) == (shioajipush.RECONNECT_DELAY, 9.0) == (3.0, 9.0)
+
+
+def test_the_webull_channel_is_built_with_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real channel maker, called with what the stream passes (recorded on the way)."""
+    import grpc.aio
+
+    seen: list[dict[str, Any]] = []
+    for name in ("insecure_channel", "secure_channel"):
+        real = getattr(grpc.aio, name)
+
+        def record(*args: Any, real: Any = real, **kwargs: Any) -> Any:
+            seen.append(dict(kwargs.get("options") or ()))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(grpc.aio, name, record)
+
+    async def channels() -> None:
+        for tls in (False, True):
+            stream = WebullEventStream(EventsSettings(
+                connection="wb", target="127.0.0.1:1", tls=tls, app_key=SecretStr("k"),
+                app_secret=SecretStr("s"), accounts=("A",), algorithm="HMAC-SHA256",
+                signature_version="1.0", status_table={}, timestamp=lambda: "",
+                nonce=lambda: ""))
+            await stream._open_channel().close()
+
+    asyncio.run(channels())
+    expected = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_timeout_ms": 20_000,
+                "grpc.keepalive_permit_without_calls": 0}
+    assert seen == [expected, expected]
 
 
 # --- end to end: the Webull simulator's trade events, a real App ----------------------

@@ -24,7 +24,10 @@ Reconnecting is the runner's job (one :meth:`LongPortTradePush.updates` call is 
 connection). The SDK's numbers, from ``core.rs`` and ``client.rs``: it waits
 :data:`RECONNECT_DELAY` (2 s) before every attempt and retries for ever
 (:data:`MAX_RETRIES` None) after *any* failure (connect, token, auth, subscribe:
-:data:`RETRY_ANY_FAILURE`); gRPC codes do not apply (no gRPC here).
+:data:`RETRY_ANY_FAILURE`); gRPC codes do not apply (no gRPC here). The stream hands the
+runner :attr:`LongPortTradePush.reconnect_delay` (its first wait, doubled after each further
+failure in a row up to the runner's cap) and no ``retryable`` (every failure is retried),
+except that poller stops on refused credentials until a reload, as for every broker.
 
 Over 400 lines: one connection's whole protocol (URL, upgrade, auth, subscription,
 heartbeat watch, notification reading, close and error translation) is one state machine;
@@ -228,6 +231,9 @@ class TradePushSettings:
 
 class LongPortTradePush:
     """One subscription to LongPort's trade push (a :class:`poller.pushfeed.PushStream`)."""
+
+    #: Seconds before the first reconnect (the SDK's delay; :mod:`poller.pushrunner`).
+    reconnect_delay: float = RECONNECT_DELAY
 
     def __init__(self, settings: TradePushSettings) -> None:
         self.settings = settings

@@ -55,7 +55,8 @@ Reconnecting is the runner's. The official reader stops on the cases above and i
 reconnect delay is compiled code, not a string ("SSE connect error: …; backoff"), so
 :data:`RECONNECT_DELAY` is the documented default of server-sent events (the HTML standard's
 reconnection time, "a few seconds"); a ``retry:`` field from the server overrides it in
-:attr:`ShioajiEventStream.retry_delay`.
+:attr:`ShioajiEventStream.retry_delay`, which the runner reads as the stream's
+``reconnect_delay`` (its first wait; it doubles after each further failure in a row).
 
 Over 400 lines: the evidence above, the two callback parsers and the stream that uses them
 belong together; split, each part would need the others' evidence to be read.
@@ -333,6 +334,11 @@ class ShioajiEventStream:
         self.seen: Counter[str] = Counter()
         self._response: httpx.Response | None = None
         self._closed = False
+
+    @property
+    def reconnect_delay(self) -> float:
+        """Seconds before the first reconnect (:mod:`poller.pushrunner` reads it)."""
+        return self.retry_delay
 
     def _scrub(self, text: str) -> str:
         """Broker text fit for an error or a log line: printable, short, no secret."""

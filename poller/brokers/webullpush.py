@@ -18,9 +18,22 @@ Built exactly as the official client does it (``webull-openapi-python-sdk`` 3.0.
   lower-case hex (MD5 / SHA-256); a test checks :func:`event_metadata` against it.
 * ``webull/trade/events/default_retry_policy.py``: the SDK reconnects for ever
   (``max_retry_times=-1``) every 5 s (``FixedDelayStrategy(5000)``) after UNAVAILABLE,
-  INTERNAL or UNKNOWN. This stream never reconnects itself (one :meth:`updates` call is one
-  connection); :data:`RECONNECT_DELAY`, :data:`MAX_RETRIES` and :data:`RETRYABLE_STATUS`
-  give the runner the SDK's numbers.
+  INTERNAL or UNKNOWN, and ends its client after any other gRPC code. This stream never
+  reconnects itself (one :meth:`updates` call is one connection); it tells
+  :class:`poller.pushrunner.PushRunner` the SDK's numbers through
+  :attr:`WebullEventStream.reconnect_delay` (:data:`RECONNECT_DELAY`: the first wait, which
+  the runner doubles after each further failure in a row, up to its 60 s cap) and
+  :meth:`WebullEventStream.retryable` (:data:`RETRYABLE_STATUS`: another gRPC code stops the
+  stream until a reload, polling going on). The runner reconnects for ever, as
+  :data:`MAX_RETRIES` says the SDK does. poller's own codes ``NumOfConnExceed`` and
+  ``SubscribeExpired`` (the SDK logs those answers and reads on) and a stream ended without
+  an error (the SDK stops) are retried with backoff; polling covers the gap meanwhile.
+* Keepalive: the SDK's channel has none, so a connection that dies without a reset (a NAT
+  or proxy forgetting it) would look up for ever; :data:`CHANNEL_OPTIONS` make gRPC ping it
+  and end the call UNAVAILABLE (retried) when the ping goes unanswered.
+
+Over 400 lines: the evidence above, the signer, the event reader and the stream that uses
+them are one protocol; split, each part would need the others' evidence to be read.
 
 Event JSON (seed 001, brokers.md 3.6) comes in two shapes, both read: the Broker API's
 envelope ``{id, event_type: "TRADE", timestamp, payload: {order fields}}`` and the order
@@ -80,6 +93,18 @@ MAX_RETRIES: int | None = None
 #: name: the codes after which the SDK reconnects. Every other code ends its client.
 #: :class:`BrokerUnavailable` raised here carries the code name as ``code``.
 RETRYABLE_STATUS = frozenset({"UNAVAILABLE", "INTERNAL", "UNKNOWN"})
+#: Every gRPC status code name: a code outside it is poller's own (a control answer).
+GRPC_STATUS = frozenset(code.name for code in grpc.StatusCode)
+#: Channel keepalive: an HTTP/2 ping after 5 min without traffic, the connection dropped
+#: when it goes unanswered for 20 s. 5 min is gRPC servers' default minimum ping interval
+#: (core, Go, Java): pinging more often can earn a GOAWAY ``too_many_pings``.
+KEEPALIVE_TIME_MS = 300_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 0),
+)
 #: ``subscribeType`` poller subscribes to: order status changes (``types.py``).
 SUBSCRIBE_ORDERS: int = event_types.ORDER_STATUS_CHANGED
 #: ``eventType`` of an order event (``types.py``).
@@ -240,6 +265,15 @@ class EventsSettings:
 class WebullEventStream:
     """One subscription to Webull's trade events (a :class:`poller.pushfeed.PushStream`)."""
 
+    #: Seconds before the first reconnect (the SDK's fixed delay; read by the runner).
+    reconnect_delay: float = RECONNECT_DELAY
+
+    @staticmethod
+    def retryable(error: BrokerError) -> bool:
+        """Whether the SDK would reconnect after ``error`` (read by the runner): a gRPC code
+        in :data:`RETRYABLE_STATUS`, or one of poller's own codes (not a gRPC one)."""
+        return error.code in RETRYABLE_STATUS or error.code not in GRPC_STATUS
+
     def __init__(self, settings: EventsSettings) -> None:
         self.settings = settings
         self._channel: Any = None
@@ -259,9 +293,11 @@ class WebullEventStream:
 
     def _open_channel(self) -> Any:
         target = self.settings.target
+        options = list(CHANNEL_OPTIONS)
         if self.settings.tls:
-            return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
-        return grpc.aio.insecure_channel(target)
+            return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(),
+                                           options=options)
+        return grpc.aio.insecure_channel(target, options=options)
 
     def _request(self) -> tuple[Any, list[tuple[str, str]]]:
         cfg = self.settings
@@ -374,6 +410,7 @@ class WebullEventStream:
         return update
 
 
-__all__ = ["EVENTS_HOSTS", "EVENTS_PORT", "MAX_RETRIES", "RECONNECT_DELAY", "RETRYABLE_STATUS",
+__all__ = ["CHANNEL_OPTIONS", "EVENTS_HOSTS", "EVENTS_PORT", "GRPC_STATUS", "KEEPALIVE_TIME_MS",
+           "KEEPALIVE_TIMEOUT_MS", "MAX_RETRIES", "RECONNECT_DELAY", "RETRYABLE_STATUS",
            "EventsSettings", "WebullEventStream", "event_metadata", "events_target", "parse_event",
            "target_host"]
