@@ -4,14 +4,26 @@ the poller's answers, and the counters the status line and metrics read."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
 from poller.models import OrderStatus
 from poller.orderbook import OrderBook
 from poller.records import ActionRow
+from poller.simulator.webull import WebullSim
 from poller.tracker import Tracker
+from tests.conftest import Receiver, daemon_config, running_app
 from tests.scripted import ScriptedAdapter, StoreCommit, order
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Re-check ``predicate`` on the loop until it holds, or fail at the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
 
 
 def tracker_for(adapter: ScriptedAdapter, commit: StoreCommit, book: OrderBook,
@@ -97,3 +109,44 @@ def test_an_action_on_a_finished_order_is_refused_before_sending(tmp_path: Path)
 
     outcome = asyncio.run(run())
     assert outcome.message == "order 1 is already FILLED"  # type: ignore[attr-defined]
+
+
+def test_a_stream_error_its_sdk_does_not_retry_is_one_event_and_polling_goes_on(
+        tmp_path: Path, receiver: Receiver) -> None:
+    """push_url pointing at a gRPC server without the events service: UNIMPLEMENTED, which
+    Webull's SDK does not retry. One PUSH_REFUSED event, the stream stopped (no reconnect
+    loop), and the list keeps being polled."""
+    import grpc  # the push extra, a test dependency
+
+    bare = grpc.server(ThreadPoolExecutor(max_workers=2))
+    port = bare.add_insecure_port("127.0.0.1:0")
+    bare.start()
+    sim = WebullSim(seed=4)
+    sim.start()
+    try:
+        table = sim.broker_config("wb") | {"interval": 2.5, "share": 1.0, "push": True,
+                                           "push_url": f"127.0.0.1:{port}",
+                                           "push_tls": False}
+        config = daemon_config(tmp_path, {"wb": table}, receiver.url)
+
+        async def scenario() -> tuple[str, int]:
+            async with running_app(config) as app:
+                tracker = app.trackers["wb"]
+                push = tracker.push
+                assert push is not None
+                events = await asyncio.to_thread(
+                    receiver.wait_for,
+                    lambda e: any(x["payload"]["scene_type"] == "PUSH_REFUSED" for x in e))
+                assert push.status.state == "stopped"
+                seen = len(sim.server.log)
+                await until(lambda: len(sim.server.log) >= seen + 3)  # the list goes on
+                refused = [x for x in events if x["payload"]["scene_type"] == "PUSH_REFUSED"]
+                return str(refused[0]["payload"].get("message", "")), len(refused)
+
+        message, count = asyncio.run(scenario())
+    finally:
+        sim.stop()
+        bare.stop(None)
+    assert count == 1
+    assert "does not retry" in message and "UNIMPLEMENTED" in message
+    assert receiver.scenes().count("PUSH_REFUSED") == 1
