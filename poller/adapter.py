@@ -342,13 +342,10 @@ class BrokerAdapter(ABC, Generic[C]):
 
     async def request(self, kind: RequestKind, request: httpx.Request) -> Answer:
         """Send one request through the rate budget of the groups ``kind`` consumes."""
-        groups = self.groups_of(kind)
-        admitted = await self.budget.acquire(*groups)
+        admitted = await self.budget.acquire(*self.groups_of(kind))
         answer = await send(self.client, request, connection=self.name,
                             deadline=self.config.timeout, max_bytes=self.max_answer_bytes)
-        now = self.budget.now()
-        self.budget.observe_round_trip(now - admitted)
-        self.budget.answered(groups, admitted, now)
+        self.budget.observe_round_trip(self.budget.now() - admitted)
         return answer
 
     @property

@@ -12,7 +12,6 @@ at the same instant, without awaiting in between.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextvars
 import itertools
 import math
@@ -101,9 +100,7 @@ class LimitGroup:
         self.pad = self.min_pad
         self.window = base + self.pad
         self.spacing = spec.spacing
-        # Sorted; an entry is a start time, or less for a request answered early (answered).
         self._starts: deque[float] = deque()
-        self._last_start = float("-inf")  # the minimum spacing counts from real starts
         self.paused_until = 0.0
         self.admitted = 0
         #: Requests still allowed before the lease holder writes its window log again (None:
@@ -118,8 +115,8 @@ class LimitGroup:
         wait = max(0.0, self.paused_until - now)
         if len(starts) >= self.allowed:
             wait = max(wait, starts[len(starts) - self.allowed] + self.window - now)
-        if self.spacing:
-            wait = max(wait, self._last_start + self.spacing - now)
+        if self.spacing and starts:
+            wait = max(wait, starts[-1] + self.spacing - now)
         if self.allowance is not None and self.allowance <= 0:
             wait = max(wait, LEASE_RECHECK)
         return wait
@@ -131,7 +128,6 @@ class LimitGroup:
     def record(self, now: float) -> None:
         """Note that a request started at ``now``."""
         self._starts.append(now)
-        self._last_start = max(self._last_start, now)
         self.admitted += 1
         if self.allowance is not None:
             self.allowance -= 1
@@ -144,25 +140,6 @@ class LimitGroup:
         """Add requests another process made (times on this group's clock), in order."""
         merged = sorted([*self._starts, *starts])
         self._starts = deque(merged)
-        if merged:
-            self._last_start = max(self._last_start, merged[-1])
-
-    def answered(self, started: float, at: float) -> None:
-        """The request that started at ``started`` was answered at ``at``.
-
-        The pad is there because a request may reach the broker up to the jitter J after it
-        started; an answer proves it had arrived by ``at``. So it leaves the window ``W``
-        after ``at`` instead of ``W + pad`` after its start (entry ``at - pad``): at most N
-        arrivals in any window W still holds, and a fast answer frees its slot sooner.
-        """
-        earlier = at - self.pad
-        if earlier >= started:
-            return
-        starts = self._starts
-        index = bisect.bisect_left(starts, started)
-        if index < len(starts) and starts[index] == started:
-            del starts[index]
-            bisect.insort(starts, earlier)
 
     def set_pad(self, jitter: float) -> None:
         """Pad the window by the measured jitter, kept between ``min_pad`` and ``max_pad``."""
@@ -308,12 +285,6 @@ class RateBudget:
         if spread is not None:
             for group in self.groups.values():
                 group.set_pad(spread)
-
-    def answered(self, names: Iterable[str], started: float, at: float) -> None:
-        """The request admitted at ``started`` into groups ``names`` was answered at ``at``
-        (budget clock): it had reached the broker by then (see :meth:`LimitGroup.answered`)."""
-        for name in names:
-            self.groups[name].answered(started, at)
 
     def close(self) -> int:
         """Shut the budget: cancel every request still waiting for room and every later

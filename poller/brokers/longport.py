@@ -373,9 +373,7 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
                 answer = await send(self.client, request, connection=self.name,
                                     deadline=self.config.timeout,
                                     max_bytes=self.max_answer_bytes)
-                now = self.budget.now()
-                self.budget.observe_round_trip(now - admitted)
-                self.budget.answered(groups, admitted, now)
+                self.budget.observe_round_trip(self.budget.now() - admitted)
                 return answer
             finally:
                 self._last_done = time.monotonic()
