@@ -22,6 +22,7 @@ from poller.compose import Loaded
 from poller.errors import ConfigError
 from poller.health import HealthServer
 from poller.heartbeat import Heartbeat
+from poller.logsetup import flush_repeats
 from poller.settings import DaemonSettings, parse_listen
 from poller.statestore import secret_text
 from poller.systemd import Notifier as SystemdNotifier
@@ -184,6 +185,7 @@ class Server:
             self._last_beat = beat
         if self.dead_man is not None:
             self.dead_man.tick()  # at most starts a request in the background
+        flush_repeats()  # a kind of line that fell silent still gets its count told
         await self.app.refresh_backlog()
         status = self.app.status_line()
         if status != self._last_status:
@@ -230,6 +232,7 @@ class Server:
             await self.dead_man.aclose()
         self.lifecycle.on_force = self.app.abort
         await self.app.stop(grace=0.0 if self.lifecycle.force_exit else None)
+        flush_repeats(every=True)
 
 
 async def serve(

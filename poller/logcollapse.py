@@ -5,7 +5,9 @@ lines in 45 s hid the one that said why. Lines of one kind — the same logger, 
 message template, about the same subject (the first argument: a notifier or connection
 name) — pass once per window; the rest are counted, and the next line of that kind after
 the window says ``(… repeated 120 times in 60 s)``. A kind that falls silent has its count
-written out by the next line of any kind, so no repetition goes unreported for long.
+written out by the next line of any kind, or by :meth:`RepeatCollapser.flush`, which the
+daemon calls on every tick and at shutdown: no repetition goes unreported, even when nothing
+else is logged.
 Warnings about different subjects never hide each other.
 """
 
@@ -79,11 +81,20 @@ class RepeatCollapser(logging.Filter):
             self._emit(summary)
         return passes
 
-    def _silent(self, now: float, current: Key) -> list[logging.LogRecord]:
+    def flush(self, *, every: bool = False) -> None:
+        """Write out the held-back counts of kinds whose window passed (or, with ``every``,
+        of all kinds: at exit nothing may stay untold)."""
+        with self._lock:
+            summaries = self._silent(self.clock(), None, every=every)
+        for summary in summaries:
+            self._emit(summary)
+
+    def _silent(self, now: float, current: Key | None, *,
+                every: bool = False) -> list[logging.LogRecord]:
         """Counts of kinds whose window passed without another line (under the lock)."""
         summaries = []
         for key, seen in self._seen.items():
-            if key != current and seen.held and now - seen.passed >= self.window:
+            if key != current and seen.held and (every or now - seen.passed >= self.window):
                 name, level, msg, subject = key
                 record = logging.LogRecord(
                     name, level, "", 0, "%s: the line %r was repeated %d times in %.0f s",

@@ -202,6 +202,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False)
 
 
+def flush_repeats(*, every: bool = False) -> None:
+    """Write out the counts of collapsed lines held back by poller's log handler (see
+    :meth:`RepeatCollapser.flush`); nothing when logging was not set up by
+    :func:`setup_logging`."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_poller", False):
+            for found in handler.filters:
+                if isinstance(found, RepeatCollapser):
+                    found.flush(every=every)
+
+
 def setup_logging(
     *, level: str = "INFO", fmt: str = "text", redactor: Redactor | None = None,
     stream: TextIO | None = None,

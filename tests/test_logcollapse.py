@@ -95,3 +95,37 @@ def test_distinct_kinds_are_bounded() -> None:
         log.removeHandler(handler)
     assert len(out.getvalue().splitlines()) == 100
     assert len(collapser._seen) <= 10
+
+
+def test_flush_tells_the_counts_of_kinds_that_fell_silent_and_all_of_them_at_exit() -> None:
+    """The issue's outage ended with nothing more logged: the count must still be told —
+    by the daemon's tick once the window passed, and by the last flush at shutdown."""
+    clock = Clock()
+    collapser = RepeatCollapser(60, clock=clock)
+    handler, out = handler_with(collapser)
+    log = logging.getLogger("test.collapse.flush")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        for _ in range(120):
+            log.warning("notifier %s: delivery failed", "hook")
+        for _ in range(5):
+            log.warning("connection %s: no answer", "tw")
+        collapser.flush()  # inside the window: nothing yet
+        assert len(out.getvalue().splitlines()) == 2
+        clock.now += 61
+        collapser.flush()  # the window passed: both counts
+        told = out.getvalue().splitlines()[2:]
+        assert len(told) == 2
+        assert "'notifier %s: delivery failed' was repeated 119 times in 61 s" in told[0]
+        assert "tw: the line 'connection %s: no answer' was repeated 4 times" in told[1]
+        collapser.flush()
+        assert len(out.getvalue().splitlines()) == 4  # told once
+        # The told count opened a new window: these two are held.
+        log.warning("notifier %s: delivery failed", "hook")
+        log.warning("notifier %s: delivery failed", "hook")
+        collapser.flush(every=True)  # at exit: whatever the window
+    finally:
+        log.removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5 and "was repeated 2 times in 0 s" in lines[-1]

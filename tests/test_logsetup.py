@@ -20,6 +20,7 @@ from poller.logsetup import (
     ConnectionLog,
     LogScrubber,
     Redactor,
+    flush_repeats,
     on_journald,
     setup_logging,
     url_secrets,
@@ -126,6 +127,18 @@ def test_setup_replaces_its_own_handler_only(restore_logging: None) -> None:
     assert len(ours) == 1 and foreign in root.handlers
     logging.getLogger("poller.test").info("once")
     assert second.getvalue().count("once") == 1
+
+
+def test_flush_repeats_tells_what_the_handler_held_back(restore_logging: None) -> None:
+    stream = io.StringIO()
+    setup_logging(level="INFO", stream=stream, redactor=Redactor([SECRET]))
+    log = logging.getLogger("poller.test.flood")
+    for _ in range(50):
+        log.warning("notifier %s: delivery failed: %s", "hook", SECRET)
+    assert stream.getvalue().count("delivery failed") == 1
+    flush_repeats(every=True)  # what the daemon does at shutdown
+    told = stream.getvalue().splitlines()[-1]
+    assert "was repeated 49 times" in told and SECRET not in stream.getvalue()
 
 
 @pytest.mark.parametrize(("level", "httpx_level", "apscheduler_level"), [
