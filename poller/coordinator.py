@@ -301,7 +301,10 @@ class Coordinator:
         elif self._episode:
             self.log.info("poll succeeded again")
         for event in events:
+            # Like the started and reminder events: how many polls failed in the episode.
             event.payload["phase"] = "resolved"
+            event.payload["count"] = self._failures or (
+                self.episode.failures if self.episode is not None else 1)
         self._announced = None
         self.episode = None
         self._episode.clear()

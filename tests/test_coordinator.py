@@ -154,6 +154,7 @@ def test_a_lasting_outage_is_reminded_at_the_repeat_interval_with_counts() -> No
     recovered = c.succeeded(T0 + timedelta(hours=3))
     assert [(e.scene, e.payload.get("phase")) for e in recovered] == [
         ("BROKER_RECOVERED", "resolved")]
+    assert recovered[0].payload["count"] == 150  # every failed poll of the episode
     assert c.episode is None
 
 

@@ -180,3 +180,14 @@ def test_installed_wheel_does_not_claim_a_generic_plugins_package(tmp_path: Path
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert "plugins" not in tops
     assert {"poller", "poller_plugins"} <= tops
+
+
+@pytest.mark.parametrize(("kind", "window"), [
+    ("telegram", 10.0), ("slack", 10.0), ("email", 10.0), ("apprise", 10.0),
+    ("webhook", 0.0), ("console", 0.0)])
+def test_fill_coalescing_is_on_for_what_people_read_and_off_for_machines(
+        kind: str, window: float) -> None:
+    """The built-in notifiers as the registry hands them out: chat and mail gather a burst
+    of fills for 10 s, a webhook and the console get every fill as it comes."""
+    cls = get_plugin_manager().registry().notifiers[kind]
+    assert cls.coalesce_fills_default == window
