@@ -253,3 +253,45 @@ def test_idle_clients_of_the_local_servers_do_not_hold_up_sigterm(
         systemd.close()
     assert code == 0, err
     assert "Traceback" not in err
+
+
+def test_the_start_up_line_and_status_show_the_backlog_left_from_before(
+        tmp_path: Path) -> None:
+    """Three messages were still waiting when poller last stopped (the receiver is down):
+    the start-up line and systemd's STATUS= say so, not "0 waiting"."""
+    from datetime import UTC, datetime
+
+    from poller.events import OrderEvent
+    from poller.records import Batch
+    from poller.store import Store
+    from tests.test_lifecycle import FakeSystemd, free_port
+
+    now = datetime.now(UTC)
+    events = [OrderEvent(id=f"e{n}", event_type="TRADE", scene="PLACED", timestamp=now,
+                         broker="tw", account_id="A", order_id=f"O{n}",
+                         payload={"scene_type": "PLACED", "broker": "tw", "account_id": "A",
+                                  "order_id": f"O{n}"}) for n in range(3)]
+    store = Store.open(tmp_path / "poller.db")
+    store.commit(Batch(events=events, routes={e.id: ("hook",) for e in events}))
+    store.close()
+    sim = ShioajiSim()
+    sim.start()
+    systemd = FakeSystemd(tmp_path / "notify.sock")
+    try:
+        down = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens: stays waiting
+        config = daemon_config(tmp_path, {"tw": sim.broker_config("tw")}, down)
+        path = tmp_path / "config.toml"
+        path.write_text(_toml(config))
+        env = {**os.environ, "NOTIFY_SOCKET": systemd.path, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "poller", "run", "-c", str(path)],
+                                stderr=subprocess.PIPE, text=True, env=env)
+        ready = systemd.wait_for("READY=1")
+        code, err = _stop(proc)
+    finally:
+        systemd.close()
+        sim.stop()
+    status = next(f for f in ready if f.startswith("STATUS="))
+    assert "3 waiting notification(s), oldest" in status, ready
+    line = next(x for x in err.splitlines() if "poller running:" in x)
+    assert "3 waiting notification(s)" in line, err
+    assert code == 0, err
