@@ -38,6 +38,7 @@ from poller.pushrunner import (
     ReconnectPolicy,
     policy_of,
 )
+from poller.simulator.shioaji import ShioajiSim
 from poller.simulator.webull import WebullSim
 from tests.conftest import Receiver, daemon_config, running_app
 from tests.scripted import T0, ScriptedAdapter, StoreCommit, clock_at, order
@@ -510,3 +511,46 @@ def test_a_stream_dropped_mid_order_loses_nothing_and_duplicates_nothing(
     assert len(ids) == len(set(ids)) == 4
     via = [e["payload"].get("via") for e in receiver.events]
     assert via[1] == "push" and via[3] == "push" and via[2] is None  # the drop: a poll
+
+
+def test_a_shioaji_stream_dropped_mid_order_loses_nothing_and_duplicates_nothing(
+        tmp_path: Path, receiver: Receiver) -> None:
+    """The same over Shioaji's server-sent events: a fill while the stream is down is caught
+    up by polling, the stream comes back, and every transition arrives exactly once."""
+    sim = ShioajiSim(seed=6, push_events=True)
+    sim.start()
+    try:
+        account = sim.accounts()[0]
+        table = sim.broker_config("tw") | {"interval": 1.0, "reconcile_interval": 5.0}
+        config = daemon_config(tmp_path, {"tw": table}, receiver.url)
+
+        async def scenario() -> tuple[str, int]:
+            async with running_app(config) as app:
+                tracker = app.trackers["tw"]
+                push = tracker.push
+                assert push is not None
+                await until(lambda: push.up and bool(tracker.known_accounts), timeout=15)
+                placed = sim.book.place(account, "2890", "BUY", 10, "27.1")
+                sim.book.accept(placed.order_id)
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 1)
+                sim.book.fill(placed.order_id, 2)
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 2)
+                sim.drop_streams()
+                await until(lambda: push.status.drops >= 1, timeout=10)
+                sim.book.fill(placed.order_id, 3)  # while the stream is down (or coming back)
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 3)
+                await until(lambda: push.up, timeout=15)  # reconnected
+                sim.book.fill(placed.order_id)  # the rest
+                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 4)
+                return placed.order_id, push.status.drops
+
+        order_id, drops = asyncio.run(scenario())
+    finally:
+        sim.stop()
+    assert drops >= 1
+    scenes = receiver.scenes(order_id)
+    assert scenes == ["PLACED", "FILLED", "FILLED", "FINAL_FILLED"], scenes
+    ids = [e["id"] for e in receiver.events]
+    assert len(ids) == len(set(ids)) == 4
+    filled = [e["payload"].get("filled_qty") for e in receiver.events]
+    assert [str(f) for f in filled[1:]] == ["2", "5", "10"], filled
