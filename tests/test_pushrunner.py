@@ -554,3 +554,43 @@ def test_a_shioaji_stream_dropped_mid_order_loses_nothing_and_duplicates_nothing
     assert len(ids) == len(set(ids)) == 4
     filled = [e["payload"].get("filled_qty") for e in receiver.events]
     assert [str(f) for f in filled[1:]] == ["2", "5", "10"], filled
+
+
+def test_a_wrong_signature_is_one_auth_error_and_polling_goes_on(
+        tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    """The events server verifies signatures with a secret other than the connection's: one
+    subscription attempt, one PUSH_REFUSED, the stream stopped, the secret in no log line,
+    and the list still polled."""
+    sim = WebullSim(seed=8, push_events=True)
+    sim.start()
+    assert sim.events is not None
+    sim.events.app_secret = "not-the-connection-secret"  # REST still accepts the real one
+    try:
+        table = sim.broker_config("wb") | {"interval": 2.5, "share": 1.0}
+        config = daemon_config(tmp_path, {"wb": table}, receiver.url)
+
+        async def scenario() -> tuple[str, list[tuple[list[str], str | None]]]:
+            async with running_app(config) as app:
+                push = app.trackers["wb"].push
+                assert push is not None
+                events = await asyncio.to_thread(
+                    receiver.wait_for,
+                    lambda e: any(x["payload"]["scene_type"] == "PUSH_REFUSED" for x in e))
+                await until(lambda: push.status.state == "stopped", timeout=10)
+                seen = len(sim.server.log)
+                await until(lambda: len(sim.server.log) >= seen + 2, timeout=20)  # polls
+                assert sim.events is not None
+                with sim.events.lock:
+                    attempts = list(sim.events.subscriptions)
+                refused = [x for x in events if x["payload"]["scene_type"] == "PUSH_REFUSED"]
+                return str(refused[0]["payload"]["message"]), attempts
+
+        message, attempts = asyncio.run(scenario())
+    finally:
+        sim.stop()
+    assert len(attempts) == 1 and attempts[0][1] is not None  # refused once, never retried
+    assert receiver.scenes().count("PUSH_REFUSED") == 1
+    assert "refused the credentials" in message
+    secret = str(table["app_secret"])
+    assert secret not in message and secret not in caplog.text
+    assert all(secret not in str(e) for e in receiver.events)
