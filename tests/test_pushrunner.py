@@ -26,6 +26,7 @@ from poller.brokers.shioajipush import StreamSettings as ShioajiSettings
 from poller.brokers.webullpush import EventsSettings, WebullEventStream
 from poller.coordinator import Coordinator
 from poller.errors import BrokerAuthError, BrokerError, BrokerUnavailable
+from poller.health import AppCollector, health
 from poller.models import OrderStatus
 from poller.orderbook import OrderBook
 from poller.polling import ConnectionPoller
@@ -469,6 +470,15 @@ def test_the_webull_channel_is_built_with_keepalive(monkeypatch: pytest.MonkeyPa
 # --- end to end: the Webull simulator's trade events, a real App ----------------------
 
 
+def stream_health(app: Any) -> tuple[dict[str, Any], dict[str, float]]:
+    """The ``wb`` stream as ``/healthz`` shows it, and its ``/metrics`` samples."""
+    ok, body = health(app, stale_after=3600)
+    samples = {sample.name: sample.value for family in AppCollector(app).collect()
+               for sample in family.samples if sample.name.startswith("poller_push_")
+               and sample.labels.get("connection") == "wb"}
+    return dict(body["connections"]["wb"]["push"]), samples
+
+
 def test_a_stream_dropped_mid_order_loses_nothing_and_duplicates_nothing(
         tmp_path: Path, receiver: Receiver) -> None:
     """Fills pushed, then the stream drops while the order keeps filling: polling catches
@@ -492,15 +502,18 @@ def test_a_stream_dropped_mid_order_loses_nothing_and_duplicates_nothing(
                 await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 1)
                 sim.book.fill(order_.order_id, 2)  # pushed
                 await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 2)
+                readings = [stream_health(app)]
                 assert sim.events is not None
                 sim.events.drop()
                 await until(lambda: push.status.drops == 1, timeout=10)
+                readings.append(stream_health(app))
                 sim.book.fill(order_.order_id, 3)  # while the stream is down: polled
                 await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 3)
                 await until(lambda: push.up, timeout=15)  # reconnected
                 sim.book.fill(order_.order_id)  # the rest, pushed again
                 await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 4)
-                return {"order": order_.order_id, "drops": push.status.drops}
+                return {"order": order_.order_id, "drops": push.status.drops,
+                        "readings": readings}
 
         found = asyncio.run(scenario())
     finally:
@@ -511,6 +524,12 @@ def test_a_stream_dropped_mid_order_loses_nothing_and_duplicates_nothing(
     assert len(ids) == len(set(ids)) == 4
     via = [e["payload"].get("via") for e in receiver.events]
     assert via[1] == "push" and via[3] == "push" and via[2] is None  # the drop: a poll
+    # What /healthz and /metrics served while the stream was up, and after the drop.
+    (up_json, up_metrics), (down_json, down_metrics) = found["readings"]
+    assert up_json["state"] == "up" and up_json["updates"] >= 1 and up_json["drops"] == 0
+    assert up_metrics["poller_push_up"] == 1.0 and up_metrics["poller_push_updates_total"] >= 1
+    assert up_metrics["poller_push_drops_total"] == 0
+    assert down_json["drops"] == 1 and down_metrics["poller_push_drops_total"] == 1
 
 
 def test_a_shioaji_stream_dropped_mid_order_loses_nothing_and_duplicates_nothing(
