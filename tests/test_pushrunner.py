@@ -39,7 +39,6 @@ from poller.pushrunner import (
     ReconnectPolicy,
     policy_of,
 )
-from poller.simulator.shioaji import ShioajiSim
 from poller.simulator.webull import WebullSim
 from tests.conftest import Receiver, daemon_config, running_app
 from tests.scripted import T0, ScriptedAdapter, StoreCommit, clock_at, order
@@ -531,85 +530,3 @@ def test_a_stream_dropped_mid_order_loses_nothing_and_duplicates_nothing(
     assert up_metrics["poller_push_drops_total"] == 0
     assert down_json["drops"] == 1 and down_metrics["poller_push_drops_total"] == 1
 
-
-def test_a_shioaji_stream_dropped_mid_order_loses_nothing_and_duplicates_nothing(
-        tmp_path: Path, receiver: Receiver) -> None:
-    """The same over Shioaji's server-sent events: a fill while the stream is down is caught
-    up by polling, the stream comes back, and every transition arrives exactly once."""
-    sim = ShioajiSim(seed=6, push_events=True)
-    sim.start()
-    try:
-        account = sim.accounts()[0]
-        table = sim.broker_config("tw") | {"interval": 1.0, "reconcile_interval": 5.0}
-        config = daemon_config(tmp_path, {"tw": table}, receiver.url)
-
-        async def scenario() -> tuple[str, int]:
-            async with running_app(config) as app:
-                tracker = app.trackers["tw"]
-                push = tracker.push
-                assert push is not None
-                await until(lambda: push.up and bool(tracker.known_accounts), timeout=15)
-                placed = sim.book.place(account, "2890", "BUY", 10, "27.1")
-                sim.book.accept(placed.order_id)
-                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 1)
-                sim.book.fill(placed.order_id, 2)
-                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 2)
-                sim.drop_streams()
-                await until(lambda: push.status.drops >= 1, timeout=10)
-                sim.book.fill(placed.order_id, 3)  # while the stream is down (or coming back)
-                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 3)
-                await until(lambda: push.up, timeout=15)  # reconnected
-                sim.book.fill(placed.order_id)  # the rest
-                await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 4)
-                return placed.order_id, push.status.drops
-
-        order_id, drops = asyncio.run(scenario())
-    finally:
-        sim.stop()
-    assert drops >= 1
-    scenes = receiver.scenes(order_id)
-    assert scenes == ["PLACED", "FILLED", "FILLED", "FINAL_FILLED"], scenes
-    ids = [e["id"] for e in receiver.events]
-    assert len(ids) == len(set(ids)) == 4
-    filled = [e["payload"].get("filled_qty") for e in receiver.events]
-    assert [str(f) for f in filled[1:]] == ["2", "5", "10"], filled
-
-
-def test_a_wrong_signature_is_one_auth_error_and_polling_goes_on(
-        tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
-    """The events server verifies signatures with a secret other than the connection's: one
-    subscription attempt, one PUSH_REFUSED, the stream stopped, the secret in no log line,
-    and the list still polled."""
-    sim = WebullSim(seed=8, push_events=True)
-    sim.start()
-    assert sim.events is not None
-    sim.events.app_secret = "not-the-connection-secret"  # REST still accepts the real one
-    try:
-        table = sim.broker_config("wb") | {"interval": 2.5, "share": 1.0}
-        config = daemon_config(tmp_path, {"wb": table}, receiver.url)
-
-        async def scenario() -> tuple[str, list[tuple[list[str], str | None]]]:
-            async with running_app(config) as app:
-                push = app.trackers["wb"].push
-                assert push is not None
-                events = await asyncio.to_thread(
-                    receiver.wait_for,
-                    lambda e: any(x["payload"]["scene_type"] == "PUSH_REFUSED" for x in e))
-                await until(lambda: push.status.state == "stopped", timeout=10)
-                seen = len(sim.server.log)
-                await until(lambda: len(sim.server.log) >= seen + 2, timeout=20)  # polls
-                assert sim.events is not None
-                with sim.events.lock:
-                    attempts = list(sim.events.subscriptions)
-                refused = [x for x in events if x["payload"]["scene_type"] == "PUSH_REFUSED"]
-                return str(refused[0]["payload"]["message"]), attempts
-
-        message, attempts = asyncio.run(scenario())
-    finally:
-        sim.stop()
-    assert len(attempts) == 1 and attempts[0][1] is not None  # refused once, never retried
-    assert receiver.scenes().count("PUSH_REFUSED") == 1
-    assert "refused the credentials" in message
-    secret = str(table["app_secret"])
-    assert secret not in message and secret not in caplog.text
-    assert all(secret not in str(e) for e in receiver.events)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -36,6 +37,7 @@ from poller.brokers.webullpush import (
     parse_event,
 )
 from poller.errors import BrokerAuthError, BrokerError, BrokerUnavailable
+from poller.health import health
 from poller.models import OrderStatus
 from poller.pushfeed import CONNECTED, PushedOrder
 from poller.ratelimit import LimitGroup, LimitSpec, RateBudget
@@ -43,6 +45,7 @@ from poller.simulator.httpserver import SlidingWindow
 from poller.simulator.webull import WebullSim
 from poller.simulator.webullevents import WebullEventsServer
 from tests.brokers.consumer import Consumer
+from tests.conftest import Receiver, daemon_config, running_app
 
 T = TypeVar("T")
 
@@ -531,3 +534,77 @@ def test_parse_order_and_parse_event_read_one_order_alike() -> None:
             pushed.event_time) == (polled.status, polled.qty, polled.filled_qty,
                                    polled.avg_fill_price, polled.updated_at)
 
+
+
+# -- a wrong signature through the daemon ---------------------------------------------------
+
+
+async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Wait (polling the condition, never a fixed sleep) until ``predicate()`` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_a_wrong_signature_through_the_daemon_stops_the_stream_once_and_polling_goes_on(
+        tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    """The events server verifies with a secret other than the connection's (REST accepts
+    it): one subscription attempt, one error line, one PUSH_REFUSED, the stream stopped, the
+    secret nowhere, and the list polled at the connection's interval."""
+    caplog.set_level(logging.DEBUG)
+    sim = WebullSim(seed=8, push_events=True)
+    sim.start()
+    try:
+        assert sim.events is not None
+        sim.events.app_secret = "not-the-connection-secret"
+        # A reconcile interval longer than the test: list calls after the refusal can only
+        # be the full cadence (the stream never came up).
+        table = sim.broker_config("wb") | {"interval": 2.5, "share": 1.0,
+                                           "reconcile_interval": 600.0}
+        config = daemon_config(tmp_path, {"wb": table}, receiver.url)
+
+        def list_calls() -> int:
+            return sum(1 for r in sim.server.requests() if sim.is_list_request(r))
+
+        async def scenario() -> dict[str, Any]:
+            async with running_app(config) as app:
+                tracker = app.trackers["wb"]
+                push = tracker.push
+                assert push is not None
+                await until(lambda: push.status.state == "stopped")
+                lists, polls = list_calls(), tracker.poller.polls
+                # Three list calls after the refusal: the cadence goes on; any reconnect
+                # loop (backoff from 1 s) would have subscribed again meanwhile.
+                await until(lambda: list_calls() >= lists + 3, timeout=6 * 2.5)
+                assert sim.events is not None
+                with sim.events.lock:
+                    attempts = list(sim.events.subscriptions)
+                await asyncio.to_thread(receiver.wait_for, lambda e: any(
+                    x["payload"]["scene_type"] == "PUSH_REFUSED" for x in e), WAIT)
+                _, body = health(app, stale_after=3600)
+                stored = [e.payload.get("scene_type")
+                          for e, _ in app.store.recent_events(broker="wb")]
+                return {"attempts": attempts, "state": push.status.state,
+                        "health": body["connections"]["wb"]["push"],
+                        "polls": tracker.poller.polls - polls, "push_up": push.up,
+                        "slowed": tracker.poller.push_up, "stored": stored}
+
+        found = asyncio.run(scenario())
+    finally:
+        sim.stop()
+    secret = str(table["app_secret"])
+    assert found["attempts"] == [([ACCOUNT], "signature is incorrect")]  # never retried
+    assert found["state"] == "stopped" and found["health"]["state"] == "stopped"
+    assert found["push_up"] is False and found["slowed"] is False
+    assert found["polls"] >= 3
+    refused = [e for e in receiver.events if e["payload"]["scene_type"] == "PUSH_REFUSED"]
+    assert len(refused) == 1 and found["stored"].count("PUSH_REFUSED") == 1
+    assert "refused the credentials" in refused[0]["payload"]["message"]
+    errors = [r for r in caplog.records if r.name.startswith("poller")
+              and r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "push stream refused" in errors[0].getMessage(), errors
+    assert secret not in caplog.text
+    assert all(secret not in r.getMessage() for r in caplog.records)
+    assert all(secret not in json.dumps(e) for e in receiver.events)
+    assert all(secret.encode() not in f.read_bytes() for f in tmp_path.glob("poller.db*"))
