@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -106,6 +107,15 @@ def receiver() -> Iterator[Receiver]:
     r.server.start()
     yield r
     r.server.stop()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Re-check ``predicate`` on the event loop until it holds; fail at the deadline (a
+    condition waited for, never a fixed sleep)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
 
 
 def daemon_config(tmp_path: Path, brokers: dict[str, Any], receiver_url: str | None = None,

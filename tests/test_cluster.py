@@ -394,6 +394,20 @@ def unread_answer_bytes(pid: int, ports: set[int]) -> int:
     return waiting
 
 
+def settle(url: str, sims: Sims, count: int, receiver: Receiver, final: dict[Key, Decimal],
+           watch: LeaseWatch, timeout: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Wait until every final fill reached the receiver and the outbox is empty; then the
+    simulators' reports and the lease epochs (the lease watch stops reading)."""
+    wait_until(lambda: not undelivered(receiver, final),
+               "the receiver has every order's final fill", timeout,
+               lambda: undelivered(receiver, final))
+    wait_until(lambda: pending(url) == 0, "the outbox is empty", timeout,
+               lambda: pending(url))
+    reports = [sims.control(i, "report") for i in range(count)]
+    watch.close()
+    return reports, epochs(url)
+
+
 def sim_setup(sims: Sims, count: int) -> dict[str, dict[str, Any]]:
     """The ``[brokers]`` tables: connection ``c{i}`` is simulator ``i``, polled every 0.5 s."""
     return {f"c{i}": sims.config(i) | {"interval": INTERVAL} for i in range(count)}
@@ -464,14 +478,7 @@ def test_failover_after_kill_9_loses_nothing(pg_url: str) -> None:
             sims.control(i, "stop")
         final = finals([sims.control(i, "report") for i in range(count)])
         assert final, "no order moved"
-        wait_until(lambda: not undelivered(receiver, final),
-                   "the receiver has every order's final fill", 30,
-                   lambda: undelivered(receiver, final))
-        wait_until(lambda: pending(pg_url) == 0, "the outbox is empty", 30,
-                   lambda: pending(pg_url))
-        reports = [sims.control(i, "report") for i in range(count)]
-        watch.close()
-        lease_epochs = epochs(pg_url)
+        reports, lease_epochs = settle(pg_url, sims, count, receiver, final, watch, 30)
 
     # 0 lost: every final fill reached the receiver (waited for above), and every routed
     # event in the database was delivered and marked sent.
@@ -612,14 +619,7 @@ def test_paused_instance_is_fenced_after_it_wakes(pg_url: str) -> None:
         os.kill(a.pid, signal.SIGCONT)
         wait_until(lambda: all(a.logged(LOST.format(name), after=woke) for name in mine),
                    "A logs that it lost its leases", 15, a.log_text)
-        wait_until(lambda: not undelivered(receiver, final),
-                   "the receiver has every order's final fill", 20,
-                   lambda: undelivered(receiver, final))
-        wait_until(lambda: pending(pg_url) == 0, "the outbox is empty", 20,
-                   lambda: pending(pg_url))
-        reports = [sims.control(i, "report") for i in range(count)]
-        watch.close()
-        lease_epochs = epochs(pg_url)
+        reports, lease_epochs = settle(pg_url, sims, count, receiver, final, watch, 20)
         fenced = a.logged(FENCED, after=woke)
         lost = {name: a.logged(LOST.format(name), after=woke)[0].at for name in mine}
         log = a.log_text()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -40,7 +40,7 @@ from poller.pushrunner import (
     policy_of,
 )
 from poller.simulator.webull import WebullSim
-from tests.conftest import Receiver, daemon_config, running_app
+from tests.conftest import Receiver, daemon_config, running_app, until
 from tests.scripted import T0, ScriptedAdapter, StoreCommit, clock_at, order
 
 End = BrokerError | None
@@ -93,13 +93,6 @@ class PushingAdapter(ScriptedAdapter):
         for name, value in self.policy.items():
             setattr(stream, name, value)
         return stream
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 class Rig:

@@ -4,7 +4,6 @@ the poller's answers, and the counters the status line and metrics read."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -14,16 +13,8 @@ from poller.orderbook import OrderBook
 from poller.records import ActionRow
 from poller.simulator.webull import WebullSim
 from poller.tracker import Tracker
-from tests.conftest import Receiver, daemon_config, running_app
+from tests.conftest import Receiver, daemon_config, running_app, until
 from tests.scripted import ScriptedAdapter, StoreCommit, order
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Re-check ``predicate`` on the loop until it holds, or fail at the deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def tracker_for(adapter: ScriptedAdapter, commit: StoreCommit, book: OrderBook,
@@ -139,7 +130,7 @@ def test_a_stream_error_its_sdk_does_not_retry_is_one_event_and_polling_goes_on(
                     lambda e: any(x["payload"]["scene_type"] == "PUSH_REFUSED" for x in e))
                 assert push.status.state == "stopped"
                 seen = len(sim.server.log)
-                await until(lambda: len(sim.server.log) >= seen + 3)  # the list goes on
+                await until(lambda: len(sim.server.log) >= seen + 3, timeout=15)  # the list goes on
                 refused = [x for x in events if x["payload"]["scene_type"] == "PUSH_REFUSED"]
                 return str(refused[0]["payload"].get("message", "")), len(refused)
 

@@ -36,7 +36,7 @@ from poller.ratelimit import LimitGroup, RateBudget
 from poller.simulator.httpserver import SimResponse, SimServer
 from poller.simulator.shioaji import ShioajiSim
 from tests.brokers.consumer import Consumer
-from tests.conftest import Receiver, daemon_config, running_app
+from tests.conftest import Receiver, daemon_config, running_app, until
 
 T = TypeVar("T")
 WAIT = 10.0
@@ -577,14 +577,6 @@ def test_push_available_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch)
 # -- a drop mid-order, end to end -------------------------------------------------------------
 
 
-async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Wait (polling the condition, never a fixed sleep) until ``predicate()`` holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 def test_a_drop_mid_order_through_the_daemon_loses_nothing_and_duplicates_nothing(
         tmp_path: Path, receiver: Receiver) -> None:
     """A real App on the simulator's stream: placed, part-filled, the stream cut, a fill
@@ -607,7 +599,7 @@ def test_a_drop_mid_order_through_the_daemon_loses_nothing_and_duplicates_nothin
                 tracker = app.trackers["tw"]
                 push = tracker.push
                 assert push is not None
-                await until(lambda: push.up and bool(tracker.known_accounts))
+                await until(lambda: push.up and bool(tracker.known_accounts), timeout=WAIT)
                 placed = sim.book.place(ACCOUNT, "2890", "BUY", 10, "27.1")
                 sim.book.accept(placed.order_id)
                 await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 1, WAIT)
@@ -615,7 +607,7 @@ def test_a_drop_mid_order_through_the_daemon_loses_nothing_and_duplicates_nothin
                 await asyncio.to_thread(receiver.wait_for, lambda e: len(e) >= 2, WAIT)
                 before_drop = push.status.events
                 sim.drop_streams()
-                await until(lambda: push.status.drops == 1 and not push.up)
+                await until(lambda: push.status.drops == 1 and not push.up, timeout=WAIT)
                 # Checked and filled in one step of the loop: the runner is waiting out its
                 # reconnect delay (seconds) and cannot reconnect before this fill is made.
                 down = (push.status.state, sim.stream_count(), push.next_delay)

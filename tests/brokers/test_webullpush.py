@@ -45,7 +45,7 @@ from poller.simulator.httpserver import SlidingWindow
 from poller.simulator.webull import WebullSim
 from poller.simulator.webullevents import WebullEventsServer
 from tests.brokers.consumer import Consumer
-from tests.conftest import Receiver, daemon_config, running_app
+from tests.conftest import Receiver, daemon_config, running_app, until
 
 T = TypeVar("T")
 
@@ -539,14 +539,6 @@ def test_parse_order_and_parse_event_read_one_order_alike() -> None:
 # -- a wrong signature through the daemon ---------------------------------------------------
 
 
-async def until(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
-    """Wait (polling the condition, never a fixed sleep) until ``predicate()`` holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 def test_a_wrong_signature_through_the_daemon_stops_the_stream_once_and_polling_goes_on(
         tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
     """The events server verifies with a secret other than the connection's (REST accepts
@@ -572,7 +564,7 @@ def test_a_wrong_signature_through_the_daemon_stops_the_stream_once_and_polling_
                 tracker = app.trackers["wb"]
                 push = tracker.push
                 assert push is not None
-                await until(lambda: push.status.state == "stopped")
+                await until(lambda: push.status.state == "stopped", timeout=WAIT)
                 lists, polls = list_calls(), tracker.poller.polls
                 # Three list calls after the refusal: the cadence goes on; any reconnect
                 # loop (backoff from 1 s) would have subscribed again meanwhile.
