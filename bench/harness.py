@@ -139,8 +139,12 @@ class Daemon:
         notify.settimeout(120)
         env = {**os.environ, "NOTIFY_SOCKET": str(folder / "notify.sock"),
                "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "poller", "run", "-c", str(path)],
-                                     env=env)
+        # BENCH_PROFILE=FILE runs the daemon under cProfile and writes its statistics to
+        # FILE at exit (read with pstats): where a benchmark's CPU goes.
+        profile = os.environ.get("BENCH_PROFILE")
+        prefix = ["-m", "cProfile", "-o", profile] if profile else []
+        self.proc = subprocess.Popen([sys.executable, *prefix, "-m", "poller", "run",
+                                      "-c", str(path)], env=env)
         try:
             while b"READY=1" not in notify.recv(65536):
                 pass

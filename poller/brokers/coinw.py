@@ -25,6 +25,7 @@ its error table, the probe that completes a status with its trades), one broker 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -103,6 +104,10 @@ ERRORS = ErrorTable(
     meanings={"-103": "invalid parameter", "-3": "invalid parameter"},
     penalty=65.0,
 )
+#: What a ``returnOrderTrades`` read gives: filled quantity and average price, or ``None``
+#: when CoinW has no trades for the order.
+TradesRead = tuple[Decimal, Decimal | None] | None
+
 #: ``returnOrderStatus`` answers only for orders at most 7 days old (seed 004).
 STATUS_WINDOW = 7 * 24 * 3600.0
 
@@ -114,6 +119,18 @@ _DIGITS = re.compile(r"^-?\d+$")
 
 
 # -- signing ----------------------------------------------------------------------------------
+
+
+async def _forget(task: asyncio.Task[TradesRead] | None) -> None:
+    """Cancel a trades read whose answer is no longer wanted, and collect its outcome."""
+    if task is None:
+        return
+    task.cancel()
+    # wait() rather than await: the read's own error (or its cancel) is moot, since the
+    # status answer decided the poll, while a cancel of this poll itself still propagates.
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # collected, so it is not reported as never retrieved
 
 
 def signing_payload(params: Mapping[str, str], api_key: str, secret_key: str) -> str:
@@ -479,36 +496,61 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
 
         :returns: ``None`` when CoinW does not know the order (or it is older than 7 days).
         """
+        early = self._early_trades(order_id)
         try:
             data = await self._call(RequestKind.DETAIL, "returnOrderStatus",
                                     {"orderNumber": order_id})
-        except BrokerNotFound:
-            return None
-        if not data:
-            return None
-        try:
+            if not data:
+                raise BrokerNotFound(f"returnOrderStatus: no order {order_id}",
+                                     connection=self.name)
             snapshot = parse_order_status(data, broker=self.name, account_id=account_id,
                                           order_id=order_id)
+        except BrokerNotFound:
+            await _forget(early)
+            return None
         except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+            await _forget(early)
             raise BrokerMalformed(f"returnOrderStatus answer for order {order_id} is not "
                                   f"readable: {type(err).__name__}: {err}",
                                   connection=self.name) from err
+        except BaseException:
+            await _forget(early)
+            raise
         snapshot = carry_over(self._listed.get(order_id), snapshot)
-        snapshot = await self._with_fills(snapshot)
+        snapshot = await self._with_fills(snapshot, early)
         if snapshot.final:
             self._listed.pop(order_id, None)
             self._fills.pop(order_id, None)
         return snapshot
 
-    async def _with_fills(self, snapshot: OrderSnapshot) -> OrderSnapshot:
+    def _early_trades(self, order_id: str) -> asyncio.Task[TradesRead] | None:
+        """``returnOrderTrades`` for a partly filled order, sent beside its status request.
+
+        Once an order is partly filled its status can only be partial, filled or cancelled,
+        and each of those needs the trades (the filled quantity or the average price), so
+        the two requests go out together instead of one after the other: the change is seen
+        one round trip sooner. Only when the trades budget would admit the call at once,
+        so the status request is never held back by it.
+        """
+        known = self._fills.get(order_id)
+        listed = self._listed.get(order_id)
+        partly = ((known is not None and known[0] is OrderStatus.PARTIAL_FILLED)
+                  or (listed is not None and listed.filled_qty > 0))
+        if not partly or not self._trades_free():
+            return None
+        return asyncio.create_task(self._trades(order_id), name=f"trades {order_id}")
+
+    async def _with_fills(self, snapshot: OrderSnapshot,
+                          early: asyncio.Task[TradesRead] | None = None) -> OrderSnapshot:
         status = snapshot.status
         if snapshot.unknown_status or status is OrderStatus.SUBMITTED:
+            await _forget(early)
             return snapshot
         order_id = snapshot.order_id
         if status is OrderStatus.FILLED:
             average: Decimal | None = None
             try:
-                trades = await self._trades(order_id)
+                trades = await (early if early is not None else self._trades(order_id))
             except BrokerError as err:
                 logger.info("%s: no average price for filled order %s (%s)", self.name,
                             order_id, err)
@@ -517,7 +559,8 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
                 average = trades[1]
             return replace(snapshot, filled_qty=snapshot.qty, avg_fill_price=average)
         known = self._fills.get(order_id)
-        if known is not None and known[0] is status and not self._trades_free():
+        if (early is None and known is not None and known[0] is status
+                and not self._trades_free()):
             # returnOrderStatus shows no filled quantity: only a status change proves the
             # fills moved. Unchanged, and the trades budget busy: keep what we know (the
             # open-orders list reports each order's filled quantity too) rather than make
@@ -527,7 +570,7 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
                 return replace(snapshot, filled_qty=listed.filled_qty,
                                avg_fill_price=listed.avg_fill_price)
             return replace(snapshot, filled_qty=known[1], avg_fill_price=known[2])
-        trades = await self._trades(order_id)
+        trades = await (early if early is not None else self._trades(order_id))
         filled, average = trades if trades is not None else (Decimal(0), None)
         listed = self._listed.get(order_id)
         if listed is not None and listed.filled_qty > filled:  # the list saw more, later
@@ -541,7 +584,7 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         return all(self.budget.group(g).wait_time(now) <= 0
                    for g in self.groups_of(RequestKind.TRADES))
 
-    async def _trades(self, order_id: str) -> tuple[Decimal, Decimal | None] | None:
+    async def _trades(self, order_id: str) -> TradesRead:
         try:
             data = await self._call(RequestKind.TRADES, "returnOrderTrades",
                                     {"orderNumber": order_id})

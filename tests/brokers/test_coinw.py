@@ -4,9 +4,10 @@ simulator through the real daemon."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -82,7 +83,9 @@ def respond(status: int, body: Any) -> httpx.Response:
     return httpx.Response(status, json=body)
 
 
-def adapter_for(handler: Callable[[httpx.Request], httpx.Response], **cfg: Any) -> CoinWAdapter:
+def adapter_for(handler: Callable[[httpx.Request], httpx.Response]
+                | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]],
+                **cfg: Any) -> CoinWAdapter:
     config = CoinWConfig.model_validate({
         "kind": "coinw", "base_url": "https://api.coinw.test", "api_key": KEY,
         "secret_key": SECRET, "pairs": ["BTC_USDT"], **cfg})
@@ -860,3 +863,89 @@ def test_the_documentation_s_own_request_example_as_a_vector() -> None:
                          "your_api_key", "your_secret_key")
     assert query == [("command", "returnOrderStatus"), ("orderNumber", "4624544807079846405"),
                      ("api_key", "your_api_key"), ("sign", "D7F728C8FCDD693A0680A82CA790E53D")]
+
+
+class Overlap:
+    """An async handler that, once told to, holds each status answer until a trades request
+    arrived (at most 5 s), recording what came in and went out in order."""
+
+    def __init__(self, status: tuple[int, Any], trades: tuple[int, Any]) -> None:
+        self.answers = {"returnOrderStatus": status, "returnOrderTrades": trades}
+        self.log: list[str] = []
+        self.trades_in = asyncio.Event()
+        self.hold = False  # set once the order is known partly filled
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        command = request.url.params["command"]
+        self.log.append(f"in {command}")
+        if command == "returnOrderTrades":
+            self.trades_in.set()
+        elif self.hold:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.trades_in.wait(), 5)
+        self.log.append(f"out {command}")
+        status, body = self.answers[command]
+        return respond(status, body)
+
+
+PARTIAL = envelope({"status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
+                    "total": "0.001", "type": "buy", "startingAmount": "67"})
+
+
+def test_a_partly_filled_order_s_trades_are_read_beside_its_status() -> None:
+    """Once an order is known partly filled, its next poll sends returnOrderTrades with
+    returnOrderStatus, not after its answer: one round trip instead of two."""
+    handler = Overlap((200, PARTIAL), trades_answer("0.0003", "20.1"))
+
+    async def work(a: CoinWAdapter) -> list[OrderSnapshot | None]:
+        first = await a.fetch_order("spot", "1")
+        handler.log.clear()
+        handler.hold = True
+        return [first, await a.fetch_order("spot", "1")]
+
+    first, second = run(adapter_for(handler), work)
+    assert first is not None and second is not None
+    assert handler.log[:2] == ["in returnOrderStatus", "in returnOrderTrades"]
+    assert sorted(handler.log) == ["in returnOrderStatus", "in returnOrderTrades",
+                                   "out returnOrderStatus", "out returnOrderTrades"]
+    assert (second.status, second.filled_qty) == (OrderStatus.PARTIAL_FILLED, Decimal("0.0003"))
+
+
+@pytest.mark.parametrize(("status", "expected"), [(MISSING, None), (DOWN, BrokerUnavailable)])
+def test_an_early_trades_read_is_dropped_when_the_status_answer_decides(
+        status: tuple[int, Any], expected: Any) -> None:
+    """The order vanished or the status call failed: the trades read beside it is cancelled
+    or collected, never left running, and its answer changes nothing."""
+    handler = Overlap((200, PARTIAL), trades_answer("0.0003", "20.1"))
+    leftovers: list[asyncio.Task[Any]] = []
+
+    async def work(a: CoinWAdapter) -> Any:
+        await a.fetch_order("spot", "1")
+        handler.answers["returnOrderStatus"] = status
+        handler.log.clear()
+        handler.hold = True
+        try:
+            return await a.fetch_order("spot", "1")
+        finally:
+            leftovers.extend(t for t in asyncio.all_tasks()
+                             if t is not asyncio.current_task())
+
+    if expected is None:
+        assert run(adapter_for(handler), work) is None
+    else:
+        with pytest.raises(expected):
+            run(adapter_for(handler), work)
+    assert handler.log[:2] == ["in returnOrderStatus", "in returnOrderTrades"]
+    assert leftovers == []
+
+
+def test_no_early_trades_read_for_an_order_not_known_partly_filled() -> None:
+    """An order last seen open: its status might still say open, which needs no trades."""
+    router = Router({"returnOrderStatus": status_answer(1)})
+
+    async def work(a: CoinWAdapter) -> None:
+        await a.fetch_order("spot", BIG)
+        await a.fetch_order("spot", BIG)
+
+    run(adapter_for(router), work)
+    assert router.calls == ["returnOrderStatus", "returnOrderStatus"]
