@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from bench.harness import Daemon, Receiver, Sims, max_in_window, percentile
@@ -51,6 +54,8 @@ class Figures:
     allowed_rate: float = 0.0
     pad: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    #: Of each latency: the wait for the first status poll that arrived after the change.
+    waits: list[float] = field(default_factory=list)
     unseen: int = 0
     repoll: list[float] = field(default_factory=list)
     max_gap: float = 0.0
@@ -85,6 +90,11 @@ class Figures:
                        f"p99 {percentile(self.latencies, 0.99):.2f} s; max "
                        f"{max(self.latencies):.2f} s (N/R {2 * self.bound_mean:.1f} s); "
                        f"{len(self.latencies)} seen, {self.unseen} not seen")
+            if self.waits:
+                wait = statistics.mean(self.waits)
+                out.append(f"    of which waiting for the order's next poll {wait:.2f} s "
+                           f"({wait / self.bound_mean:.2f} × N/(2R)), that poll's arrival "
+                           f"to the receiver {mean - wait:.2f} s")
         elif self.unseen:
             out.append(f"  detection: none of {self.unseen} changes seen")
         if self.repoll and self.bound_mean:
@@ -116,6 +126,18 @@ def detection(changes: list[list[Any]], seen: list[tuple[float, str, Decimal]],
         else:
             unseen += 1
     return latencies, unseen
+
+
+def next_polls(changes: list[list[Any]], polls: dict[str, list[float]],
+               since: float) -> list[float]:
+    """For each change, the time to the first status poll of its order that arrived after it
+    (the round-robin's share of the latency; the rest is answer, commit and delivery)."""
+    waits = []
+    for at, order_id, _filled in changes:
+        later = [p for p in polls.get(order_id, []) if p >= at] if at >= since else []
+        if later:
+            waits.append(min(later) - at)
+    return waits
 
 
 def status_polls(report: dict[str, Any], start: float, end: float) -> dict[str, list[float]]:
@@ -177,6 +199,10 @@ async def run_poller(args: argparse.Namespace, n: int) -> Figures:
         daemon.stop()
         receiver.close()
         sims.close()
+    if os.environ.get("BENCH_DUMP"):  # the raw readings, for a closer look
+        Path(os.environ["BENCH_DUMP"]).write_text(json.dumps(
+            {"t0": t0, "t1": t1, "report": report,
+             "seen": [(r.at, r.event["payload"]) for r in receiver.events]}, default=str))
     requests = server_side(figures, report, t0, t1)
     figures.cpu_per_request_ms = (cpu1 - cpu0) / max(1, requests) * 1000
     figures.pad = metrics.get(("poller_budget_pad_seconds",
@@ -188,6 +214,7 @@ async def run_poller(args: argparse.Namespace, n: int) -> Figures:
             if r.event["event_type"] == "TRADE"]
     figures.latencies, figures.unseen = detection(report["changes"], seen, t0)
     polls = status_polls(report, t0, float("inf"))
+    figures.waits = next_polls(report["changes"], polls, t0)
     for at, order_id, _ in seen:
         if t0 <= at < t1:
             later = [p for p in polls.get(order_id, []) if p > at]

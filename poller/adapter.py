@@ -195,6 +195,10 @@ class BrokerAdapter(ABC, Generic[C]):
     #: list call is per pair); otherwise the per-order call only confirms orders that left a
     #: list answer, refreshes orders that just changed, and reads watched orders.
     per_order_polling: ClassVar[bool] = False
+    #: Requests one per-order poll may have on the wire at once (CoinW sends a partly filled
+    #: order's trades request beside its status request): the client's pool holds
+    #: ``max_in_flight`` times this many, so no admitted request waits for a connection.
+    requests_per_poll: ClassVar[int] = 1
     #: Whether the broker pushes order events: such an adapter implements
     #: :meth:`open_push` (see :mod:`poller.pushfeed`).
     supports_push: ClassVar[bool] = False

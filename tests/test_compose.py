@@ -4,6 +4,8 @@ with their own clients — the same for check-config, start and reload."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,79 @@ def test_a_world_readable_config_holding_a_secret_is_warned_about(
     if warning is not None:
         assert "readable by other users and holds a secret" in warning
         assert "XXXX1234" not in warning and "LoadCredential=" in warning
+
+
+class HoldingServer:
+    """A raw HTTP/1.1 server on loopback that answers CoinW calls (status 2 with trades)
+    and, once told to, holds every answer until ``hold_until`` requests are open at once
+    (at most 5 s), recording the most it saw open together."""
+
+    STATUS = {"code": "200", "msg": "SUCCESS", "data": {
+        "status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
+        "total": "0.001", "type": "buy", "startingAmount": "67"}}
+    TRADES = {"code": "200", "msg": "SUCCESS", "data": {
+        "success_total": "0.0002", "success_amount": "13.4"}}
+
+    def __init__(self) -> None:
+        self.hold_until = 0
+        self.open = 0
+        self.most = 0
+        self.enough = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    return  # the client closed its connection
+                length = 0
+                for line in head.decode().split("\r\n"):
+                    if line.lower().startswith("content-length:"):
+                        length = int(line.split(":", 1)[1])
+                body = await reader.readexactly(length)
+                await self.answer(b"returnOrderTrades" in head + body, writer)
+        finally:
+            writer.close()
+
+    async def answer(self, trades: bool, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        self.most = max(self.most, self.open)
+        if self.hold_until and self.open >= self.hold_until:
+            self.enough.set()
+        if self.hold_until:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.enough.wait(), 5)
+        self.open -= 1
+        data = json.dumps(self.TRADES if trades else self.STATUS).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+        await writer.drain()
+
+
+def test_a_coinw_connection_s_pool_has_room_for_every_poll_s_two_requests() -> None:
+    """Three partly filled orders polled at once with max_in_flight = 3: all six requests
+    (status and trades of each) are on the wire together; none waits for a pooled
+    connection, which would make it leave late and bunched with others."""
+    holding = HoldingServer()
+
+    async def go() -> int:
+        server = await asyncio.start_server(holding.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        table: dict[str, object] = {**COINW, "base_url": f"http://127.0.0.1:{port}",
+                                    "max_in_flight": 3}
+        cls, cfg = validated({"cw": table}).brokers["cw"]
+        adapter = build_adapter("cw", cls, cfg)
+        try:
+            ids = ["11", "12", "13"]
+            for order_id in ids:  # now known partly filled
+                await adapter.fetch_order("spot", order_id)
+            holding.hold_until = 6
+            await asyncio.gather(*(adapter.fetch_order("spot", i) for i in ids))
+        finally:
+            await adapter.aclose()
+            server.close()
+            await server.wait_closed()
+        return holding.most
+
+    assert asyncio.run(go()) == 6

@@ -420,6 +420,7 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
     errors: ClassVar[ErrorTable] = ERRORS
     supports_fetch: ClassVar[bool] = True
     retire_after: ClassVar[float | None] = STATUS_WINDOW
+    requests_per_poll: ClassVar[int] = 2  # returnOrderTrades beside returnOrderStatus
 
     def __init__(
         self, name: str, config: CoinWConfig, client: httpx.AsyncClient, budget: RateBudget
