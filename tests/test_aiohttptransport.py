@@ -1,0 +1,245 @@
+"""The aiohttp transport against raw servers on loopback: the URL goes out exactly as httpx
+encoded it, headers and bodies once, connections reused and capped, TLS verified, and every
+failure an httpx error whose message carries no part of the URL."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from poller.__about__ import __version__
+from poller.aiohttptransport import AiohttpTransport
+from poller.errors import BrokerUnavailable
+from poller.httpclient import build_client, send
+
+CANARY = "sEcReT-cAnArY-77"
+Reply = Callable[[bytes, bytes], Awaitable[bytes | None]]
+
+
+def ok(body: bytes = b'{"ok": true}', extra: bytes = b"") -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + extra
+            + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+class RawServer:
+    """A loopback HTTP/1.1 server that records each request's head and body and answers
+    with ``reply`` (``None``: close the connection without answering)."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length)
+                self.requests.append((head, body))
+                answer = await self.reply(head, body)
+                if answer is None:
+                    return
+                writer.write(answer)
+                await writer.drain()
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+async def serving(reply: Reply, work: Callable[[str, RawServer], Awaitable[Any]],
+                  tls: ssl.SSLContext | None = None) -> Any:
+    raw = RawServer(reply)
+    server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        return await work(f"{'https' if tls else 'http'}://127.0.0.1:{port}", raw)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def answer_ok(head: bytes, body: bytes) -> bytes:
+    return ok()
+
+
+def test_the_url_goes_out_exactly_as_httpx_encoded_it() -> None:
+    """A signature over the query must see what was signed: no re-quoting of %2F or %3A."""
+    params = {"sign": "AB/cd+=", "t": "2025-04-03T18:39:58.000Z", "q": "~A b&é", "e": ""}
+
+    async def work(url: str, raw: RawServer) -> tuple[bytes, bytes]:
+        async with build_client(url, timeout=5, fast=True) as client:
+            request = client.build_request("GET", "/v1/order/%E4%B8%AD", params=params)
+            await send(client, request, connection="cw", deadline=5)
+        return request.url.raw_path, raw.requests[0][0].split(b"\r\n")[0]
+
+    sent, line = asyncio.run(serving(answer_ok, work))
+    assert b"%2F" in sent and b"%3A" in sent
+    assert line == b"GET " + sent + b" HTTP/1.1"  # the request line, byte for byte
+
+
+def test_headers_and_body_go_once_and_answers_are_decoded_once() -> None:
+    payload = b'{"price": "101.50"}'
+
+    async def reply(head: bytes, body: bytes) -> bytes:
+        return ok(gzip.compress(b'{"qty": 0.1}'), b"Content-Encoding: gzip\r\n"
+                  b"Set-Cookie: s=1; Path=/\r\n")
+
+    async def work(url: str, raw: RawServer) -> tuple[list[Any], RawServer]:
+        async with build_client(url, timeout=5, headers={"X-Key": "k"}, fast=True) as client:
+            bodies = []
+            for _ in range(2):
+                request = client.build_request("POST", "/order", content=payload,
+                                               headers={"Content-Type": "application/json"})
+                bodies.append((await send(client, request, connection="cw",
+                                          deadline=5)).body)
+            return bodies, raw
+
+    bodies, raw = asyncio.run(serving(reply, work))
+    assert [str(b["qty"]) for b in bodies] == ["0.1", "0.1"]
+    heads = [head.lower() for head, _ in raw.requests]
+    assert [body for _, body in raw.requests] == [payload, payload]
+    for head in heads:
+        assert head.count(b"content-length:") == 1 and head.count(b"host:") == 1
+        assert head.count(b"user-agent: poller/" + __version__.encode()) == 1
+        assert b"x-key: k" in head and head.count(b"accept-encoding:") == 1
+    assert b"cookie:" not in heads[0]
+    assert heads[1].count(b"cookie: s=1") == 1  # httpx's jar, not aiohttp's as well
+    assert raw.connections == 1  # kept alive and reused
+
+
+def test_the_pool_caps_connections_open_at_once() -> None:
+    async def slow(head: bytes, body: bytes) -> bytes:
+        await asyncio.sleep(0.05)  # stands for network time; the count is what is checked
+        return ok()
+
+    async def work(url: str, raw: RawServer) -> int:
+        async with build_client(url, timeout=5, connections=2, fast=True) as client:
+            await asyncio.gather(*(send(client, client.build_request("GET", "/"),
+                                        connection="cw", deadline=5) for _ in range(6)))
+        return raw.most_open
+
+    assert asyncio.run(serving(slow, work)) == 2
+
+
+async def hang(head: bytes, body: bytes) -> bytes | None:
+    await asyncio.Event().wait()
+    return None
+
+
+async def cut(head: bytes, body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"a\": 1"
+
+
+async def close(head: bytes, body: bytes) -> None:
+    return None
+
+
+async def garbage(head: bytes, body: bytes) -> bytes:
+    return b"NOT HTTP AT ALL\r\n\r\n"
+
+
+@pytest.mark.parametrize(("reply", "message"), [
+    (hang, "timed out (ReadTimeout)"),
+    (close, "request failed (RemoteProtocolError)"),
+    (garbage, "request failed (RemoteProtocolError)"),
+])
+def test_failures_are_httpx_errors_without_the_url(reply: Reply, message: str) -> None:
+    async def work(url: str, raw: RawServer) -> BaseException:
+        async with build_client(url, timeout=0.5, fast=True) as client:
+            request = client.build_request("GET", "/private", params={"api_key": CANARY})
+            with pytest.raises(BrokerUnavailable) as caught:
+                await send(client, request, connection="cw", deadline=5)
+            return caught.value
+
+    err = asyncio.run(serving(reply, work))
+    assert str(err) == message
+    chain: list[BaseException] = []
+    link: BaseException | None = err
+    while link is not None:
+        chain.append(link)
+        # what a traceback would show: the cause, or the context unless suppressed
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+    assert all(isinstance(e, BrokerUnavailable | httpx.HTTPError) for e in chain)
+    assert not any(CANARY in str(e) for e in chain)
+
+
+def test_a_body_cut_off_is_a_read_error_and_its_connection_is_not_reused() -> None:
+    async def work(url: str, raw: RawServer) -> str:
+        async with build_client(url, timeout=0.5, fast=True) as client:
+            with pytest.raises(BrokerUnavailable) as caught:
+                await send(client, client.build_request("GET", "/", params={"k": CANARY}),
+                           connection="cw", deadline=5)
+            return str(caught.value)
+
+    message = asyncio.run(serving(cut, work))
+    assert message in ("timed out (ReadTimeout)", "request failed (ReadError)")
+    assert CANARY not in message
+
+
+def test_a_refused_connection_is_a_connect_error() -> None:
+    async def work() -> str:
+        holder = await asyncio.start_server(answer_ok, "127.0.0.1", 0)
+        port = holder.sockets[0].getsockname()[1]
+        holder.close()
+        await holder.wait_closed()  # nothing listens there now
+        async with build_client(f"http://127.0.0.1:{port}", timeout=2, fast=True) as client:
+            with pytest.raises(BrokerUnavailable) as caught:
+                await send(client, client.build_request("GET", "/", params={"k": CANARY}),
+                           connection="cw", deadline=5)
+        return str(caught.value)
+
+    assert asyncio.run(work()) == "request failed (ConnectError)"
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def test_https_is_verified(certificate: tuple[Path, Path]) -> None:
+    """The default context (certifi) refuses a self-signed certificate; a context that
+    trusts it connects."""
+    cert, key = certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def work(url: str, raw: RawServer) -> tuple[str, int]:
+        async with build_client(url, timeout=5, fast=True) as client:
+            with pytest.raises(BrokerUnavailable) as caught:
+                await send(client, client.build_request("GET", "/"), connection="cw",
+                           deadline=5)
+        trusting = ssl.create_default_context(cafile=str(cert))
+        transport = AiohttpTransport(connections=2, ssl_context=trusting)
+        async with httpx.AsyncClient(base_url=url, transport=transport) as client:
+            answer = await send(client, client.build_request("GET", "/"), connection="cw",
+                                deadline=5)
+        return str(caught.value), answer.status
+
+    assert asyncio.run(serving(answer_ok, work, tls=tls)) == (
+        "request failed (ConnectError)", 200)
