@@ -92,7 +92,7 @@ class Figures:
                        f"{len(self.latencies)} seen, {self.unseen} not seen")
             if self.waits:
                 wait = statistics.mean(self.waits)
-                out.append(f"    of which waiting for the order's next poll {wait:.2f} s "
+                out.append(f"    of which waiting for the next request to see it {wait:.2f} s "
                            f"({wait / self.bound_mean:.2f} × N/(2R)), that poll's arrival "
                            f"to the receiver {mean - wait:.2f} s")
         elif self.unseen:
@@ -128,13 +128,15 @@ def detection(changes: list[list[Any]], seen: list[tuple[float, str, Decimal]],
     return latencies, unseen
 
 
-def next_polls(changes: list[list[Any]], polls: dict[str, list[float]],
-               since: float) -> list[float]:
-    """For each change, the time to the first status poll of its order that arrived after it
-    (the round-robin's share of the latency; the rest is answer, commit and delivery)."""
+def next_polls(changes: list[list[Any]], report: dict[str, Any], since: float) -> list[float]:
+    """For each change, the time to the first request that arrived after it and could see it:
+    a status poll of its order, or a list call (the round-robin's and the lists' share of the
+    latency; the rest is answer, commit and delivery)."""
+    polls = status_polls(report, since, float("inf"))
+    lists = [r[0] for r in report["requests"] if "command=returnOpenOrders" in r[3]]
     waits = []
     for at, order_id, _filled in changes:
-        later = [p for p in polls.get(order_id, []) if p >= at] if at >= since else []
+        later = [p for p in polls.get(order_id, []) + lists if p >= at] if at >= since else []
         if later:
             waits.append(min(later) - at)
     return waits
@@ -214,7 +216,7 @@ async def run_poller(args: argparse.Namespace, n: int) -> Figures:
             if r.event["event_type"] == "TRADE"]
     figures.latencies, figures.unseen = detection(report["changes"], seen, t0)
     polls = status_polls(report, t0, float("inf"))
-    figures.waits = next_polls(report["changes"], polls, t0)
+    figures.waits = next_polls(report["changes"], report, t0)
     for at, order_id, _ in seen:
         if t0 <= at < t1:
             later = [p for p in polls.get(order_id, []) if p > at]
