@@ -8,15 +8,19 @@ import asyncio
 import time
 from collections import deque
 
-#: Seconds between two measurements, and how many recent ones the percentiles cover.
-EVERY = 0.05
-SAMPLES = 1200
+#: Seconds between two measurements, and how many recent ones the percentiles cover (a
+#: minute). Four a second: each wake-up of an otherwise idle daemon costs CPU (at 20 a
+#: second they were half of its idle 10 ms of CPU a second), and a stall long enough to
+#: matter (a quarter second and more) is caught by every sample it overlaps.
+EVERY = 0.25
+SAMPLES = 240
 
 
 class LoopLag:
     """Measures the event loop's lag while it runs (start it inside the loop)."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: float = EVERY) -> None:
+        self._every = every
         self._lags: deque[float] = deque(maxlen=SAMPLES)
         self._task: asyncio.Task[None] | None = None
 
@@ -27,8 +31,8 @@ class LoopLag:
     async def _measure(self) -> None:
         while True:
             before = time.monotonic()
-            await asyncio.sleep(EVERY)
-            self._lags.append(max(0.0, time.monotonic() - before - EVERY))
+            await asyncio.sleep(self._every)
+            self._lags.append(max(0.0, time.monotonic() - before - self._every))
 
     def quantile(self, q: float) -> float:
         """The ``q`` quantile of the recent lags, in seconds (0 before any)."""
