@@ -116,6 +116,7 @@ LIST_SOURCE = "returnOpenOrders"
 
 _PAIR = re.compile(r"^[A-Z0-9]+_[A-Z0-9]+$")
 _DIGITS = re.compile(r"^-?\d+$")
+_BEIJING_TIME = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2}) (\d{1,2}):(\d{1,2}):(\d{1,2})$")
 
 
 # -- signing ----------------------------------------------------------------------------------
@@ -250,8 +251,13 @@ def _moment(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, str) and not _DIGITS.match(value.strip()):
-        moment = datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S")
-        return moment.replace(tzinfo=BEIJING)
+        # What strptime("%Y-%m-%d %H:%M:%S") reads, at a fraction of its CPU (every status
+        # answer carries a date); an impossible date still raises ValueError.
+        found = _BEIJING_TIME.match(value.strip())
+        if found is None:
+            raise ValueError(f"time data {value!r} does not match YYYY-MM-DD HH:MM:SS")
+        year, month, day, hour, minute, second = map(int, found.groups())
+        return datetime(year, month, day, hour, minute, second, tzinfo=BEIJING)
     number = to_decimal(value)
     if not number:  # 0 means "no date", not 1970 (which would retire the order at once)
         return None
@@ -433,6 +439,7 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         # The status, filled quantity and average price each partly filled order had when
         # returnOrderTrades was last read for it (see _with_fills).
         self._fills: dict[str, tuple[OrderStatus, Decimal, Decimal | None]] = {}
+        self._private: httpx.URL | None = None
 
     @classmethod
     def check(cls, config: CoinWConfig) -> list[tuple[str, str]]:
@@ -634,8 +641,14 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         cfg = self.config
         query = signed_query(command, params, cfg.api_key.get_secret_value(),
                              cfg.secret_key.get_secret_value())
-        request = self.client.build_request(
-            "POST", PRIVATE_PATH, params=tuple(query), headers={"Content-Type": "application/json"})
+        if self._private is None:  # the client's base URL joined with the path, once
+            self._private = self.client.build_request("POST", PRIVATE_PATH).url
+        # The query encoded as httpx encodes params, set on the prepared URL: one URL parse
+        # a request instead of the three build_request(params=…) makes (measured 209 → 144
+        # µs, at every poll of every order).
+        url = self._private.copy_with(query=str(httpx.QueryParams(tuple(query))).encode("ascii"))
+        request = self.client.build_request("POST", url,
+                                            headers={"Content-Type": "application/json"})
         answer = await self.request(kind, request)
         # The sign travels in the URL: a message echoing the request must not carry it.
         return self.unwrap(kind, answer, context=f"{command}: ", secrets=(query[-1][1],))

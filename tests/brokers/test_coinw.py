@@ -16,13 +16,17 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from poller.adapter import ListScope
 from poller.brokers.coinw import (
+    BEIJING,
     PRIVATE_PATH,
     STATUS_TABLE,
     CoinWAdapter,
     CoinWConfig,
+    _moment,
     carry_over,
     order_number,
     parse_open_order,
@@ -949,3 +953,47 @@ def test_no_early_trades_read_for_an_order_not_known_partly_filled() -> None:
 
     run(adapter_for(router), work)
     assert router.calls == ["returnOrderStatus", "returnOrderStatus"]
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)),
+       st.booleans())
+def test_status_dates_read_as_strptime_reads_them(moment: datetime, short: bool) -> None:
+    """The regex reader of ``YYYY-MM-DD HH:MM:SS`` agrees with strptime, one-digit fields
+    included, and an impossible date is refused as strptime refuses it."""
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    if short:
+        text = (f"{moment.year:04d}-{moment.month}-{moment.day} {moment.hour}:"
+                f"{moment.minute}:{moment.second}")
+    expected = datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING)
+    assert _moment(f" {text} ") == expected
+
+
+@pytest.mark.parametrize("text", ["2025-13-03 18:39:58", "2025-02-30 10:00:00",
+                                  "2025-04-03T18:39:58", "2025-04-03 18:39", "yesterday"])
+def test_an_unreadable_status_date_is_a_value_error(text: str) -> None:
+    with pytest.raises(ValueError):
+        datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+    with pytest.raises(ValueError):
+        _moment(text)
+
+
+@pytest.mark.parametrize("base", ["https://api.coinw.test", "https://gw.test/prefix/"])
+def test_a_signed_call_goes_to_the_url_httpx_would_build(base: str) -> None:
+    """The query set on the prepared URL is byte for byte what build_request(params=…)
+    makes, under a base URL with a path prefix too."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return respond(*status_answer(1))
+
+    config = CoinWConfig.model_validate({"kind": "coinw", "base_url": base, "api_key": KEY,
+                                         "secret_key": SECRET, "pairs": ["BTC_USDT"]})
+    client = httpx.AsyncClient(base_url=base, transport=httpx.MockTransport(handler))
+    adapter = CoinWAdapter("cw", config, client, build_budget(CoinWAdapter, config))
+    order_id = "46 2/4+5=&é"
+    run(adapter, lambda a: a.fetch_order("spot", order_id))
+    query = signed_query("returnOrderStatus", {"orderNumber": order_id}, KEY, SECRET)
+    expected = client.build_request("POST", PRIVATE_PATH, params=tuple(query)).url
+    assert [r.url.raw_path for r in seen] == [expected.raw_path]
+    assert seen[0].url == expected and seen[0].headers["content-type"] == "application/json"
