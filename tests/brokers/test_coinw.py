@@ -24,6 +24,7 @@ from poller.brokers.coinw import (
     BEIJING,
     PRIVATE_PATH,
     STATUS_TABLE,
+    TRADES_WAIT,
     CoinWAdapter,
     CoinWConfig,
     _moment,
@@ -997,3 +998,25 @@ def test_a_signed_call_goes_to_the_url_httpx_would_build(base: str) -> None:
     expected = client.build_request("POST", PRIVATE_PATH, params=tuple(query)).url
     assert [r.url.raw_path for r in seen] == [expected.raw_path]
     assert seen[0].url == expected and seen[0].headers["content-type"] == "application/json"
+
+
+def test_a_partial_order_waits_a_moment_for_a_busy_trades_budget() -> None:
+    """The trades budget full for less than TRADES_WAIT: the poll waits and sees the new
+    fill, instead of keeping the old quantity until the order's next turn."""
+    trades = {"success_total": "0.0002", "success_amount": "13.4"}
+    status = envelope({"status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
+                       "total": "0.001", "type": "buy", "startingAmount": "67"})
+    router = Router({"returnOrderStatus": (200, status),
+                     "returnOrderTrades": (200, envelope(trades))})
+
+    async def work(a: CoinWAdapter) -> list[OrderSnapshot | None]:
+        first = await a.fetch_order("spot", "1")
+        trades["success_total"] = "0.0005"  # a fill since
+        assert TRADES_WAIT > 0.1
+        a.budget.group("returnOrderTrades").pause(a.budget.now() + 0.1)
+        return [first, await a.fetch_order("spot", "1")]
+
+    first, second = run(adapter_for(router), work)
+    assert router.calls.count("returnOrderTrades") == 2
+    assert first is not None and second is not None
+    assert (first.filled_qty, second.filled_qty) == (Decimal("0.0002"), Decimal("0.0005"))
