@@ -344,9 +344,16 @@ class BrokerAdapter(ABC, Generic[C]):
                               f"groups (request_groups has {known})")
         return groups
 
-    async def request(self, kind: RequestKind, request: httpx.Request) -> Answer:
-        """Send one request through the rate budget of the groups ``kind`` consumes."""
+    async def request(self, kind: RequestKind, request: httpx.Request, *,
+                      on_admitted: Callable[[], None] | None = None) -> Answer:
+        """Send one request through the rate budget of the groups ``kind`` consumes.
+
+        :param on_admitted: called once the budget let the request go, just before it is
+            sent (CoinW sends a second request beside it then, not before it).
+        """
         admitted = await self.budget.acquire(*self.groups_of(kind))
+        if on_admitted is not None:
+            on_admitted()
         answer = await send(self.client, request, connection=self.name,
                             deadline=self.config.timeout, max_bytes=self.max_answer_bytes)
         self.budget.observe_round_trip(self.budget.now() - admitted)

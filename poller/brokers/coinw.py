@@ -510,10 +510,11 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
 
         :returns: ``None`` when CoinW does not know the order (or it is older than 7 days).
         """
-        early = self._early_trades(order_id)
+        status_admitted = asyncio.Event()
+        early = self._early_trades(order_id, status_admitted)
         try:
             data = await self._call(RequestKind.DETAIL, "returnOrderStatus",
-                                    {"orderNumber": order_id})
+                                    {"orderNumber": order_id}, on_admitted=status_admitted.set)
             if not data:
                 raise BrokerNotFound(f"returnOrderStatus: no order {order_id}",
                                      connection=self.name)
@@ -537,7 +538,8 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
             self._fills.pop(order_id, None)
         return snapshot
 
-    def _early_trades(self, order_id: str) -> asyncio.Task[TradesRead] | None:
+    def _early_trades(self, order_id: str,
+                      status_admitted: asyncio.Event) -> asyncio.Task[TradesRead] | None:
         """``returnOrderTrades`` for a partly filled order, sent beside its status request.
 
         Once an order is partly filled its status can only be partial, filled or cancelled,
@@ -545,6 +547,10 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         the two requests go out together instead of one after the other: the change is seen
         one round trip sooner. Only when the trades budget admits the call within
         :data:`TRADES_WAIT` (a task of its own: the status request is never held back).
+
+        The trades request leaves once the status request was admitted, never before it:
+        sent while the status request still waited for its budget, it could arrive before
+        a fill the status then missed too (both answers older than the fill).
         """
         known = self._fills.get(order_id)
         listed = self._listed.get(order_id)
@@ -552,7 +558,12 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
                   or (listed is not None and listed.filled_qty > 0))
         if not partly or not self._trades_soon():
             return None
-        return asyncio.create_task(self._trades(order_id), name=f"trades {order_id}")
+
+        async def after_status() -> TradesRead:
+            await status_admitted.wait()
+            return await self._trades(order_id)
+
+        return asyncio.create_task(after_status(), name=f"trades {order_id}")
 
     async def _with_fills(self, snapshot: OrderSnapshot,
                           early: asyncio.Task[TradesRead] | None = None) -> OrderSnapshot:
@@ -642,8 +653,10 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
 
     # -- wire -------------------------------------------------------------------------------
 
-    async def _call(self, kind: RequestKind, command: str, params: Mapping[str, str]) -> Any:
-        """Sign and send one private call; return its ``data``."""
+    async def _call(self, kind: RequestKind, command: str, params: Mapping[str, str], *,
+                    on_admitted: Callable[[], None] | None = None) -> Any:
+        """Sign and send one private call; return its ``data`` (``on_admitted``: see
+        :meth:`BrokerAdapter.request`)."""
         cfg = self.config
         query = signed_query(command, params, cfg.api_key.get_secret_value(),
                              cfg.secret_key.get_secret_value())
@@ -655,7 +668,7 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         url = self._private.copy_with(query=str(httpx.QueryParams(tuple(query))).encode("ascii"))
         request = self.client.build_request("POST", url,
                                             headers={"Content-Type": "application/json"})
-        answer = await self.request(kind, request)
+        answer = await self.request(kind, request, on_admitted=on_admitted)
         # The sign travels in the URL: a message echoing the request must not carry it.
         return self.unwrap(kind, answer, context=f"{command}: ", secrets=(query[-1][1],))
 

@@ -354,7 +354,8 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
             token=token, timestamp=timestamp,
         ))
 
-    async def request(self, kind: RequestKind, request: httpx.Request) -> Answer:
+    async def request(self, kind: RequestKind, request: httpx.Request, *,
+                      on_admitted: Callable[[], None] | None = None) -> Answer:
         """Send one trade call: one at a time, through the budget, signed just before it
         leaves (a timestamp taken before a budget wait could be stale)."""
         groups = self.groups_of(kind)
@@ -368,6 +369,8 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
             if gap > 0:
                 await asyncio.sleep(gap)
             admitted = await self.budget.acquire(*groups)
+            if on_admitted is not None:
+                on_admitted()
             self.authorize(request)
             try:
                 answer = await send(self.client, request, connection=self.name,

@@ -1020,3 +1020,18 @@ def test_a_partial_order_waits_a_moment_for_a_busy_trades_budget() -> None:
     assert router.calls.count("returnOrderTrades") == 2
     assert first is not None and second is not None
     assert (first.filled_qty, second.filled_qty) == (Decimal("0.0002"), Decimal("0.0005"))
+
+
+def test_an_early_trades_read_never_leaves_before_its_status_request() -> None:
+    """The status budget busy, the trades budget free: the trades request still waits for
+    the status request's admission, so it cannot arrive before a fill the status misses."""
+    handler = Overlap((200, PARTIAL), trades_answer("0.0003", "20.1"))
+
+    async def work(a: CoinWAdapter) -> None:
+        await a.fetch_order("spot", "1")
+        handler.log.clear()
+        a.budget.group("returnOrderStatus").pause(a.budget.now() + 0.3)
+        await a.fetch_order("spot", "1")
+
+    run(adapter_for(handler), work)
+    assert handler.log[0] == "in returnOrderStatus" and "in returnOrderTrades" in handler.log
