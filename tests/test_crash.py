@@ -91,7 +91,16 @@ def test_kill_nine_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
                 # needs a page the cap refuses.
                 with sqlite3.connect(database) as conn:
                     conn.execute("VACUUM")
+            if full:
+                # Started, then killed at a random moment: the run meets its full database
+                # however long start-up takes on a busy machine.
+                systemd = FakeSystemd(tmp_path / f"notify-{kills}.sock")
+                env["NOTIFY_SOCKET"] = systemd.path
             proc = start(full_path if full else path)
+            if full:
+                systemd.wait_for("READY=1")
+                systemd.close()
+                del env["NOTIFY_SOCKET"]
             try:
                 proc.wait(timeout=rng.uniform(0.6, 1.6))  # a random moment to crash at
             except subprocess.TimeoutExpired:
