@@ -220,6 +220,9 @@ class RateBudget:
         self._waiters: dict[tuple[int, int], asyncio.Task[object] | None] = {}
         self._tickets = itertools.count()
         self._closed = False
+        #: Per group, when the next round-robin request is due if they are spread evenly
+        #: (the theoretical arrival time of a GCRA; see _pace_wait).
+        self._paced: dict[str, float] = {}
         self.jitter = Jitter()
         #: Budget-clock time after which no request may start (the lease's end as this
         #: process can be sure of it); None without a lease.
@@ -254,6 +257,8 @@ class RateBudget:
                     await self._sleep(LEASE_RECHECK)
                     continue
                 wait = max((g.wait_time(now) for g in groups), default=0.0)
+                if rank <= PRIORITY_ROUTINE:
+                    wait = max(wait, self._pace_wait(groups, now))
                 if wait <= 0:
                     if self._someone_ahead(ticket, groups, now):
                         # Let the request ahead take this slot. A short nap, not a bare
@@ -262,11 +267,34 @@ class RateBudget:
                         continue
                     for g in groups:
                         g.record(now)
+                    if rank <= PRIORITY_ROUTINE:
+                        self._pace(groups, now)
                     return now
                 await self._sleep(wait)
         finally:
             del self._waiting[ticket]
             del self._waiters[ticket]
+
+    def _pace_wait(self, groups: list[LimitGroup], now: float) -> float:
+        """Seconds until a round-robin request is due if they are spread evenly.
+
+        The window alone lets a full window's worth leave at once, and once the requests
+        bunch they stay bunched (each expiry is refilled at once), so a request that became
+        urgent waited for the next bunch: a second on average at 24 per 2.3 s. Spreading
+        the round-robin over the window (one every window/allowed, a GCRA with one slot of
+        tolerance, so a late timer is caught up) leaves a slot free every fraction of a
+        second. It only ever delays: the window's guarantee is untouched.
+        """
+        wait = 0.0
+        for g in groups:
+            due = self._paced.get(g.name)
+            if due is not None:
+                wait = max(wait, due - g.window / g.allowed - now)
+        return wait
+
+    def _pace(self, groups: list[LimitGroup], now: float) -> None:
+        for g in groups:
+            self._paced[g.name] = max(self._paced.get(g.name, now), now) + g.window / g.allowed
 
     def _someone_ahead(self, ticket: tuple[int, int], groups: list[LimitGroup],
                        now: float) -> bool:

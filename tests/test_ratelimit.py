@@ -14,7 +14,15 @@ from aiolimiter import AsyncLimiter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from poller.ratelimit import Jitter, LimitGroup, LimitSpec, RateBudget
+from poller.ratelimit import (
+    PRIORITY,
+    PRIORITY_ROUTINE,
+    PRIORITY_URGENT,
+    Jitter,
+    LimitGroup,
+    LimitSpec,
+    RateBudget,
+)
 
 
 class FakeTime:
@@ -338,3 +346,38 @@ def test_resume_ignores_a_state_that_is_not_a_budget() -> None:
     assert budget.resume({"groups": {"g": "nonsense", "other": {"ages": [0.1]}}}, 0.0) == 0
     assert budget.resume({"groups": {"g": {"ages": [0.5, "x"], "allowance": 1}}}, 0.2) == 2
     assert budget.group("g").wait_time(budget.now()) > 0
+
+
+def test_round_robin_requests_are_spread_and_an_urgent_one_waits_a_slot_not_a_bunch() -> None:
+    """A saturated round-robin (8 always waiting) leaves one request every window/allowed,
+    at the full rate, instead of a window's worth at once; an urgent request arriving at any
+    moment is admitted within about one such slot."""
+    fake = FakeTime()
+    group = LimitGroup("g", LimitSpec(30, 2.0), share=0.8)  # 24 per 2.06 s
+    budget = RateBudget([group], clock=fake.clock, sleep=fake.sleep)
+    slot = group.window / group.allowed
+    routine: list[float] = []
+    urgent_waits: list[float] = []
+
+    async def round_robin() -> None:
+        PRIORITY.set(PRIORITY_ROUTINE)
+        while fake.now < 30:
+            routine.append(await budget.acquire("g"))
+
+    async def urgent(at: float) -> None:
+        await fake.sleep(at)
+        PRIORITY.set(PRIORITY_URGENT)
+        admitted = await budget.acquire("g")
+        urgent_waits.append(admitted - at)
+        routine.append(admitted)  # every start, for the spread
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(round_robin()) for _ in range(8)]
+        tasks += [asyncio.ensure_future(urgent(5 + 0.37 * i)) for i in range(40)]
+        await fake.run(tasks, [])
+
+    asyncio.run(main())
+    steady = sorted(t for t in routine if 3 <= t < 28)
+    assert max_in_window(steady, slot * 0.999) <= 2  # no bunch: at most two in one slot
+    assert len(steady) >= 0.98 * (25 / slot)  # the full rate is used
+    assert max(urgent_waits) <= 2 * slot
