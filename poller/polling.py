@@ -58,14 +58,17 @@ class Judge(Protocol):
 def recheck_after(queued: int, rate: float) -> float:
     """Seconds before an order that just changed is polled again.
 
-    A quarter of the round-robin period (``queued`` orders at ``rate`` per-order calls a
-    second), so an order that is moving is looked at again well before its turn would come
-    (it then goes to the back of the round-robin), but at least one budget slot and at most
-    5 s.
+    Two fifths of the round-robin period (``queued`` orders at ``rate`` per-order calls a
+    second), so an order that is moving is looked at again at least twice as soon as its
+    turn would come (it then goes to the back of the round-robin), but at least one budget
+    slot and at most 5 s. Not sooner: each re-poll is a request the round-robin of the
+    others goes without (a quarter period made the mean latency of changes about 4 % longer
+    in ``bench.run`` at 50 orders). The budget spreads the round-robin evenly, so a re-poll
+    leaves within a slot of its due time.
     """
     if not rate:
         return 5.0
-    return min(5.0, max(1.0 / rate, queued / rate / 4))
+    return min(5.0, max(1.0 / rate, queued / rate / 2.5))
 
 
 class ConnectionPoller:
