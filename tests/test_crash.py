@@ -63,7 +63,10 @@ def test_kill_nine_loses_nothing(tmp_path: Path, receiver: Receiver) -> None:
                     if order.terminal:
                         live.remove(order_id)
                 transitions["total"] += 1
-            stop.wait(0.01)
+            # Paced so the orders keep moving through the full-database runs in the middle
+            # of the kill loop (~40 s of moves; at 0.01 s they could all be done by then,
+            # and a run with nothing to commit never meets its full database).
+            stop.wait(0.03)
 
     config = daemon_config(tmp_path, {"tw": sim.broker_config("tw") | {"interval": 0.1}},
                            receiver.url, announce_existing=True, shutdown_grace=2.0)
