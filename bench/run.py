@@ -128,11 +128,12 @@ def detection(changes: list[list[Any]], seen: list[tuple[float, str, Decimal]],
     return latencies, unseen
 
 
-def next_polls(changes: list[list[Any]], report: dict[str, Any], since: float) -> list[float]:
+def next_polls(changes: list[list[Any]], report: dict[str, Any], polls: dict[str, list[float]],
+               since: float) -> list[float]:
     """For each change, the time to the first request that arrived after it and could see it:
-    a status poll of its order, or a list call (the round-robin's and the lists' share of the
-    latency; the rest is answer, commit and delivery)."""
-    polls = status_polls(report, since, float("inf"))
+    a status poll of its order (``polls``, from :func:`status_polls`), or a list call (the
+    round-robin's and the lists' share of the latency; the rest is answer, commit and
+    delivery)."""
     lists = [r[0] for r in report["requests"] if "command=returnOpenOrders" in r[3]]
     waits = []
     for at, order_id, _filled in changes:
@@ -216,7 +217,7 @@ async def run_poller(args: argparse.Namespace, n: int) -> Figures:
             if r.event["event_type"] == "TRADE"]
     figures.latencies, figures.unseen = detection(report["changes"], seen, t0)
     polls = status_polls(report, t0, float("inf"))
-    figures.waits = next_polls(report["changes"], report, t0)
+    figures.waits = next_polls(report["changes"], report, polls, t0)
     for at, order_id, _ in seen:
         if t0 <= at < t1:
             later = [p for p in polls.get(order_id, []) if p > at]

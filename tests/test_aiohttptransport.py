@@ -8,7 +8,6 @@ import asyncio
 import gzip
 import ssl
 import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,63 +18,9 @@ from poller.__about__ import __version__
 from poller.aiohttptransport import AiohttpTransport
 from poller.errors import BrokerUnavailable
 from poller.httpclient import build_client, send
+from tests.rawhttp import RawServer, Reply, ok, serving
 
 CANARY = "sEcReT-cAnArY-77"
-Reply = Callable[[bytes, bytes], Awaitable[bytes | None]]
-
-
-def ok(body: bytes = b'{"ok": true}', extra: bytes = b"") -> bytes:
-    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + extra
-            + b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-
-
-class RawServer:
-    """A loopback HTTP/1.1 server that records each request's head and body and answers
-    with ``reply`` (``None``: close the connection without answering)."""
-
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        self.requests: list[tuple[bytes, bytes]] = []
-        self.connections = 0
-        self.open = 0
-        self.most_open = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.open += 1
-        self.most_open = max(self.most_open, self.open)
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length)
-                self.requests.append((head, body))
-                answer = await self.reply(head, body)
-                if answer is None:
-                    return
-                writer.write(answer)
-                await writer.drain()
-        finally:
-            self.open -= 1
-            writer.close()
-
-
-async def serving(reply: Reply, work: Callable[[str, RawServer], Awaitable[Any]],
-                  tls: ssl.SSLContext | None = None) -> Any:
-    raw = RawServer(reply)
-    server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=tls)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        return await work(f"{'https' if tls else 'http'}://127.0.0.1:{port}", raw)
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def answer_ok(head: bytes, body: bytes) -> bytes:

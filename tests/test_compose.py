@@ -22,6 +22,7 @@ from poller.compose import (
 from poller.errors import ConfigError
 from poller.plugins import get_plugin_manager
 from poller.settings import load_settings
+from tests.rawhttp import RawServer, ok, serving
 
 SHIOAJI = {"kind": "shioaji", "base_url": "http://127.0.0.1:9",
            "accounts": [{"broker_id": "9A95", "account_id": "1"}]}
@@ -181,10 +182,10 @@ def test_a_world_readable_config_holding_a_secret_is_warned_about(
         assert "XXXX1234" not in warning and "LoadCredential=" in warning
 
 
-class HoldingServer:
-    """A raw HTTP/1.1 server on loopback that answers CoinW calls (status 2 with trades)
-    and, once told to, holds every answer until ``hold_until`` requests are open at once
-    (at most 5 s), recording the most it saw open together."""
+class Holding:
+    """Answers CoinW calls (status 2, or its trades) and, once told to, holds every answer
+    until ``hold_until`` requests are open at once (at most 5 s), recording the most it saw
+    open together."""
 
     STATUS = {"code": "200", "msg": "SUCCESS", "data": {
         "status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
@@ -198,23 +199,7 @@ class HoldingServer:
         self.most = 0
         self.enough = asyncio.Event()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
-                    return  # the client closed its connection
-                length = 0
-                for line in head.decode().split("\r\n"):
-                    if line.lower().startswith("content-length:"):
-                        length = int(line.split(":", 1)[1])
-                body = await reader.readexactly(length)
-                await self.answer(b"returnOrderTrades" in head + body, writer)
-        finally:
-            writer.close()
-
-    async def answer(self, trades: bool, writer: asyncio.StreamWriter) -> None:
+    async def __call__(self, head: bytes, body: bytes) -> bytes:
         self.open += 1
         self.most = max(self.most, self.open)
         if self.hold_until and self.open >= self.hold_until:
@@ -223,23 +208,18 @@ class HoldingServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.enough.wait(), 5)
         self.open -= 1
-        data = json.dumps(self.TRADES if trades else self.STATUS).encode()
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
-        await writer.drain()
+        trades = b"returnOrderTrades" in head + body
+        return ok(json.dumps(self.TRADES if trades else self.STATUS).encode())
 
 
 def test_a_coinw_connection_s_pool_has_room_for_every_poll_s_two_requests() -> None:
     """Three partly filled orders polled at once with max_in_flight = 3: all six requests
     (status and trades of each) are on the wire together; none waits for a pooled
     connection, which would make it leave late and bunched with others."""
-    holding = HoldingServer()
+    holding = Holding()
 
-    async def go() -> int:
-        server = await asyncio.start_server(holding.handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        table: dict[str, object] = {**COINW, "base_url": f"http://127.0.0.1:{port}",
-                                    "max_in_flight": 3}
+    async def work(url: str, raw: RawServer) -> int:
+        table: dict[str, object] = {**COINW, "base_url": url, "max_in_flight": 3}
         cls, cfg = validated({"cw": table}).brokers["cw"]
         adapter = build_adapter("cw", cls, cfg)
         try:
@@ -250,8 +230,6 @@ def test_a_coinw_connection_s_pool_has_room_for_every_poll_s_two_requests() -> N
             await asyncio.gather(*(adapter.fetch_order("spot", i) for i in ids))
         finally:
             await adapter.aclose()
-            server.close()
-            await server.wait_closed()
         return holding.most
 
-    assert asyncio.run(go()) == 6
+    assert asyncio.run(serving(holding, work)) == 6
