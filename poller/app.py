@@ -134,16 +134,40 @@ class App:
 
     async def _store_failed(self, err: StoreError) -> None:
         now = datetime.now(UTC)
-        if not self.store_health.failed(err, now):
+        health = self.store_health
+        if not health.failed(err, now):
+            await self._store_still_failing(err, now)
             return
         logger.error("%s; polling goes on and nothing is lost: the same facts are committed "
                      "once the store works again", err)
         event = system_event(
             SystemScene.STORE_FAILING, detected_at=now, discriminator=iso(now) or "",
+            phase="started", count=1,
             message=f"poller cannot write its database: {err}. Polling goes on; what it "
                     "sees is recorded and announced once the database works again")
         if self.dispatcher is not None:
             # The outbox is in the store that cannot commit: this one goes out directly.
+            await self.dispatcher.announce(event)
+
+    async def _store_still_failing(self, err: StoreError, now: datetime) -> None:
+        """Remind people, once per ``alert_repeat_interval``, of an outage that lasts (a
+        disk left full overnight must not be one message at 3 a.m. and then silence)."""
+        health = self.store_health
+        outage = health.outage
+        if outage is None or not health.reminder_due(
+                now, self.settings.daemon.alert_repeat_interval):
+            return
+        hours = (now - outage.since).total_seconds() / 3600
+        logger.error("still cannot write the database after %.1f h (%d failed commits): %s",
+                     hours, outage.failures, err)
+        event = system_event(
+            SystemScene.STORE_FAILING, detected_at=now, phase="reminder",
+            count=outage.failures,
+            discriminator=f"{iso(outage.since)}#reminder{health.reminders}",
+            message=f"poller still cannot write its database after {hours:.1f} h (since "
+                    f"{iso(outage.since)}, {outage.failures} failed commits): {err}. Polling "
+                    "goes on; nothing seen meanwhile is lost")
+        if self.dispatcher is not None:
             await self.dispatcher.announce(event)
 
     async def _store_recovered(self, outage: Outage) -> None:

@@ -2,8 +2,9 @@
 
 A failed commit (disk full, a lock held too long, an I/O error) is not a traceback and carry
 on: it opens an episode — logged once, shown in ``/healthz`` (degraded), the systemd
-``STATUS=`` line and the metrics, and announced to people once — that closes with the first
-commit that works again. Nothing is lost meanwhile: memory changes only after a commit, so
+``STATUS=`` line and the metrics, announced to people once and reminded every
+``daemon.alert_repeat_interval`` while it lasts — that closes with the first commit that
+works again. Nothing is lost meanwhile: memory changes only after a commit, so
 the facts of a failed one are derived again from the next broker answer.
 """
 
@@ -34,6 +35,9 @@ class StoreHealth:
         self._reason = ""
         self._error = ""
         self._failures = 0
+        self._announced: datetime | None = None
+        #: Reminders sent in the episode under way.
+        self.reminders = 0
         #: Failed commits since the daemon started (a Prometheus counter).
         self.failures_total = 0
 
@@ -56,13 +60,25 @@ class StoreHealth:
         self._reason, self._error = err.reason, str(err)
         if self._since is not None:
             return False
-        self._since = now
+        self._since = self._announced = now
+        self.reminders = 0
+        return True
+
+    def reminder_due(self, now: datetime, interval: float) -> bool:
+        """Whether the episode under way was last announced ``interval`` seconds ago or
+        more; True schedules the next reminder an interval from ``now``."""
+        if self._announced is None or self._since is None:
+            return False
+        if (now - self._announced).total_seconds() < interval:
+            return False
+        self._announced = now
+        self.reminders += 1
         return True
 
     def succeeded(self) -> Outage | None:
         """Record a working commit; returns the episode it ends, if one was under way."""
         ended = self.outage
-        self._since, self._failures = None, 0
+        self._since, self._failures, self._announced = None, 0, None
         return ended
 
     def describe(self) -> str:

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,7 @@ def test_a_full_database_loses_nothing_and_recovers(tmp_path: Path, receiver: Re
                     while tracker.polls < seen + 2:
                         await asyncio.sleep(0.02)
                 sim.book.fill(order.order_id, 5)  # and one more while it is full
+                total = filled + 5
                 seen = tracker.polls
                 while tracker.polls < seen + 2:
                     await asyncio.sleep(0.02)
@@ -193,10 +195,22 @@ def test_a_full_database_loses_nothing_and_recovers(tmp_path: Path, receiver: Re
                 status = app.status_line()
                 await asyncio.to_thread(receiver.wait_for, lambda e: any(
                     x["payload"]["scene_type"] == "STORE_FAILING" for x in e))
+                # An interval later (the last announcement moved back by one), the next
+                # failed commit reminds people once; the one after it does not.
+                interval = app.settings.daemon.alert_repeat_interval
+                app.store_health._announced -= timedelta(seconds=interval)  # type: ignore
+                for qty in (2, 3):
+                    total += qty
+                    sim.book.fill(order.order_id, qty)
+                    seen = tracker.polls
+                    while tracker.polls < seen + 2:
+                        await asyncio.sleep(0.02)
+                await asyncio.to_thread(receiver.wait_for, lambda e: any(
+                    x["payload"].get("phase") == "reminder" for x in e))
                 await app.db(app.store.set_size_limit, None)  # space is back
                 await asyncio.to_thread(receiver.wait_for, lambda e: any(
                     x["payload"]["scene_type"] == "STORE_RECOVERED" for x in e))
-                return in_memory, status, app.store_health.ok, filled + 5
+                return in_memory, status, app.store_health.ok, total
 
         in_memory, status, ok, total = asyncio.run(run())
     finally:
@@ -207,7 +221,10 @@ def test_a_full_database_loses_nothing_and_recovers(tmp_path: Path, receiver: Re
                                     for x in e if x["payload"]["scene_type"] == "FILLED"))
     assert ok
     assert [s for s in receiver.scenes() if s.startswith("STORE_")] == [
-        "STORE_FAILING", "STORE_RECOVERED"]
+        "STORE_FAILING", "STORE_FAILING", "STORE_RECOVERED"]
+    phases = [e["payload"].get("phase") for e in receiver.events
+              if e["payload"]["scene_type"] == "STORE_FAILING"]
+    assert phases == ["started", "reminder"]
 
 
 def test_every_fault_is_one_store_error_with_its_reason(tmp_path: Path) -> None:

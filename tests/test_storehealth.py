@@ -25,3 +25,21 @@ def test_one_episode_per_outage() -> None:
     assert ended == outage and health.ok and health.succeeded() is None
     assert health.failed(FULL, T0 + timedelta(hours=1)) is True  # a new one
     assert health.failures_total == 3
+
+
+def test_a_lasting_outage_is_reminded_once_per_interval() -> None:
+    health = StoreHealth()
+    assert health.reminder_due(T0, 60) is False  # no outage, nothing to remind
+    health.failed(FULL, T0)
+    assert health.reminder_due(T0 + timedelta(seconds=59), 60) is False
+    assert health.reminder_due(T0 + timedelta(seconds=60), 60) is True
+    assert health.reminders == 1
+    # The next one is an interval after the reminder, not after the start.
+    assert health.reminder_due(T0 + timedelta(seconds=100), 60) is False
+    assert health.reminder_due(T0 + timedelta(seconds=120), 60) is True
+    assert health.reminders == 2
+    health.succeeded()
+    assert health.reminder_due(T0 + timedelta(hours=1), 60) is False  # it ended
+    health.failed(FULL, T0 + timedelta(hours=2))  # a new episode counts from 0 again
+    assert health.reminders == 0
+    assert health.reminder_due(T0 + timedelta(hours=2, seconds=30), 60) is False
