@@ -121,12 +121,19 @@ def pending_age(summary: OutboxSummary, now: datetime) -> float:
 
 
 def problems(app: DaemonView, now: datetime | None = None) -> list[str]:
-    """One line per reason the daemon is degraded: a stopped connection, a store that cannot
-    commit, a notifier whose oldest waiting message is older than
+    """One line per reason the daemon is degraded: a stopped connection, a push stream
+    stopped until a reload (refused credentials, an error its SDK does not retry), a store
+    that cannot commit, a notifier whose oldest waiting message is older than
     ``daemon.backlog_alert_after`` (the main loop's stall is :func:`health`'s to tell)."""
     now = now or utcnow()
     found = [f"connection {name} stopped: {tracker.stopped_reason}"
              for name, tracker in list(app.trackers.items()) if tracker.stopped_reason]
+    # Polling goes on, so nothing is missed, but the operator asked for push and it will
+    # not come back by itself: that needs a human.
+    found += [f"connection {name}: push stream stopped ({tracker.push.status.last_error}); "
+              "polling goes on at full cadence; fix it, then `systemctl reload poller`"
+              for name, tracker in list(app.trackers.items())
+              if tracker.push is not None and tracker.push.status.state == "stopped"]
     outage = app.store_health.outage
     if outage is not None:
         found.append(f"store cannot commit since {iso(outage.since)} ({outage.reason}): "

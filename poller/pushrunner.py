@@ -154,7 +154,7 @@ class PushRunner:
     def retry_now(self) -> None:
         """Reconnect at once (a reload: maybe the key is fixed)."""
         if self.status.state == "stopped":
-            self.status.state = "down"
+            self._set("down", "")  # through _set: ``since`` says when it was asked again
         self._wake.set()
 
     async def stop(self) -> None:

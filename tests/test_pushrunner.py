@@ -523,3 +523,44 @@ def test_a_stream_dropped_mid_order_loses_nothing_and_duplicates_nothing(
     assert up_metrics["poller_push_drops_total"] == 0
     assert down_json["drops"] == 1 and down_metrics["poller_push_drops_total"] == 1
 
+
+
+def test_a_refused_stream_is_a_health_problem_until_a_reload_brings_it_back(
+        tmp_path: Path, receiver: Receiver) -> None:
+    """The stream's credentials are refused while the REST calls work: polling goes on,
+    ``/healthz`` is degraded with one line that names the stream and the fix, and once the
+    key is right a reload (``retry_now``) brings the stream up and health back to ok."""
+    sim = WebullSim(seed=3, push_events=True)
+    assert sim.events is not None
+    right = sim.events.app_secret
+    sim.events.app_secret = "not-the-key-poller-has"  # only the stream refuses it
+    sim.start()
+    try:
+        table = sim.broker_config("wb") | {"interval": 2.5, "share": 1.0}
+        config = daemon_config(tmp_path, {"wb": table}, receiver.url)
+
+        async def scenario() -> list[tuple[bool, dict[str, Any]]]:
+            async with running_app(config) as app:
+                push = app.trackers["wb"].push
+                assert push is not None
+                await until(lambda: push.status.state == "stopped", timeout=15)
+                readings = [health(app, stale_after=3600)]
+                assert sim.events is not None
+                sim.events.app_secret = right  # the key is fixed
+                push.retry_now()  # what a reload does
+                await until(lambda: push.up, timeout=15)
+                readings.append(health(app, stale_after=3600))
+                return readings
+
+        (ok_down, down), (ok_up, up) = asyncio.run(scenario())
+    finally:
+        sim.stop()
+    assert not ok_down and down["status"] == "degraded"
+    assert len(down["problems"]) == 1, down["problems"]
+    line = down["problems"][0]
+    assert line.startswith("connection wb: push stream stopped (") and \
+        "systemctl reload poller" in line
+    assert down["connections"]["wb"]["push"]["state"] == "stopped"
+    assert right not in str(down) and right not in str(up)  # poller's secret is not shown
+    assert ok_up and up["status"] == "ok" and up["problems"] == []
+    assert up["connections"]["wb"]["push"]["state"] == "up"
