@@ -29,8 +29,12 @@ from poller.pgstore import PgStore
 from poller.records import Batch, InstanceInfo
 from poller.settings import load_settings
 from poller.simulator.httpserver import SimRequest, SimResponse, SimServer
+from poller.simulator.shioaji import ShioajiSim
 from poller.statusreport import age, gather
 from poller.store import Store
+from tests.conftest import Receiver, daemon_config
+from tests.test_daemon import _toml
+from tests.test_lifecycle import FakeSystemd, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 5, 20, 3, 24, 30, tzinfo=UTC)
@@ -431,3 +435,55 @@ def test_on_postgresql_status_and_check_config_show_who_holds_what(
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("database:"))
     assert line == (f"database: {pg_url} (PostgreSQL, reachable; 1 instance(s) running, "
                     "2 connection lease(s) held; leases last 10 s)")
+
+
+def test_against_a_live_daemon(tmp_path: Path, receiver: Receiver) -> None:
+    """``poller status`` (a process of its own) beside a running ``poller run`` on SQLite:
+    it reads the database the daemon holds open and the daemon's ``/healthz``, and shows
+    the order the daemon saw and the delivery it made."""
+    sim = ShioajiSim(seed=5)
+    sim.start()
+    systemd = FakeSystemd(tmp_path / "notify.sock")
+    port = free_port()
+    proc = None
+    try:
+        config = daemon_config(tmp_path, {"tw": sim.broker_config("tw") | {"interval": 0.2}},
+                               receiver.url, announce_existing=True,
+                               health_listen=f"127.0.0.1:{port}")
+        path = tmp_path / "config.toml"
+        path.write_text(_toml(config))
+        env = {**os.environ, "NOTIFY_SOCKET": systemd.path, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "poller", "run", "-c", str(path)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        systemd.wait_for("READY=1")
+        sim.book.place(sim.accounts()[0], "2890", "BUY", 4, "27.1")
+        receiver.wait_for(lambda e: len(e) >= 1)
+
+        def status(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "poller", "status", "-c", str(path),
+                                   *args], capture_output=True, text=True, timeout=60)
+
+        as_json, as_text = status("--json"), status()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        systemd.close()
+        sim.stop()
+    assert as_json.returncode == 0, as_json.stderr
+    doc = json.loads(as_json.stdout)
+    assert doc["ok"] is True and doc["problems"] == []
+    assert doc["daemon"]["reachable"] is True and doc["daemon"]["status"] == "ok"
+    assert doc["database"]["path"] == str(tmp_path / "poller.db")
+    tw = doc["connections"]["tw"]
+    assert tw["open_orders"] == 1 and tw["stopped"] is None and tw["last_order_seen"]
+    assert tw["budget"]  # from /healthz: the daemon's own limit groups
+    assert doc["notifiers"]["hook"]["delivered"] >= 1
+    assert doc["notifiers"]["hook"]["pending"] == 0 and doc["notifiers"]["hook"]["dead"] == 0
+    assert as_text.returncode == 0 and as_text.stderr == ""
+    assert f"daemon: ok  (http://127.0.0.1:{port}/healthz)" in as_text.stdout
+    assert any(line.startswith("  tw ") for line in as_text.stdout.splitlines())
