@@ -18,8 +18,10 @@ What this keeps exact:
   one family; their messages never carry the URL, whose query holds keys and signatures;
 * the pool's size is the caller's: a request the rate budget admitted must not then queue.
 
-Proxies from the environment are httpx's business: it routes such URLs through its own
-proxy transports before this one is asked.
+Proxies: httpx ignores ``HTTP_PROXY`` and the like for a client given a transport of its
+own, so :func:`poller.httpclient.build_client` uses this one only when the environment names
+no proxy (:func:`poller.httpclient.environment_proxies`); behind a proxy the broker clients
+keep httpx's own transport, which routes through it exactly as before.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+import urllib.request
 from dataclasses import dataclass
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -41,8 +42,12 @@ def build_client(base_url: str, *, timeout: float, headers: dict[str, str] | Non
         budget admitted must not then wait for a pooled connection: it would leave late,
         bunched with others, and arrive at the broker compressed into one window.
     :param fast: send over aiohttp (:mod:`poller.aiohttptransport`), about half the CPU per
-        request: for broker connections, which poll at their full budget.
+        request: for broker connections, which poll at their full budget. Not when the
+        environment names a proxy: httpx honours ``HTTP_PROXY``, ``HTTPS_PROXY``,
+        ``ALL_PROXY`` and ``NO_PROXY`` only with its own transport, and a broker reachable
+        only through the proxy must stay reachable.
     """
+    fast = fast and not environment_proxies()
     return httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
@@ -52,6 +57,16 @@ def build_client(base_url: str, *, timeout: float, headers: dict[str, str] | Non
                             max_keepalive_connections=connections),
         transport=AiohttpTransport(connections=connections) if fast else None,
     )
+
+
+def environment_proxies() -> dict[str, str]:
+    """The HTTP proxies the environment names (scheme → proxy URL; empty: none).
+
+    The same reading httpx makes (``urllib.request.getproxies``: ``http``, ``https`` and
+    ``all``), so a client built on it honours exactly the proxies httpx would.
+    """
+    found = urllib.request.getproxies()
+    return {scheme: found[scheme] for scheme in ("http", "https", "all") if found.get(scheme)}
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,20 @@ import httpx
 import pytest
 
 from poller.__about__ import __version__
+from poller.aiohttptransport import AiohttpTransport
 from poller.errors import BrokerAnswerTooLarge, BrokerMalformed, BrokerUnavailable
 from poller.httpclient import (
     LARGE_BODY,
     MAX_BODY_BYTES,
     Answer,
     build_client,
+    environment_proxies,
     is_loopback,
     retry_after_seconds,
     send,
 )
 from poller.simulator.httpserver import SimResponse, SimServer
+from tests.rawhttp import RawServer, ok
 
 
 @pytest.fixture
@@ -222,3 +225,69 @@ NOW = 1445412470.0  # ten seconds before Wed, 21 Oct 2015 07:28:00 GMT
 ])
 def test_retry_after_seconds(value: str | None, seconds: float | None) -> None:
     assert retry_after_seconds(value, now=NOW) == seconds
+
+
+def test_a_proxy_from_the_environment_carries_broker_requests(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``HTTP_PROXY`` set: a broker client (aiohttp transport) sends through the proxy, as
+    httpx does for any client: the proxy sees the absolute URL, the query byte for byte and
+    the headers, and its answer comes back as the broker's."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def reply(head: bytes, body: bytes) -> bytes:
+        return ok(b'{"code": "200", "data": {"n": 12345678901234567890}}')
+
+    async def work(proxy_url: str, proxy: RawServer) -> tuple[Answer, Answer]:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        client = build_client("http://broker.invalid:8080", timeout=5.0, fast=True)
+        async with client:
+            request = client.build_request("POST", "/api/v1/private?command=x&a=%2F%20")
+            first = await send(client, request, connection="c", deadline=5.0)
+            second = await send(client, client.build_request("GET", "/again"),
+                                connection="c", deadline=5.0)
+        return first, second
+
+    async def run() -> tuple[tuple[Answer, Answer], list[tuple[bytes, bytes]]]:
+        proxy = RawServer(reply)
+        server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await work(f"http://127.0.0.1:{port}", proxy), proxy.requests
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    (first, second), requests = asyncio.run(run())
+    assert first.status == 200 and first.body == {"code": "200",
+                                                  "data": {"n": 12345678901234567890}}
+    assert second.status == 200
+    heads = [head.split(b"\r\n") for head, _ in requests]
+    assert heads[0][0] == b"POST http://broker.invalid:8080/api/v1/private?command=x&a=%2F%20 " \
+        b"HTTP/1.1"
+    assert heads[1][0] == b"GET http://broker.invalid:8080/again HTTP/1.1"
+    assert b"Host: broker.invalid:8080" in heads[0]
+    assert f"User-Agent: poller/{__version__}".encode() in heads[0]
+
+
+def test_broker_clients_use_aiohttp_unless_the_environment_names_a_proxy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("NO_PROXY", "example.com")  # a bypass list alone is no proxy
+    assert environment_proxies() == {}
+    fast = build_client("https://broker.invalid", timeout=5.0, fast=True)
+    plain = build_client("https://broker.invalid", timeout=5.0)
+    assert isinstance(fast._transport, AiohttpTransport)
+    assert not isinstance(plain._transport, AiohttpTransport)  # notifiers: httpx's own
+    monkeypatch.setenv("https_proxy", "proxy.lan:3128")
+    assert environment_proxies() == {"https": "proxy.lan:3128"}
+    behind = build_client("https://broker.invalid", timeout=5.0, fast=True)
+    assert not isinstance(behind._transport, AiohttpTransport)
+
+    async def close() -> None:
+        for client in (fast, plain, behind):
+            await client.aclose()
+
+    asyncio.run(close())
