@@ -11,7 +11,9 @@ seconds. Printed, never asserted:
 * the most ``returnOrderStatus`` / all-endpoint requests in any 2 s / 1 s at the simulator
   (by arrival) against the documented 30 / 300, and refusals;
 * utilisation: status requests per second against the documented 15/s, and against what
-  the share allows after the measured jitter pad (floor(share × 30) / (2 s + pad));
+  the share allows after the slots' hold (floor(share × 30) / (2 s + hold): each request
+  holds its slot for 2 s after its own answer or after send + the jitter pad, whichever is
+  sooner; the daemon's ``poller_budget_hold_seconds`` is the mean);
 * detection latency, simulator change → webhook receiver (mean, p99, unseen), beside the
   round-robin bounds N/(2R) (mean) and N/R (max) for the rate R actually allowed;
 * re-poll of a just-changed order (mean) against the round-robin period N/R;
@@ -53,6 +55,7 @@ class Figures:
     status_rate: float = 0.0
     allowed_rate: float = 0.0
     pad: float = 0.0
+    hold: float = 0.0
     latencies: list[float] = field(default_factory=list)
     #: Of each latency: the wait for the first status poll that arrived after the change.
     waits: list[float] = field(default_factory=list)
@@ -78,7 +81,7 @@ class Figures:
                        f"{self.status_rate / 15:.3f} of the documented 15/s; "
                        f"{self.status_rate / self.allowed_rate:.3f} of the "
                        f"{self.allowed_rate:.2f}/s the share allows after the "
-                       f"{self.pad:.3f} s jitter pad")
+                       f"{self.hold:.3f} s mean hold (jitter pad {self.pad:.3f} s)")
         else:
             out.append(f"  status requests: {self.status_rate:.2f}/s = "
                        f"{self.status_rate / 15:.3f} of the documented 15/s")
@@ -211,7 +214,10 @@ async def run_poller(args: argparse.Namespace, n: int) -> Figures:
     figures.pad = metrics.get(("poller_budget_pad_seconds",
                                (("connection", "c0"), ("group", "returnOrderStatus"))), 0.0)
     allowed = math.floor(args.share * 30)
-    figures.allowed_rate = allowed / (2.0 + figures.pad)
+    figures.hold = metrics.get(("poller_budget_hold_seconds",
+                                (("connection", "c0"), ("group", "returnOrderStatus"))),
+                               figures.pad)
+    figures.allowed_rate = allowed / (2.0 + figures.hold)
     seen = [(r.at, str(r.event["payload"]["order_id"]),
              Decimal(r.event["payload"].get("filled_qty") or 0)) for r in receiver.events
             if r.event["event_type"] == "TRADE"]

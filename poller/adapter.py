@@ -351,12 +351,13 @@ class BrokerAdapter(ABC, Generic[C]):
         :param on_admitted: called once the budget let the request go, just before it is
             sent (CoinW sends a second request beside it then, not before it).
         """
-        admitted = await self.budget.acquire(*self.groups_of(kind))
+        groups = self.groups_of(kind)
+        admitted = await self.budget.acquire(*groups)
         if on_admitted is not None:
             on_admitted()
         answer = await send(self.client, request, connection=self.name,
                             deadline=self.config.timeout, max_bytes=self.max_answer_bytes)
-        self.budget.observe_round_trip(self.budget.now() - admitted)
+        self.budget.answered(groups, admitted)  # an answer: the broker has had it
         return answer
 
     @property

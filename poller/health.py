@@ -180,6 +180,11 @@ class AppCollector(Collector):
                                  "Seconds each limit group's window is padded by (follows the "
                                  "measured spread of round trips)",
                                  labels=["connection", "group"])
+        holds = GaugeMetricFamily("poller_budget_hold_seconds",
+                                  "Mean seconds a request holds its slot beyond the window: "
+                                  "its own round trip (the broker had it by its answer) or "
+                                  "the pad, whichever is shorter",
+                                  labels=["connection", "group"])
         use = GaugeMetricFamily("poller_budget_window_use",
                                 "Share of a limit group's allowance used in the current window",
                                 labels=["connection", "group"])
@@ -211,13 +216,14 @@ class AppCollector(Collector):
                 admitted.add_metric([name, group.name], group.admitted)
                 use.add_metric([name, group.name], group.in_window(now) / group.allowed)
                 pads.add_metric([name, group.name], group.pad)
+                holds.add_metric([name, group.name], group.hold)
             push = tracker.push
             if push is not None:
                 push_up.add_metric([name], 1.0 if push.up else 0.0)
                 pushed.add_metric([name], push.status.events)
                 drops.add_metric([name], push.status.drops)
-        yield from (polls, errors, limited, stopped, admitted, use, pads, last, open_orders,
-                    push_up, pushed, drops)
+        yield from (polls, errors, limited, stopped, admitted, use, pads, holds, last,
+                    open_orders, push_up, pushed, drops)
 
     def _events(self) -> Iterator[Metric]:
         events = CounterMetricFamily("poller_events", "Events committed", labels=["scene"])
@@ -332,7 +338,8 @@ def health(app: DaemonView, *, stale_after: float) -> tuple[bool, dict[str, Any]
             name: {"last_success": iso(t.last_success), "open_orders": t.open_orders,
                    "stopped": t.stopped_reason, "error": _error_json(errors.get(name)),
                    "budget": {g.name: {"used": g.in_window(mono), "allowed": g.allowed,
-                                       "pad_seconds": round(g.pad, 3)}
+                                       "pad_seconds": round(g.pad, 3),
+                                       "hold_seconds": round(g.hold, 3)}
                               for g in list(t.adapter.budget.groups.values())},
                    "push": _push_json(t)}
             for name, t in list(app.trackers.items())

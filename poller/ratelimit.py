@@ -3,8 +3,11 @@
 A bare ``aiolimiter.AsyncLimiter(N, W)`` is a leaky bucket that admits up to 2N-1 requests in
 one window, so it cannot honour "N per W seconds" as a hard contract. Each :class:`LimitGroup`
 here keeps the start times of its recent requests (a sliding-window log) and admits a request
-only when fewer than ``floor(share * N)`` started in the trailing window ``W`` (padded a
-little for network jitter) and the minimum spacing has passed. A request that consumes several
+only when fewer than ``floor(share * N)`` of them may still arrive in one window ``W`` with
+it, and the minimum spacing has passed. A request holds its place for ``W`` after the latest
+moment it can have arrived: its send time plus the network's jitter (the pad), or, once it is
+answered and that came sooner, its answer (the broker had it by then; see
+:meth:`LimitGroup.answered`). A request that consumes several
 groups (endpoint + account-wide) waits until all have room and is then recorded in all of them
 at the same instant, without awaiting in between.
 """
@@ -65,6 +68,12 @@ YIELD_TO_AHEAD = 0.001
 PRIORITY_ROUTINE = -1  # round-robin refresh of idle orders
 PRIORITY_URGENT = 1  # orders that just changed or left a list answer
 PRIORITY_ACTION = 2  # a replace or cancel someone asked for
+#: Added to an answer's time before it bounds the request's arrival: the broker's limiter
+#: may stamp arrivals coarsely (to the millisecond, or to 10) and count a request exactly one
+#: window later as still inside; 10 ms is a tenth of a typical round trip's spread.
+ANSWER_MARGIN = 0.01
+#: Answered requests whose hold (:attr:`LimitGroup.hold`) is averaged.
+HOLD_SAMPLES = 200
 #: How often a request held back by the lease (no allowance, past the deadline) looks again.
 LEASE_RECHECK = 0.05
 
@@ -100,46 +109,90 @@ class LimitGroup:
         self.pad = self.min_pad
         self.window = base + self.pad
         self.spacing = spec.spacing
-        self._starts: deque[float] = deque()
+        #: [start, answered] of each recent request, by start (answered: inf until then).
+        self._log: deque[list[float]] = deque()
+        #: Recent holds: how long after its start each answered request stopped counting
+        #: against the window's beginning (min(pad, round trip)); see :attr:`hold`.
+        self._holds: deque[float] = deque(maxlen=HOLD_SAMPLES)
         self.paused_until = 0.0
         self.admitted = 0
         #: Requests still allowed before the lease holder writes its window log again (None:
         #: no lease, no limit). See :meth:`RateBudget.lease_state`.
         self.allowance: int | None = None
 
+    def _ends(self, now: float) -> list[float]:
+        """When each request that still counts stops counting (its latest possible arrival
+        plus the window), for the requests that still count at ``now``."""
+        log, pad, base = self._log, self.pad, self.base_window
+        # Past start + pad + window nothing counts, answered or not.
+        while log and log[0][0] <= now - self.window:
+            log.popleft()
+        ends = [min(start + pad, answered) + base for start, answered in log]
+        return [end for end in ends if end > now]
+
     def wait_time(self, now: float) -> float:
         """Seconds until one more request may start here (0 when it may start now)."""
-        starts = self._starts
-        while starts and starts[0] <= now - self.window:
-            starts.popleft()
         wait = max(0.0, self.paused_until - now)
-        if len(starts) >= self.allowed:
-            wait = max(wait, starts[len(starts) - self.allowed] + self.window - now)
-        if self.spacing and starts:
-            wait = max(wait, starts[-1] + self.spacing - now)
+        log = self._log
+        if len(log) >= self.allowed:  # else fewer than allowed can still count
+            ends = self._ends(now)
+            if len(ends) >= self.allowed:
+                ends.sort()
+                wait = max(wait, ends[len(ends) - self.allowed] - now)
+        if self.spacing and log:
+            wait = max(wait, log[-1][0] + self.spacing - now)
         if self.allowance is not None and self.allowance <= 0:
             wait = max(wait, LEASE_RECHECK)
         return wait
 
     def in_window(self, now: float) -> int:
-        """Requests started in the trailing window (read-only: safe from another thread)."""
-        return sum(1 for t in list(self._starts) if t > now - self.window)
+        """Requests that still count against the window (read-only: safe from another
+        thread)."""
+        pad, base = self.pad, self.base_window
+        return sum(1 for start, answered in list(self._log)
+                   if min(start + pad, answered) + base > now)
 
     def record(self, now: float) -> None:
         """Note that a request started at ``now``."""
-        self._starts.append(now)
+        self._log.append([now, math.inf])
         self.admitted += 1
         if self.allowance is not None:
             self.allowance -= 1
 
+    def answered(self, start: float, at: float) -> None:
+        """The request that started at ``start`` was answered at ``at``.
+
+        The broker had it by then, so it cannot arrive later: it counts for the window
+        after ``at`` if that is sooner than after ``start`` + pad. This is exact where the
+        pad is only an estimate (the spread of the round trips measured so far), and frees
+        the slot sooner on a network whose delay varies as much as it lasts. Only a request
+        the broker answered may say so: a timeout or a refused connection proves nothing.
+        """
+        for entry in reversed(self._log):
+            if entry[0] == start and entry[1] == math.inf:
+                entry[1] = max(at, start) + ANSWER_MARGIN
+                self._holds.append(min(self.pad, entry[1] - start))
+                return
+            if entry[0] < start:
+                return
+
+    @property
+    def hold(self) -> float:
+        """Seconds a request holds its slot beyond the window, on average: its round trip
+        or the pad, whichever is shorter (the pad before any answer)."""
+        if not self._holds:
+            return self.pad
+        return min(self.pad, sum(self._holds) / len(self._holds))
+
     def ages(self, now: float) -> list[float]:
-        """Seconds since each request of the trailing window started (oldest first)."""
-        return [now - t for t in self._starts if t > now - self.window]
+        """Seconds since each request of the trailing window started (oldest first; a new
+        lease holder counts them from their starts, without their answers: the safe side)."""
+        return [now - start for start, _ in self._log if start > now - self.window]
 
     def seed(self, starts: Iterable[float]) -> None:
         """Add requests another process made (times on this group's clock), in order."""
-        merged = sorted([*self._starts, *starts])
-        self._starts = deque(merged)
+        merged = sorted([*self._log, *([t, math.inf] for t in starts)])
+        self._log = deque(merged)
 
     def set_pad(self, jitter: float) -> None:
         """Pad the window by the measured jitter, kept between ``min_pad`` and ``max_pad``."""
@@ -152,8 +205,9 @@ class LimitGroup:
 
     @property
     def rate(self) -> float:
-        """Requests per second this group allows us."""
-        return self.allowed / self.window
+        """Requests per second this group allows us: ``allowed`` per window plus the mean
+        hold (at least ``allowed`` per padded window)."""
+        return self.allowed / (self.base_window + self.hold)
 
 
 class Jitter:
@@ -281,7 +335,7 @@ class RateBudget:
         The window alone lets a full window's worth leave at once, and once the requests
         bunch they stay bunched (each expiry is refilled at once), so a request that became
         urgent waited for the next bunch: a second on average at 24 per 2.3 s. Spreading
-        the round-robin over the window (one every window/allowed, a GCRA with one slot of
+        the round-robin over the window (one every 1/rate, a GCRA with one slot of
         tolerance, so a late timer is caught up) leaves a slot free every fraction of a
         second. It only ever delays: the window's guarantee is untouched.
         """
@@ -289,12 +343,12 @@ class RateBudget:
         for g in groups:
             due = self._paced.get(g.name)
             if due is not None:
-                wait = max(wait, due - g.window / g.allowed - now)
+                wait = max(wait, due - 1 / g.rate - now)
         return wait
 
     def _pace(self, groups: list[LimitGroup], now: float) -> None:
         for g in groups:
-            self._paced[g.name] = max(self._paced.get(g.name, now), now) + g.window / g.allowed
+            self._paced[g.name] = max(self._paced.get(g.name, now), now) + 1 / g.rate
 
     def _someone_ahead(self, ticket: tuple[int, int], groups: list[LimitGroup],
                        now: float) -> bool:
@@ -305,6 +359,15 @@ class RateBudget:
                     (g.wait_time(now) for g in their), default=0.0) <= 0:
                 return True
         return False
+
+    def answered(self, names: Iterable[str], admitted: float) -> None:
+        """The request admitted at ``admitted`` into the ``names`` groups was answered just
+        now: it stops counting sooner where that is safe (:meth:`LimitGroup.answered`),
+        and its round trip sizes the pad (:meth:`observe_round_trip`)."""
+        now = self._clock()
+        for name in names:
+            self.groups[name].answered(admitted, now)
+        self.observe_round_trip(now - admitted)
 
     def observe_round_trip(self, seconds: float) -> None:
         """An admitted request was answered after ``seconds``: let the pad follow the

@@ -409,6 +409,9 @@ def test_a_running_daemon(tmp_path: Path, receiver: Receiver) -> None:
                          group=group)
             assert admitted is not None and use is not None and 0.0 <= use <= 1.0
             assert pad is not None and pad >= 0.0
+            hold = sample(scraped, "poller_budget_hold_seconds", connection=connection,
+                          group=group)
+            assert hold is not None and 0.0 <= hold <= pad
     assert sample(scraped, "poller_events_total", scene="PLACED") == 1.0
     assert sample(scraped, "poller_events_total", scene="BROKER_AUTH_FAILED") == 1.0
     assert sample(scraped, "poller_events_total", scene="FILLED") == 0.0

@@ -164,6 +164,85 @@ def test_saturated_demand_uses_the_allowed_rate() -> None:
     assert max_in_window(times, 2.0) == 24
 
 
+def run_over_a_network(group: LimitGroup, delays: list[tuple[float, float | None]],
+                       in_flight: int, routine: bool = False) -> tuple[list[float], list[float]]:
+    """Saturated demand through ``group`` over a simulated network: request i reaches the
+    broker ``delays[i][0]`` after it leaves and is answered ``delays[i][1]`` after that
+    (None: never, a timeout), the budget told of each answer. ``in_flight`` workers send
+    one request at a time each. Returns (send times, arrival times)."""
+    fake = FakeTime()
+    budget = RateBudget([group], clock=fake.clock, sleep=fake.sleep)
+    sends: list[float] = []
+    arrivals: list[float] = []
+    jobs = iter(delays)
+
+    async def worker() -> None:
+        if routine:
+            PRIORITY.set(PRIORITY_ROUTINE)
+        for forward, back in jobs:
+            admitted = await budget.acquire("g")
+            sends.append(admitted)
+            await fake.sleep(forward)
+            arrivals.append(fake.now)
+            if back is None:
+                continue  # no answer: the budget hears nothing
+            await fake.sleep(back)
+            budget.answered(["g"], admitted)
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(worker()) for _ in range(in_flight)]
+        await fake.run(tasks, [])
+
+    asyncio.run(main())
+    return sends, arrivals
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spec=st.sampled_from(SPECS),
+    share=st.sampled_from([0.8, 1.0]),
+    base=st.one_of(st.just(0.0), st.floats(0, 0.5)),
+    jitter=st.floats(0.0, 0.5),
+    shape=st.lists(st.tuples(st.floats(0, 1), st.one_of(st.none(), st.just(0.0),
+                                                         st.floats(0, 0.6))),
+                   min_size=5, max_size=300),
+    in_flight=st.integers(1, 8),
+    routine=st.booleans(),
+)
+def test_no_window_at_the_broker_ever_holds_more_than_the_share(
+        spec: LimitSpec, share: float, base: float, jitter: float,
+        shape: list[tuple[float, float | None]], in_flight: int, routine: bool) -> None:
+    """By *arrival* time, with transit times anywhere in [base, base + J] and the window
+    padded by J: answered requests free their slot from their answer on, unanswered ones
+    from send + J, and still no window of W at the broker holds more than the share."""
+    group = LimitGroup("g", spec, share=share, pad=max(jitter, 1e-6))
+    delays = [(base + jitter * f, back) for f, back in shape]
+    sends, arrivals = run_over_a_network(group, delays, in_flight, routine)
+    allowed = math.floor(share * spec.count)
+    window = spec.window if allowed >= 1 else spec.window / share
+    assert max_in_window(arrivals, window) <= max(allowed, 1)
+    assert max_in_window(sends, window) <= max(allowed, 1)  # and by send time too
+
+
+def test_an_answer_frees_the_slot_sooner_than_the_pad() -> None:
+    """Answers that come back quickly on a jittery network: the window's slots are freed at
+    each answer, so the rate beats allowed / (W + pad) while the broker sees at most
+    allowed per W; without answers (timeouts) it is allowed / (W + pad) exactly."""
+    rng = __import__("random").Random(5)
+    delays: list[tuple[float, float | None]] = [(rng.uniform(0, 0.3), 0.0) for _ in range(900)]
+    padded = LimitGroup("g", LimitSpec(30, 2.0), share=0.8, pad=0.3)
+    sends, arrivals = run_over_a_network(padded, delays, in_flight=8)
+    rate = (len(sends) - 1) / (sends[-1] - sends[0])
+    assert max_in_window(arrivals, 2.0) <= 24
+    assert rate > 1.05 * 24 / 2.3  # about 24 / 2.15: the mean hold is half the pad
+    assert padded.hold == pytest.approx(0.15, abs=0.03)
+    silent = LimitGroup("g", LimitSpec(30, 2.0), share=0.8, pad=0.3)
+    sends, arrivals = run_over_a_network(silent, [(f, None) for f, _ in delays], in_flight=8)
+    rate = (len(sends) - 1) / (sends[-1] - sends[0])
+    assert rate == pytest.approx(24 / 2.3, rel=0.02) and silent.hold == 0.3
+    assert max_in_window(arrivals, 2.0) <= 24
+
+
 def test_a_bare_leaky_bucket_is_not_a_window_limit() -> None:
     """Why we do not use ``AsyncLimiter(N, W)`` alone: it admits about 2N in one window."""
     loop_time = [0.0]

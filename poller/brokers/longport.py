@@ -376,7 +376,7 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
                 answer = await send(self.client, request, connection=self.name,
                                     deadline=self.config.timeout,
                                     max_bytes=self.max_answer_bytes)
-                self.budget.observe_round_trip(self.budget.now() - admitted)
+                self.budget.answered(groups, admitted)  # an answer: the broker has had it
                 return answer
             finally:
                 self._last_done = time.monotonic()
