@@ -7,7 +7,10 @@ only when fewer than ``floor(share * N)`` of them may still arrive in one window
 it, and the minimum spacing has passed. A request holds its place for ``W`` after the latest
 moment it can have arrived: its send time plus the network's jitter (the pad), or, once it is
 answered and that came sooner, its answer (the broker had it by then; see
-:meth:`LimitGroup.answered`). A request that consumes several
+:meth:`LimitGroup.answered`).
+
+Over 400 lines: the window log, its admission order, its pacing and its hand-over between
+cluster instances are one guarantee, proved and tested together. A request that consumes several
 groups (endpoint + account-wide) waits until all have room and is then recorded in all of them
 at the same instant, without awaiting in between.
 """
@@ -167,6 +170,14 @@ class LimitGroup:
         pad is only an estimate (the spread of the round trips measured so far), and frees
         the slot sooner on a network whose delay varies as much as it lasts. Only a request
         the broker answered may say so: a timeout or a refused connection proves nothing.
+
+        Why the window still holds at the broker. Say transit times lie in [d, d + J] and a
+        request j arrives at a_j; its bound is U_j = min(s_j + J, r_j). Take any window
+        (x - W, x] of arrivals and m the last of them to be *sent* (at t_m, arriving at
+        a_m <= x). Every other j in it was sent before t_m and arrived after x - W >=
+        a_m - W >= t_m + d - W; since a_j <= s_j + d + J and a_j <= r_j, both s_j + J and
+        r_j exceed t_m - W, so j still counted when m was admitted. Admission needs fewer
+        than ``allowed`` counting, so the window holds at most ``allowed``.
         """
         for entry in reversed(self._log):
             if entry[0] == start and entry[1] == math.inf:
