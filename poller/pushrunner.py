@@ -219,13 +219,14 @@ class PushRunner:
 
     async def _stop_until_reload(self, error: BrokerError, message: str) -> None:
         """Stop the stream until :meth:`retry_now`: one error line, one callback."""
+        # Cleared first: a reload while the callback commits its event must still count.
+        self._wake.clear()
         self._set("stopped", str(error))
         self.log.error(message, error)
         if isinstance(error, BrokerAuthError):
             await self._on_auth_failed(error)
         elif self._on_refused is not None:
             await self._on_refused(error)
-        self._wake.clear()
         await self._wake.wait()  # until a reload asks again
 
     async def _once(self) -> BrokerError | None:

@@ -232,6 +232,33 @@ def test_a_refused_stream_is_one_error_and_polling_goes_on(tmp_path: Path) -> No
     assert rig.runner.status.state == "off"
 
 
+def test_a_reload_while_the_refusal_is_being_recorded_is_not_lost(tmp_path: Path) -> None:
+    """``retry_now`` (a reload) arrives while the refusal's event is still being committed
+    (a slow disk): the stream tries again once that is done, instead of waiting for the
+    next reload."""
+    rig = Rig(tmp_path)
+    committing = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_commit(err: BrokerAuthError) -> None:
+        committing.set()
+        await release.wait()
+
+    rig.runner._on_auth_failed = slow_commit
+
+    async def run() -> None:
+        rig.runner.start()
+        await until(lambda: rig.runner.up)
+        await rig.adapter.items.put(BrokerAuthError("signature refused"))
+        await committing.wait()
+        rig.runner.retry_now()  # the reload, during the commit
+        release.set()
+        await until(lambda: rig.adapter.opened == 2 and rig.runner.up)
+        await rig.runner.stop()
+
+    asyncio.run(run())
+
+
 # --- reconnect numbers: the stream's own (its SDK's), else the runner's ------------------
 
 
