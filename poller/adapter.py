@@ -36,7 +36,7 @@ from poller.errors import (
 from poller.httpclient import Answer, retry_after_seconds, send
 from poller.models import OrderSnapshot
 from poller.pushfeed import PushStream
-from poller.ratelimit import LimitSpec, RateBudget
+from poller.ratelimit import PRIORITY, PRIORITY_URGENT, LimitSpec, RateBudget
 
 logger = logging.getLogger(__name__)
 
@@ -345,20 +345,33 @@ class BrokerAdapter(ABC, Generic[C]):
         return groups
 
     async def request(self, kind: RequestKind, request: httpx.Request, *,
-                      on_admitted: Callable[[], None] | None = None) -> Answer:
+                      on_admitted: Callable[[], None] | None = None,
+                      companion: bool = False) -> Answer:
         """Send one request through the rate budget of the groups ``kind`` consumes.
 
         :param on_admitted: called once the budget let the request go, just before it is
             sent (CoinW sends a second request beside it then, not before it).
+        :param companion: the request completes a poll whose first request the budget
+            already admitted (CoinW's trades beside or after its status): it waits for its
+            own groups' room like any request, but is not spread over the window again
+            (the poll was) and goes ahead of the round-robin. Spread a second time it
+            waited about a slot behind its status request, and a fill landing between the
+            two arrivals was seen by neither answer.
         """
         groups = self.groups_of(kind)
-        admitted = await self.budget.acquire(*groups)
+        admitted = await self.admit(groups, companion=companion)
         if on_admitted is not None:
             on_admitted()
         answer = await send(self.client, request, connection=self.name,
                             deadline=self.config.timeout, max_bytes=self.max_answer_bytes)
         self.budget.answered(groups, admitted)  # an answer: the broker has had it
         return answer
+
+    async def admit(self, groups: Sequence[str], *, companion: bool = False) -> float:
+        """Wait until the budget lets a request into ``groups`` go; the admission time
+        (``companion``: see :meth:`request`)."""
+        priority = max(PRIORITY.get(), PRIORITY_URGENT) if companion else None
+        return await self.budget.acquire(*groups, priority=priority)
 
     @property
     def max_answer_bytes(self) -> int:

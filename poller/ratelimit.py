@@ -18,6 +18,7 @@ at the same instant, without awaiting in between.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import itertools
 import math
@@ -117,6 +118,9 @@ class LimitGroup:
         #: Recent holds: how long after its start each answered request stopped counting
         #: against the window's beginning (min(pad, round trip)); see :attr:`hold`.
         self._holds: deque[float] = deque(maxlen=HOLD_SAMPLES)
+        self._hold_sum = 0.0
+        #: :meth:`_ends`, kept until the log or the pad changes (None: to be computed).
+        self._sorted_ends: list[float] | None = None
         self.paused_until = 0.0
         self.admitted = 0
         #: Requests still allowed before the lease holder writes its window log again (None:
@@ -124,14 +128,23 @@ class LimitGroup:
         self.allowance: int | None = None
 
     def _ends(self, now: float) -> list[float]:
-        """When each request that still counts stops counting (its latest possible arrival
-        plus the window), for the requests that still count at ``now``."""
-        log, pad, base = self._log, self.pad, self.base_window
+        """When each logged request stops counting (its latest possible arrival plus the
+        window), sorted; some may be past already.
+
+        Kept between changes of the log: admission asks several times per request (each
+        waiter, each group), so recomputing would cost more than the request itself.
+        """
+        log = self._log
         # Past start + pad + window nothing counts, answered or not.
+        pruned = False
         while log and log[0][0] <= now - self.window:
             log.popleft()
-        ends = [min(start + pad, answered) + base for start, answered in log]
-        return [end for end in ends if end > now]
+            pruned = True
+        if self._sorted_ends is None or pruned:
+            pad, base = self.pad, self.base_window
+            self._sorted_ends = sorted(min(start + pad, answered) + base
+                                       for start, answered in log)
+        return self._sorted_ends
 
     def wait_time(self, now: float) -> float:
         """Seconds until one more request may start here (0 when it may start now)."""
@@ -139,8 +152,8 @@ class LimitGroup:
         log = self._log
         if len(log) >= self.allowed:  # else fewer than allowed can still count
             ends = self._ends(now)
-            if len(ends) >= self.allowed:
-                ends.sort()
+            if len(ends) - bisect.bisect_right(ends, now) >= self.allowed:
+                # The allowed-th latest end: once it passes, fewer than allowed count.
                 wait = max(wait, ends[len(ends) - self.allowed] - now)
         if self.spacing and log:
             wait = max(wait, log[-1][0] + self.spacing - now)
@@ -158,6 +171,9 @@ class LimitGroup:
     def record(self, now: float) -> None:
         """Note that a request started at ``now``."""
         self._log.append([now, math.inf])
+        if self._sorted_ends is not None:
+            # The latest start with the full pad: no end is later, so the order holds.
+            self._sorted_ends.append(now + self.pad + self.base_window)
         self.admitted += 1
         if self.allowance is not None:
             self.allowance -= 1
@@ -182,7 +198,12 @@ class LimitGroup:
         for entry in reversed(self._log):
             if entry[0] == start and entry[1] == math.inf:
                 entry[1] = max(at, start) + ANSWER_MARGIN
-                self._holds.append(min(self.pad, entry[1] - start))
+                self._sorted_ends = None
+                if len(self._holds) == HOLD_SAMPLES:
+                    self._hold_sum -= self._holds[0]
+                hold = min(self.pad, entry[1] - start)
+                self._holds.append(hold)
+                self._hold_sum += hold
                 return
             if entry[0] < start:
                 return
@@ -193,7 +214,7 @@ class LimitGroup:
         or the pad, whichever is shorter (the pad before any answer)."""
         if not self._holds:
             return self.pad
-        return min(self.pad, sum(self._holds) / len(self._holds))
+        return min(self.pad, self._hold_sum / len(self._holds))
 
     def ages(self, now: float) -> list[float]:
         """Seconds since each request of the trailing window started (oldest first; a new
@@ -204,11 +225,13 @@ class LimitGroup:
         """Add requests another process made (times on this group's clock), in order."""
         merged = sorted([*self._log, *([t, math.inf] for t in starts)])
         self._log = deque(merged)
+        self._sorted_ends = None
 
     def set_pad(self, jitter: float) -> None:
         """Pad the window by the measured jitter, kept between ``min_pad`` and ``max_pad``."""
         self.pad = min(self.max_pad, max(self.min_pad, jitter))
         self.window = self.base_window + self.pad
+        self._sorted_ends = None
 
     def pause(self, until: float) -> None:
         """Admit nothing before ``until`` (after the broker said we went too fast)."""

@@ -37,6 +37,9 @@ from poller.adapter import ParseCache, adapter_problems
 from poller.errors import ConfigError, http_error
 from poller.models import OrderSnapshot, OrderStatus
 from poller.plugins import get_plugin_manager
+from poller.ratelimit import PRIORITY, PRIORITY_ACTION, PRIORITY_ROUTINE
+from tests.scripted import ScriptedAdapter
+from tests.test_ratelimit import FakeTime
 
 # -- the classifier ---------------------------------------------------------------------------
 
@@ -395,3 +398,34 @@ def test_the_parse_cache_returns_the_same_snapshot_for_an_unchanged_item() -> No
     cache.done("A")
     gone = cache.get("A", "2", changed, reader(changed))  # left the list a call ago
     assert parsed == ["1", "2", "1", "2"] and gone.order_id == "2"
+
+
+def test_a_companion_request_is_not_spread_over_the_window_again() -> None:
+    """A round-robin request was just admitted, so the next one waits a slot (the budget
+    spreads them); a request that completes that poll (``companion``) goes at once, and
+    keeps a higher priority it already had."""
+    fake = FakeTime()
+    group = LimitGroup("calls", LimitSpec(30, 2.0), share=0.8)
+    adapter = ScriptedAdapter()
+    adapter.budget = RateBudget([group], clock=fake.clock, sleep=fake.sleep)
+    admitted: dict[str, float] = {}
+
+    async def poll(name: str, companion: bool, priority: int = PRIORITY_ROUTINE) -> None:
+        PRIORITY.set(priority)
+        admitted[name] = await adapter.admit(("calls",), companion=companion)
+
+    async def main() -> None:
+        # Two: the spreading tolerates one slot of catching up.
+        first = [asyncio.ensure_future(poll(name, False)) for name in ("first", "second")]
+        await fake.run(first, [])
+        tasks = [asyncio.ensure_future(poll("next", False)),
+                 asyncio.ensure_future(poll("companion", True)),
+                 asyncio.ensure_future(poll("action", True, PRIORITY_ACTION))]
+        await fake.run(tasks, [])
+        await adapter.client.aclose()
+
+    asyncio.run(main())
+    slot = 1 / group.rate
+    assert admitted["first"] == admitted["second"] == 0.0
+    assert admitted["companion"] == admitted["action"] == 0.0
+    assert admitted["next"] == pytest.approx(slot)  # the round-robin's own spacing

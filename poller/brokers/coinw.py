@@ -611,8 +611,9 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
 
     async def _trades(self, order_id: str) -> TradesRead:
         try:
+            # Part of a poll the budget already admitted (its status request).
             data = await self._call(RequestKind.TRADES, "returnOrderTrades",
-                                    {"orderNumber": order_id})
+                                    {"orderNumber": order_id}, companion=True)
         except BrokerNotFound:
             return None
         if not data:
@@ -654,9 +655,10 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
     # -- wire -------------------------------------------------------------------------------
 
     async def _call(self, kind: RequestKind, command: str, params: Mapping[str, str], *,
-                    on_admitted: Callable[[], None] | None = None) -> Any:
-        """Sign and send one private call; return its ``data`` (``on_admitted``: see
-        :meth:`BrokerAdapter.request`)."""
+                    on_admitted: Callable[[], None] | None = None,
+                    companion: bool = False) -> Any:
+        """Sign and send one private call; return its ``data`` (``on_admitted``,
+        ``companion``: see :meth:`BrokerAdapter.request`)."""
         cfg = self.config
         query = signed_query(command, params, cfg.api_key.get_secret_value(),
                              cfg.secret_key.get_secret_value())
@@ -668,7 +670,8 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         url = self._private.copy_with(query=str(httpx.QueryParams(tuple(query))).encode("ascii"))
         request = self.client.build_request("POST", url,
                                             headers={"Content-Type": "application/json"})
-        answer = await self.request(kind, request, on_admitted=on_admitted)
+        answer = await self.request(kind, request, on_admitted=on_admitted,
+                                    companion=companion)
         # The sign travels in the URL: a message echoing the request must not carry it.
         return self.unwrap(kind, answer, context=f"{command}: ", secrets=(query[-1][1],))
 

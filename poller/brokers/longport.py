@@ -355,7 +355,8 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
         ))
 
     async def request(self, kind: RequestKind, request: httpx.Request, *,
-                      on_admitted: Callable[[], None] | None = None) -> Answer:
+                      on_admitted: Callable[[], None] | None = None,
+                      companion: bool = False) -> Answer:
         """Send one trade call: one at a time, through the budget, signed just before it
         leaves (a timestamp taken before a budget wait could be stale)."""
         groups = self.groups_of(kind)
@@ -368,7 +369,7 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
             gap = self._last_done + spacing - time.monotonic()
             if gap > 0:
                 await asyncio.sleep(gap)
-            admitted = await self.budget.acquire(*groups)
+            admitted = await self.admit(groups, companion=companion)
             if on_admitted is not None:
                 on_admitted()
             self.authorize(request)
