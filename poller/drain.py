@@ -39,6 +39,7 @@ class OrderDrain:
         in_flight: int = 1,
         monotonic: Callable[[], float] = time.monotonic,
         log: ConnectionLog | None = None,
+        ready_in: Callable[[bool], float] | None = None,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -49,6 +50,9 @@ class OrderDrain:
         #: Per-order polls of this connection on the wire at once, at most.
         self._in_flight = max(1, in_flight)
         self._mono = monotonic
+        #: Seconds until the budget would admit the next per-order request (its argument:
+        #: whether an urgent key is due); None: start polls as soon as a slot is free.
+        self._ready_in = ready_in
         self.log = log or ConnectionLog(logger, {"connection": name})
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -95,6 +99,15 @@ class OrderDrain:
                 if self._stopping:
                     slots.release()
                     break
+                if self._ready_in is not None:
+                    # Take the key when the budget can send it, not before: one poll waits
+                    # for the budget at a time, and the key is chosen when it can leave.
+                    due = self.queue.next_due()
+                    wait = self._ready_in(due is not None and due <= self._mono())
+                    if wait > 0:
+                        slots.release()
+                        await self._idle(wait)  # or sooner: an urgent key, a stop
+                        continue
                 key = self.queue.pop(self._mono())
                 if key is None:
                     slots.release()

@@ -363,6 +363,24 @@ class RateBudget:
             del self._waiting[ticket]
             del self._waiters[ticket]
 
+    def admit_in(self, names: Iterable[str], priority: int) -> float:
+        """Seconds until :meth:`acquire` would admit a request of ``priority`` into the
+        ``names`` groups, were nobody else waiting (0: now). Records nothing.
+
+        The per-order drain asks before it takes a key and starts a poll, so polls wait
+        here one at a time instead of all of a connection's polls waiting in
+        :meth:`acquire` at once, each woken at every slot (under cProfile the waiting loop
+        ran about 15 times per admission at 8 in flight).
+        """
+        now = self._clock()
+        if self.deadline is not None and now >= self.deadline:
+            return LEASE_RECHECK
+        groups = [self.groups[n] for n in names]
+        wait = max((g.wait_time(now) for g in groups), default=0.0)
+        if priority <= PRIORITY_ROUTINE:
+            wait = max(wait, self._pace_wait(groups, now))
+        return wait
+
     def _pace_wait(self, groups: list[LimitGroup], now: float) -> float:
         """Seconds until a round-robin request is due if they are spread evenly.
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from poller.actions import ActionExecutor, PendingActions, RecordState
-from poller.adapter import BrokerAdapter
+from poller.adapter import BrokerAdapter, RequestKind
 from poller.coordinator import Coordinator, Episode
 from poller.drain import OrderDrain
 from poller.errors import BrokerAuthError, BrokerError
@@ -31,6 +31,7 @@ from poller.orderbook import Key, OrderBook
 from poller.polling import Commit, ConnectionPoller, Watched
 from poller.pollqueue import OrderQueue
 from poller.pushrunner import PushRunner
+from poller.ratelimit import PRIORITY_ROUTINE, PRIORITY_URGENT
 from poller.records import Batch
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Tracker:
         self.drain = OrderDrain(
             self.name, self.queue, self._wake, self.poller.poll_order, self.coordinator,
             stop_within=adapter.config.timeout + 1, in_flight=adapter.config.max_in_flight,
-            monotonic=monotonic, log=self.log)
+            monotonic=monotonic, log=self.log, ready_in=self._detail_ready_in(adapter))
         self.actions = ActionExecutor(
             adapter, book, self.poller, self.coordinator, self.pending,
             look_again=self._look_again, record_state=record_state,
@@ -123,6 +124,20 @@ class Tracker:
         if self.push is not None:
             await self.push.stop()
         await self.drain.stop()
+
+    @staticmethod
+    def _detail_ready_in(adapter: BrokerAdapter) -> Callable[[bool], float] | None:
+        """How long until the budget would admit the adapter's next per-order request
+        (urgent or round-robin), for the drain; None without a per-order call."""
+        groups = adapter.request_groups.get(RequestKind.DETAIL)
+        if not groups:
+            return None
+        budget = adapter.budget
+
+        def ready_in(urgent: bool) -> float:
+            return budget.admit_in(groups, PRIORITY_URGENT if urgent else PRIORITY_ROUTINE)
+
+        return ready_in
 
     def _push_changed(self, up: bool) -> None:
         """The list cadence follows the stream: slow while it is up; at a drop, full cadence

@@ -11,6 +11,7 @@ from poller.errors import BrokerAuthError
 from poller.orderbook import Key
 from poller.pollqueue import OrderQueue
 from poller.ratelimit import PRIORITY, PRIORITY_ROUTINE, PRIORITY_URGENT
+from tests.conftest import until
 
 
 def keys(*ids: str) -> list[Key]:
@@ -132,3 +133,38 @@ def test_several_polls_are_in_flight_at_once_up_to_the_cap() -> None:
 
     peak, done = asyncio.run(run())
     assert peak == 4 and done >= 12
+
+
+def test_a_key_is_taken_when_the_budget_can_send_it() -> None:
+    """With ``ready_in``, the drain takes no key while the budget would hold the request
+    back, so the key is chosen when it can leave: an order that becomes urgent meanwhile is
+    the one polled, without waiting for the round-robin's slot."""
+    async def run() -> tuple[list[tuple[str, int]], list[bool]]:
+        queue: OrderQueue[Key] = OrderQueue()
+        for key in keys("1", "2"):
+            queue.add(key)
+        wake = asyncio.Event()
+        asked: list[bool] = []
+        polled: list[tuple[str, int]] = []
+
+        def ready_in(urgent: bool) -> float:
+            asked.append(urgent)
+            return 0.0 if urgent else 3600.0  # the round-robin's slot is far off
+
+        async def poll_one(key: Key) -> None:
+            polled.append((key[2], PRIORITY.get()))
+
+        drain = OrderDrain("cx", queue, wake, poll_one, Coordinator("cx"), stop_within=1.0,
+                           in_flight=4, ready_in=ready_in)
+        drain.start()
+        await until(lambda: bool(asked))
+        assert polled == []  # nothing taken while the budget holds it back
+        queue.urgent(keys("2")[0], 0.0)
+        wake.set()
+        await until(lambda: bool(polled))
+        await drain.stop()
+        return polled, asked
+
+    polled, asked = asyncio.run(run())
+    assert polled == [("2", PRIORITY_URGENT)]
+    assert asked[0] is False and True in asked

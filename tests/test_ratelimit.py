@@ -460,3 +460,22 @@ def test_round_robin_requests_are_spread_and_an_urgent_one_waits_a_slot_not_a_bu
     assert max_in_window(steady, slot * 0.999) <= 2  # no bunch: at most two in one slot
     assert len(steady) >= 0.98 * (25 / slot)  # the full rate is used
     assert max(urgent_waits) <= 2 * slot
+
+
+def test_admit_in_says_when_acquire_would_admit_without_recording() -> None:
+    fake = FakeTime()
+    group = LimitGroup("g", LimitSpec(30, 2.0), share=0.8)
+    budget = RateBudget([group], clock=fake.clock, sleep=fake.sleep)
+    slot = 1 / group.rate
+    assert budget.admit_in(["g"], PRIORITY_ROUTINE) == 0.0
+    for _ in range(2):  # the spreading tolerates one slot of catching up
+        group.record(0.0)
+        budget._pace([group], 0.0)
+    assert budget.admit_in(["g"], PRIORITY_ROUTINE) == pytest.approx(slot)
+    assert budget.admit_in(["g"], PRIORITY_URGENT) == 0.0  # urgent requests are not spread
+    for _ in range(22):
+        group.record(0.0)
+    assert budget.admit_in(["g"], PRIORITY_URGENT) == pytest.approx(group.window)  # full
+    assert group.admitted == 24  # asking recorded nothing
+    budget.shut_lease()
+    assert budget.admit_in(["g"], PRIORITY_URGENT) > 0  # no lease: look again later
