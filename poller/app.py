@@ -134,8 +134,7 @@ class App:
 
     async def _store_failed(self, err: StoreError) -> None:
         now = datetime.now(UTC)
-        health = self.store_health
-        if not health.failed(err, now):
+        if not self.store_health.failed(err, now):
             await self._store_still_failing(err, now)
             return
         logger.error("%s; polling goes on and nothing is lost: the same facts are committed "

@@ -7,12 +7,12 @@ only when fewer than ``floor(share * N)`` of them may still arrive in one window
 it, and the minimum spacing has passed. A request holds its place for ``W`` after the latest
 moment it can have arrived: its send time plus the network's jitter (the pad), or, once it is
 answered and that came sooner, its answer (the broker had it by then; see
-:meth:`LimitGroup.answered`).
+:meth:`LimitGroup.answered`). A request that consumes several groups (endpoint +
+account-wide) waits until all have room and is then recorded in all of them at the same
+instant, without awaiting in between.
 
 Over 400 lines: the window log, its admission order, its pacing and its hand-over between
-cluster instances are one guarantee, proved and tested together. A request that consumes several
-groups (endpoint + account-wide) waits until all have room and is then recorded in all of them
-at the same instant, without awaiting in between.
+cluster instances are one guarantee, proved and tested together.
 """
 
 from __future__ import annotations
@@ -344,9 +344,7 @@ class RateBudget:
                     # is renewed (or the connection is stopped here).
                     await self._sleep(LEASE_RECHECK)
                     continue
-                wait = max((g.wait_time(now) for g in groups), default=0.0)
-                if rank <= PRIORITY_ROUTINE:
-                    wait = max(wait, self._pace_wait(groups, now))
+                wait = self._wait(groups, rank, now)
                 if wait <= 0:
                     if self._someone_ahead(ticket, groups, now):
                         # Let the request ahead take this slot. A short nap, not a bare
@@ -375,9 +373,13 @@ class RateBudget:
         now = self._clock()
         if self.deadline is not None and now >= self.deadline:
             return LEASE_RECHECK
-        groups = [self.groups[n] for n in names]
+        return self._wait([self.groups[n] for n in names], priority, now)
+
+    def _wait(self, groups: list[LimitGroup], rank: int, now: float) -> float:
+        """Seconds until every group has room for a request of priority ``rank`` (and, for
+        the round-robin, its spread slot has come)."""
         wait = max((g.wait_time(now) for g in groups), default=0.0)
-        if priority <= PRIORITY_ROUTINE:
+        if rank <= PRIORITY_ROUTINE:
             wait = max(wait, self._pace_wait(groups, now))
         return wait
 

@@ -132,10 +132,9 @@ class Tracker:
         groups = adapter.request_groups.get(RequestKind.DETAIL)
         if not groups:
             return None
-        budget = adapter.budget
-
         def ready_in(urgent: bool) -> float:
-            return budget.admit_in(groups, PRIORITY_URGENT if urgent else PRIORITY_ROUTINE)
+            return adapter.budget.admit_in(groups,
+                                           PRIORITY_URGENT if urgent else PRIORITY_ROUTINE)
 
         return ready_in
 
