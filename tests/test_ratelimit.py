@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import random
 from collections.abc import Coroutine
 from typing import Any
 
@@ -228,7 +229,7 @@ def test_an_answer_frees_the_slot_sooner_than_the_pad() -> None:
     """Answers that come back quickly on a jittery network: the window's slots are freed at
     each answer, so the rate beats allowed / (W + pad) while the broker sees at most
     allowed per W; without answers (timeouts) it is allowed / (W + pad) exactly."""
-    rng = __import__("random").Random(5)
+    rng = random.Random(5)
     delays: list[tuple[float, float | None]] = [(rng.uniform(0, 0.3), 0.0) for _ in range(900)]
     padded = LimitGroup("g", LimitSpec(30, 2.0), share=0.8, pad=0.3)
     sends, arrivals = run_over_a_network(padded, delays, in_flight=8)
