@@ -2,7 +2,7 @@
 
     python -m bench.cpu --orders 5000 --polls 20000
 
-Reads ``returnOrderStatus``-shaped answers (CoinW, seed 004) from bytes, diffs each against
+Reads ``returnOrderTrades``-shaped answers (CoinW's order detail) from bytes, diffs each against
 the tracked snapshot, and commits the changes to a real SQLite file (WAL, synchronous=FULL)
 the way the tracker does, one transaction per changed poll. One poll in ten carries a change
 (a partial fill); the rest are unchanged. Prints CPU seconds per poll (process time, so the
@@ -21,7 +21,7 @@ from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
-from poller.brokers.coinw import parse_order_status
+from poller.brokers.coinw import parse_order_detail
 from poller.diff import diff
 from poller.models import OrderSnapshot, OrderStatus, utcnow
 from poller.records import Batch
@@ -53,19 +53,19 @@ def main(argv: list[str] | None = None) -> None:
         changes = 0
         for n in range(args.polls):
             oid = ids[n % len(ids)] if n % args.change_every else rng.choice(ids)
-            status = 1
             if n % args.change_every == 0:
                 filled[oid] += 1
-                status = 2
                 changes += 1
+            status = 2 if filled[oid] else 1
             body = json.dumps({"code": "200", "data": {
-                "status": status, "currencyPair": "BTC_USDT", "date": "2026-05-20 11:24:30",
-                "total": "1000000", "type": "buy", "startingAmount": "67000000000"},
+                "tradeID": int(oid), "status": status, "currencyPair": "BTC_USDT",
+                "date": "2026-05-20 11:24:30", "total": "1000000", "type": "buy",
+                "amount": "67000000000", "success_total": str(filled[oid]),
+                "success_amount": str(67000 * filled[oid]), "fee": "0"},
                 "msg": "SUCCESS", "success": True, "failed": False}).encode()
             data = json.loads(body, parse_float=Decimal)["data"]
-            probed = parse_order_status(data, broker="bench", account_id="spot", order_id=oid)
-            current = replace(probed, price=Decimal("67000"), filled_qty=Decimal(filled[oid]),
-                              avg_fill_price=Decimal("67000") if filled[oid] else None)
+            probed = parse_order_detail(data, broker="bench", account_id="spot", order_id=oid)
+            current = replace(probed, price=Decimal("67000"), extra={})
             result = diff(known[oid], current, detected_at=utcnow())
             if result.snapshot is not None and result.snapshot != known[oid]:
                 known[oid] = result.snapshot

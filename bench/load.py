@@ -7,7 +7,7 @@ The simulators (one per connection, all in one process of their own, answers del
 order of every connection per order at the full budget while one partial fill a second lands
 somewhere. Printed: the daemon's CPU as a share of one core, its peak RSS, the event loop's
 lag (p50/p99, from its own metrics), requests per second at the simulators, and the most
-requests any connection sent in any 2 s (documented 30).
+per-order reads (``returnOrderTrades``) any connection sent in any 2 s (documented 30).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> list[str]:
         sims.close()
     requests = [r[0] for rep in reports for r in rep["requests"] if t0 <= r[0] < t1]
     worst = max(max_in_window([r[0] for r in rep["requests"]
-                               if "command=returnOrderStatus" in r[3]], 2.0)
+                               if "command=returnOrderTrades" in r[3]], 2.0)
                 for rep in reports)
     lag = {dict(labels)["quantile"]: value for (name, labels), value in metrics.items()
            if name == "poller_event_loop_lag_seconds"}
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> list[str]:
         f"{rss:.0f} MB; event-loop lag p50 {1000 * lag.get('0.5', 0):.1f} ms, p99 "
         f"{1000 * lag.get('0.99', 0):.1f} ms",
         f"  {len(requests) / (t1 - t0):.1f} requests/s at the simulators; most "
-        f"returnOrderStatus from one connection in any 2 s: {worst} (documented 30); "
+        f"returnOrderTrades from one connection in any 2 s: {worst} (documented 30); "
         f"refusals {sum(rep['violations'] for rep in reports)}",
     ]
 

@@ -4,9 +4,10 @@
   "30 per 2 s" limit (a leaky bucket: a burst of 30, then 15/s);
 * ``window``: a sliding-window log of 30 per 2 s with a 5 % margin (Hummingbot-style).
 
-Each keeps 8 requests in flight over the orders round-robin: ``returnOrderStatus``, and for
-a partly filled order ``returnOrderTrades`` to see its filled quantity; a fill is "seen" when
-that quantity grows. They count CoinW's refusals (code 29001).
+Each keeps 8 requests in flight over the orders round-robin, each one ``returnOrderTrades``
+(CoinW's order detail: status and filled quantity in one answer, as JKorf's CoinW.Net reads
+an order and as poller does); a fill is "seen" when that quantity grows. They count CoinW's
+refusals (code 29001).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ async def run_peer(strategy: str, url: str, table: dict[str, Any], order_ids: li
     def limiter() -> AbstractAsyncContextManager[None]:
         return AsyncLimiter(30, 2.0) if strategy == "naive" else SlidingWindow(30, 2.1)
 
-    status_limit, trades_limit = limiter(), limiter()
+    limit = limiter()
     key, secret = table["api_key"], table["secret_key"]
     result = PeerResult()
     filled: dict[str, Decimal] = {}
@@ -84,14 +85,10 @@ async def run_peer(strategy: str, url: str, table: dict[str, Any], order_ids: li
     async def worker(client: httpx.AsyncClient) -> None:
         while time.monotonic() < deadline:
             order_id = next(ids)
-            async with status_limit:
-                data = await call(client, "returnOrderStatus", order_id)
-            if not data or int(data.get("status", 1)) != 2:
-                continue
-            async with trades_limit:
-                trades = await call(client, "returnOrderTrades", order_id)
-            if trades:
-                now = Decimal(str(trades.get("success_total") or 0))
+            async with limit:
+                detail = await call(client, "returnOrderTrades", order_id)
+            if detail:
+                now = Decimal(str(detail.get("success_total") or 0))
                 if now > filled.get(order_id, Decimal(0)):
                     filled[order_id] = now
                     result.seen.append((time.monotonic(), order_id, now))

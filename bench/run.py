@@ -8,9 +8,10 @@ and a webhook receiver in this one. For each N: N open orders, the daemon's base
 warm-up, then one random partial fill every ``--change-every`` seconds for ``--duration``
 seconds. Printed, never asserted:
 
-* the most ``returnOrderStatus`` / all-endpoint requests in any 2 s / 1 s at the simulator
-  (by arrival) against the documented 30 / 300, and refusals;
-* utilisation: status requests per second against the documented 15/s, and against what
+* the most per-order reads (``returnOrderTrades``, CoinW's order detail), the most of any
+  other endpoint in any 2 s, and all-endpoint requests in any 1 s at the simulator (by
+  arrival) against the documented 30 / 30 / 300, and refusals;
+* utilisation: per-order reads per second against the documented 15/s, and against what
   the share allows after the slots' hold (floor(share × 30) / (2 s + hold): each request
   holds its slot for 2 s after its own answer or after send + the jitter pad, whichever is
   sooner; the daemon's ``poller_budget_hold_seconds`` is the mean);
@@ -40,7 +41,8 @@ from typing import Any
 from bench.harness import Daemon, Receiver, Sims, max_in_window, percentile
 from bench.peers import run_peer
 
-STATUS = "command=returnOrderStatus"
+READ = "command=returnOrderTrades"  # the per-order read (poller's and the peers')
+ENDPOINTS = ("returnOrderTrades", "returnOrderStatus", "returnOpenOrders", "cancelOrder")
 
 
 @dataclass
@@ -49,21 +51,34 @@ class Figures:
 
     name: str
     n: int
-    max_status: int = 0
+    max_read: int = 0
+    #: The most requests of any other CoinW endpoint in any 2 s (each documented 30).
+    max_other: int = 0
     max_uid: int = 0
     refused: int = 0
-    status_rate: float = 0.0
+    read_rate: float = 0.0
     allowed_rate: float = 0.0
     pad: float = 0.0
     hold: float = 0.0
     latencies: list[float] = field(default_factory=list)
-    #: Of each latency: the wait for the first status poll that arrived after the change.
+    #: Of each latency: the wait for the first request that arrived after the change and
+    #: could see it (a per-order read of its order, or a list call).
     waits: list[float] = field(default_factory=list)
+    #: The same wait for a change at a uniformly random moment of the run, computed from the
+    #: reads' arrival times (no sampling noise: the fills land independently of the reads).
+    schedule_wait: float = 0.0
     unseen: int = 0
     repoll: list[float] = field(default_factory=list)
     max_gap: float = 0.0
     cpu_per_request_ms: float = 0.0
     rss_mb: float = 0.0
+
+    @property
+    def wait_error(self) -> float:
+        """The standard error of the changes' mean wait (their spread over √count)."""
+        if len(self.waits) < 2:
+            return 0.0
+        return statistics.stdev(self.waits) / math.sqrt(len(self.waits))
 
     @property
     def bound_mean(self) -> float:
@@ -73,18 +88,19 @@ class Figures:
     def lines(self) -> list[str]:
         """Printable figures."""
         out = [f"{self.name} N={self.n}:"]
-        out.append(f"  max in any 2 s (server, by arrival): returnOrderStatus "
-                   f"{self.max_status} (documented 30); all endpoints in any 1 s "
-                   f"{self.max_uid} (documented 300); refusals {self.refused}")
+        out.append(f"  max in any 2 s (server, by arrival): returnOrderTrades "
+                   f"{self.max_read}, any other endpoint {self.max_other} (documented 30 "
+                   f"each); all endpoints in any 1 s {self.max_uid} (documented 300); "
+                   f"refusals {self.refused}")
         if self.allowed_rate:
-            out.append(f"  utilisation: {self.status_rate:.2f}/s = "
-                       f"{self.status_rate / 15:.3f} of the documented 15/s; "
-                       f"{self.status_rate / self.allowed_rate:.3f} of the "
+            out.append(f"  utilisation: {self.read_rate:.2f} reads/s = "
+                       f"{self.read_rate / 15:.3f} of the documented 15/s; "
+                       f"{self.read_rate / self.allowed_rate:.3f} of the "
                        f"{self.allowed_rate:.2f}/s the share allows after the "
                        f"{self.hold:.3f} s mean hold (jitter pad {self.pad:.3f} s)")
         else:
-            out.append(f"  status requests: {self.status_rate:.2f}/s = "
-                       f"{self.status_rate / 15:.3f} of the documented 15/s")
+            out.append(f"  per-order reads: {self.read_rate:.2f}/s = "
+                       f"{self.read_rate / 15:.3f} of the documented 15/s")
         if self.latencies:
             mean = statistics.mean(self.latencies)
             ratio = f" = {mean / self.bound_mean:.2f} × N/(2R) {self.bound_mean:.2f} s" \
@@ -98,6 +114,13 @@ class Figures:
                 out.append(f"    of which waiting for the next request to see it {wait:.2f} s "
                            f"({wait / self.bound_mean:.2f} × N/(2R)), that poll's arrival "
                            f"to the receiver {mean - wait:.2f} s")
+                if self.schedule_wait:
+                    expected = self.schedule_wait + mean - wait
+                    out.append(f"    expected from the read schedule (a change at a random "
+                               f"moment): wait {self.schedule_wait / self.bound_mean:.3f} × "
+                               f"+ that rest = {expected / self.bound_mean:.3f} × N/(2R); "
+                               f"the {len(self.waits)} changes' own mean has a standard "
+                               f"error of ±{self.wait_error / self.bound_mean:.3f} ×")
         elif self.unseen:
             out.append(f"  detection: none of {self.unseen} changes seen")
         if self.repoll and self.bound_mean:
@@ -131,10 +154,32 @@ def detection(changes: list[list[Any]], seen: list[tuple[float, str, Decimal]],
     return latencies, unseen
 
 
+def schedule_wait(report: dict[str, Any], polls: dict[str, list[float]], start: float,
+                  end: float) -> float:
+    """The mean wait, from a uniformly random moment in [start, end) and a uniformly random
+    order, until the next request that can see a change of that order arrives (its next
+    per-order read or the next list call): the integral of the time to the next read.
+    Fills land independently of the reads, so this is the expectation the changes' own mean
+    estimates, without their sampling noise."""
+    lists = [r[0] for r in report["requests"] if "command=returnOpenOrders" in r[3]]
+    total = 0.0
+    for times in polls.values():
+        reads = sorted(t for t in times + lists if t >= start)
+        edge = start
+        for read in reads:
+            if edge >= end:
+                break
+            stop = min(read, end)
+            # Over [edge, stop) the time to the next read falls from read - edge to read - stop.
+            total += ((read - edge) ** 2 - (read - stop) ** 2) / 2
+            edge = read
+    return total / (len(polls) * (end - start)) if polls else 0.0
+
+
 def next_polls(changes: list[list[Any]], report: dict[str, Any], polls: dict[str, list[float]],
                since: float) -> list[float]:
     """For each change, the time to the first request that arrived after it and could see it:
-    a status poll of its order (``polls``, from :func:`status_polls`), or a list call (the
+    a per-order read of its order (``polls``, from :func:`read_polls`), or a list call (the
     round-robin's and the lists' share of the latency; the rest is answer, commit and
     delivery)."""
     lists = [r[0] for r in report["requests"] if "command=returnOpenOrders" in r[3]]
@@ -146,23 +191,26 @@ def next_polls(changes: list[list[Any]], report: dict[str, Any], polls: dict[str
     return waits
 
 
-def status_polls(report: dict[str, Any], start: float, end: float) -> dict[str, list[float]]:
-    """Arrival times of returnOrderStatus requests per order in [start, end)."""
+def read_polls(report: dict[str, Any], start: float, end: float) -> dict[str, list[float]]:
+    """Arrival times of per-order reads (returnOrderTrades) per order in [start, end)."""
     polls: dict[str, list[float]] = {}
     for at, _kind, order_id, path in report["requests"]:
-        if STATUS in path and start <= at < end:
+        if READ in path and start <= at < end:
             polls.setdefault(order_id, []).append(at)
     return polls
 
 
 def server_side(figures: Figures, report: dict[str, Any], start: float, end: float) -> int:
     """Fill in what the simulator counted; returns the requests in [start, end)."""
-    status = [r[0] for r in report["requests"] if STATUS in r[3]]
+    reads = [r[0] for r in report["requests"] if READ in r[3]]
     everything = [r[0] for r in report["requests"]]
-    figures.max_status = max_in_window(status, 2.0)
+    figures.max_read = max_in_window(reads, 2.0)
+    figures.max_other = max(max_in_window([r[0] for r in report["requests"]
+                                           if f"command={name}" in r[3]], 2.0)
+                            for name in ENDPOINTS[1:])
     figures.max_uid = max_in_window(everything, 1.0)
     figures.refused = report["violations"]
-    figures.status_rate = sum(1 for t in status if start <= t < end) / (end - start)
+    figures.read_rate = sum(1 for t in reads if start <= t < end) / (end - start)
     return sum(1 for t in everything if start <= t < end)
 
 
@@ -212,25 +260,26 @@ async def run_poller(args: argparse.Namespace, n: int) -> Figures:
     requests = server_side(figures, report, t0, t1)
     figures.cpu_per_request_ms = (cpu1 - cpu0) / max(1, requests) * 1000
     figures.pad = metrics.get(("poller_budget_pad_seconds",
-                               (("connection", "c0"), ("group", "returnOrderStatus"))), 0.0)
+                               (("connection", "c0"), ("group", "returnOrderTrades"))), 0.0)
     allowed = math.floor(args.share * 30)
     figures.hold = metrics.get(("poller_budget_hold_seconds",
-                                (("connection", "c0"), ("group", "returnOrderStatus"))),
+                                (("connection", "c0"), ("group", "returnOrderTrades"))),
                                figures.pad)
     figures.allowed_rate = allowed / (2.0 + figures.hold)
     seen = [(r.at, str(r.event["payload"]["order_id"]),
              Decimal(r.event["payload"].get("filled_qty") or 0)) for r in receiver.events
             if r.event["event_type"] == "TRADE"]
     figures.latencies, figures.unseen = detection(report["changes"], seen, t0)
-    polls = status_polls(report, t0, float("inf"))
+    polls = read_polls(report, t0, float("inf"))
     figures.waits = next_polls(report["changes"], report, polls, t0)
+    figures.schedule_wait = schedule_wait(report, polls, t0, t1)
     for at, order_id, _ in seen:
         if t0 <= at < t1:
             later = [p for p in polls.get(order_id, []) if p > at]
             if later:
                 figures.repoll.append(min(later) - at)
     if args.list_interval:
-        steady = status_polls(report, t0, t1)
+        steady = read_polls(report, t0, t1)
         gaps = [b - a for times in steady.values() for a, b in zip(times, times[1:],
                                                                    strict=False)]
         figures.max_gap = max(gaps, default=0.0)

@@ -112,13 +112,15 @@ class RequestKind(StrEnum):
 
     LIST = "list"  #: an account-wide list call
     DETAIL = "detail"  #: one order by id (``fetch_order``)
-    TRADES = "trades"  #: an auxiliary per-order read (CoinW ``returnOrderTrades``)
+    #: a second per-order read that completes a poll (CoinW ``returnOrderStatus``, for an
+    #: order its ``returnOrderTrades`` did not describe)
+    FOLLOW_UP = "follow_up"
     REPLACE = "replace"  #: change an order's quantity or price (Shioaji update_price/_qty)
     CANCEL = "cancel"  #: cancel an order
 
 
 #: The per-order reads: only their answers can mean "the broker knows no such order".
-PER_ORDER_READS = frozenset({RequestKind.DETAIL, RequestKind.TRADES})
+PER_ORDER_READS = frozenset({RequestKind.DETAIL, RequestKind.FOLLOW_UP})
 
 
 @dataclass(frozen=True)
@@ -195,10 +197,6 @@ class BrokerAdapter(ABC, Generic[C]):
     #: list call is per pair); otherwise the per-order call only confirms orders that left a
     #: list answer, refreshes orders that just changed, and reads watched orders.
     per_order_polling: ClassVar[bool] = False
-    #: Requests one per-order poll may have on the wire at once (CoinW sends a partly filled
-    #: order's trades request beside its status request): the client's pool holds
-    #: ``max_in_flight`` times this many, so no admitted request waits for a connection.
-    requests_per_poll: ClassVar[int] = 1
     #: Whether the broker pushes order events: such an adapter implements
     #: :meth:`open_push` (see :mod:`poller.pushfeed`).
     supports_push: ClassVar[bool] = False
@@ -345,23 +343,17 @@ class BrokerAdapter(ABC, Generic[C]):
         return groups
 
     async def request(self, kind: RequestKind, request: httpx.Request, *,
-                      on_admitted: Callable[[], None] | None = None,
                       companion: bool = False) -> Answer:
         """Send one request through the rate budget of the groups ``kind`` consumes.
 
-        :param on_admitted: called once the budget let the request go, just before it is
-            sent (CoinW sends a second request beside it then, not before it).
         :param companion: the request completes a poll whose first request the budget
-            already admitted (CoinW's trades beside or after its status): it waits for its
-            own groups' room like any request, but is not spread over the window again
-            (the poll was) and goes ahead of the round-robin. Spread a second time it
-            waited about a slot behind its status request, and a fill landing between the
-            two arrivals was seen by neither answer.
+            already admitted (CoinW's ``returnOrderStatus`` after a ``returnOrderTrades``
+            that did not describe the order): it waits for its own groups' room like any
+            request, but is not spread over the window again (the poll was) and goes ahead
+            of the round-robin, so the poll it completes is not held a slot longer.
         """
         groups = self.groups_of(kind)
         admitted = await self.admit(groups, companion=companion)
-        if on_admitted is not None:
-            on_admitted()
         answer = await send(self.client, request, connection=self.name,
                             deadline=self.config.timeout, max_bytes=self.max_answer_bytes)
         self.budget.answered(groups, admitted)  # an answer: the broker has had it

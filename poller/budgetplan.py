@@ -1,7 +1,7 @@
 """What a connection's rate budget buys: the figures ``poller check-config`` prints.
 
 For each limit group: the documented limit, the share poller uses, how much of it the fixed
-list calls take, and what is left for per-order polls ("40 open orders on returnOrderStatus →
+list calls take, and what is left for per-order polls ("40 open orders on returnOrderTrades →
 each refreshed every 3.3 s"). A configuration whose list calls alone need more than a group
 allows is refused: it could only run by breaking the broker's contract.
 """

@@ -243,7 +243,7 @@ def build_adapter(name: str, cls: type[BrokerAdapter[Any]], config: BrokerConfig
     # Room for every per-order request in flight, plus the list call and an order action: a
     # request the budget admitted must leave at once, never queue for a pooled connection.
     client = build_client(config.base_url, timeout=config.timeout,
-                          connections=config.max_in_flight * cls.requests_per_poll + 2,
+                          connections=config.max_in_flight + 2,
                           fast=True)
     return cls(name, config, client, build_budget(cls, config))
 

@@ -313,7 +313,7 @@ def variant(**attrs: Any) -> type[BrokerAdapter[Any]]:
      ["request_groups has an unknown request kind 'detial'; did you mean 'detail'?"]),
     ({"request_groups": {RequestKind.LIST: ("a",), RequestKind.DETAIL: ("a",),
                          "purge": ("a",)}},
-     ["request_groups has an unknown request kind 'purge' (known: list, detail, trades, "
+     ["request_groups has an unknown request kind 'purge' (known: list, detail, follow_up, "
       "replace, cancel)"]),
     ({"request_groups": {RequestKind.LIST: ("a",), RequestKind.DETAIL: ("c",)}},
      ["request_groups['detail'] names limit group 'c', which limits does not have (it has "

@@ -79,10 +79,10 @@ LINES = [
 @pytest.mark.parametrize(("per_order", "open_orders", "refresh"), [
     (None, None, []),  # CoinW confirms finished orders only: no round-robin to describe
     (False, 12, []),
-    (True, None, [(2, "    40 open orders (example) on returnOrderStatus → each refreshed "
+    (True, None, [(3, "    40 open orders (example) on returnOrderTrades → each refreshed "
                       "every 3.43 s"),
                   (6, "    40 open orders (example) on uid → each refreshed every 0.18 s")]),
-    (True, 12, [(2, "    12 open orders now on returnOrderStatus → each refreshed every 1.03 s"),
+    (True, 12, [(3, "    12 open orders now on returnOrderTrades → each refreshed every 1.03 s"),
                 (6, "    12 open orders now on uid → each refreshed every 0.05 s")]),
     (True, 0, []),
 ])

@@ -183,15 +183,16 @@ def test_a_world_readable_config_holding_a_secret_is_warned_about(
 
 
 class Holding:
-    """Answers CoinW calls (status 2, or its trades) and, once told to, holds every answer
-    until ``hold_until`` requests are open at once (at most 5 s), recording the most it saw
-    open together."""
+    """Answers CoinW calls (an order's detail, the open orders, a cancel) and, once told to,
+    holds every answer until ``hold_until`` requests are open at once (at most 5 s),
+    recording the most it saw open together."""
 
-    STATUS = {"code": "200", "msg": "SUCCESS", "data": {
-        "status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
-        "total": "0.001", "type": "buy", "startingAmount": "67"}}
-    TRADES = {"code": "200", "msg": "SUCCESS", "data": {
-        "success_total": "0.0002", "success_amount": "13.4"}}
+    DETAIL = {"code": "200", "msg": "SUCCESS", "data": {
+        "tradeID": 11, "status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
+        "total": "0.001", "type": "buy", "amount": "67", "success_total": "0.0002",
+        "success_amount": "13.4", "fee": "0"}}
+    LIST = {"code": "200", "msg": "SUCCESS", "data": []}
+    CANCEL = {"code": "200", "msg": "SUCCESS", "data": {"clientOrderId": "11"}}
 
     def __init__(self) -> None:
         self.hold_until = 0
@@ -208,14 +209,15 @@ class Holding:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.enough.wait(), 5)
         self.open -= 1
-        trades = b"returnOrderTrades" in head + body
-        return ok(json.dumps(self.TRADES if trades else self.STATUS).encode())
+        answer = (self.LIST if b"returnOpenOrders" in head else
+                  self.CANCEL if b"cancelOrder" in head else self.DETAIL)
+        return ok(json.dumps(answer).encode())
 
 
-def test_a_coinw_connection_s_pool_has_room_for_every_poll_s_two_requests() -> None:
-    """Three partly filled orders polled at once with max_in_flight = 3: all six requests
-    (status and trades of each) are on the wire together; none waits for a pooled
-    connection, which would make it leave late and bunched with others."""
+def test_a_coinw_connection_s_pool_has_room_for_every_poll_a_list_and_an_action() -> None:
+    """Three orders polled at once with max_in_flight = 3, a list call and a cancel beside
+    them: all five requests are on the wire together; none waits for a pooled connection,
+    which would make it leave late and bunched with others."""
     holding = Holding()
 
     async def work(url: str, raw: RawServer) -> int:
@@ -224,12 +226,14 @@ def test_a_coinw_connection_s_pool_has_room_for_every_poll_s_two_requests() -> N
         adapter = build_adapter("cw", cls, cfg)
         try:
             ids = ["11", "12", "13"]
-            for order_id in ids:  # now known partly filled
-                await adapter.fetch_order("spot", order_id)
-            holding.hold_until = 6
-            await asyncio.gather(*(adapter.fetch_order("spot", i) for i in ids))
+            known = await adapter.fetch_order("spot", "11")
+            assert known is not None
+            holding.hold_until = 5
+            await asyncio.gather(*(adapter.fetch_order("spot", i) for i in ids),
+                                 adapter.list_orders(adapter.scopes()[0]),
+                                 adapter.cancel_order(known))
         finally:
             await adapter.aclose()
         return holding.most
 
-    assert asyncio.run(serving(holding, work)) == 6
+    assert asyncio.run(serving(holding, work)) == 5

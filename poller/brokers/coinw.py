@@ -2,9 +2,17 @@
 
 Discovery is ``returnOpenOrders``, one call per configured pair (the endpoint takes exactly one
 ``currencyPair``). Finished orders drop out of that list, so the daemon confirms every order
-that leaves it with ``returnOrderStatus`` (:meth:`CoinWAdapter.fetch_order`) before anything
-is concluded. ``returnOrderStatus`` carries no filled quantity, so for the statuses that may
-have fills the adapter reads ``returnOrderTrades`` too (see :meth:`CoinWAdapter.fetch_order`).
+that leaves it with a per-order read (:meth:`CoinWAdapter.fetch_order`) before anything is
+concluded.
+
+The per-order read is ``returnOrderTrades``, CoinW's order detail: one answer carries the
+order's status, size, filled base and quote amounts, so one request sees any change, a
+further partial fill included. ``returnOrderStatus`` (seed 004) has a status but no filled
+quantity, so it could see a first fill but never the next; it is asked only when
+``returnOrderTrades`` has nothing to say about an order (see :meth:`CoinWAdapter.fetch_order`).
+JKorf's CoinW.Net, code nobody here wrote, reads the two calls the same way: its
+``GetOrderAsync`` is ``returnOrderTrades`` into ``CoinWOrderDetails`` (``status`` the order
+status 1–4, ``success_total`` the filled quantity, ``success_amount`` the filled quote).
 
 Every private call is ``POST /api/v1/private?command=<cmd>&<params>&api_key=…&sign=…`` with
 an empty body, signed with MD5 as :func:`sign` describes; there is no timestamp or nonce.
@@ -13,19 +21,18 @@ Known limits of what CoinW lets a poller see:
 
 * An order placed and finished between two list calls never appears in ``returnOpenOrders``
   and is never reported (CoinW has no "orders changed since" call we could rely on).
-* ``returnOrderStatus`` answers only for orders at most 7 days old; older orders that leave
+* The per-order calls answer only for orders at most 7 days old; older orders that leave
   the open list are retired with an operator event (``retire_after``) instead of probed.
 * Statuses 5 (triggered) and 6 (trigger failed) are mentioned for conditional orders by
-  CoinW's own skill but not documented for this endpoint: they are flagged as unknown
+  CoinW's own skill but not documented for these endpoints: they are flagged as unknown
   (``unknown_status``), never mapped by guess.
 
 Over 400 lines: one broker's whole adapter (signing, config, its three answers' parsing,
-its error table, the probe that completes a status with its trades), one broker per file.
+its error table, the per-order read and its fallback), one broker per file.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -43,7 +50,6 @@ from poller import (
     BrokerAdapter,
     BrokerAuthError,
     BrokerConfig,
-    BrokerError,
     BrokerMalformed,
     BrokerNotFound,
     BrokerRateLimited,
@@ -104,19 +110,14 @@ ERRORS = ErrorTable(
     meanings={"-103": "invalid parameter", "-3": "invalid parameter"},
     penalty=65.0,
 )
-#: What a ``returnOrderTrades`` read gives: filled quantity and average price, or ``None``
-#: when CoinW has no trades for the order.
+#: What a ``returnOrderTrades`` answer says of the fills: filled base quantity and average
+#: price, or ``None`` when CoinW had no detail for the order.
 TradesRead = tuple[Decimal, Decimal | None] | None
-
-#: The longest a poll of a partly filled order waits for the trades budget (seconds). Its
-#: limit equals the status call's and nearly every poll of a partly filled order needs it,
-#: so it is often full for a moment: skipping the read then missed a fill until the
-#: order's next turn (4 % of fills at 50 orders, each a round-robin period late).
-TRADES_WAIT = 0.5
 
 #: ``returnOrderStatus`` answers only for orders at most 7 days old (seed 004).
 STATUS_WINDOW = 7 * 24 * 3600.0
 
+DETAIL_SOURCE = "returnOrderTrades"
 STATUS_SOURCE = "returnOrderStatus"
 LIST_SOURCE = "returnOpenOrders"
 
@@ -126,18 +127,6 @@ _BEIJING_TIME = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2}) (\d{1,2}):(\d{1,2}):(\
 
 
 # -- signing ----------------------------------------------------------------------------------
-
-
-async def _forget(task: asyncio.Task[TradesRead] | None) -> None:
-    """Cancel a trades read whose answer is no longer wanted, and collect its outcome."""
-    if task is None:
-        return
-    task.cancel()
-    # wait() rather than await: the read's own error (or its cancel) is moot, since the
-    # status answer decided the poll, while a cancel of this poll itself still propagates.
-    await asyncio.wait([task])
-    if not task.cancelled():
-        task.exception()  # collected, so it is not reported as never retrieved
 
 
 def signing_payload(params: Mapping[str, str], api_key: str, secret_key: str) -> str:
@@ -380,15 +369,57 @@ def parse_order_trades(data: Any) -> tuple[Decimal, Decimal | None]:
     return filled, average_price(filled, _amount(data.get("success_amount")))
 
 
-def carry_over(known: OrderSnapshot | None, probed: OrderSnapshot) -> OrderSnapshot:
-    """Complete a ``returnOrderStatus`` snapshot with what the open-orders list said.
+def parse_order_detail(
+    data: Any, *, broker: str, account_id: str, order_id: str
+) -> OrderSnapshot:
+    """Read a ``returnOrderTrades`` answer, CoinW's order detail, into an
+    :class:`OrderSnapshot`: status, size, filled quantity and average price in one answer.
 
-    ``returnOrderStatus`` has no price and only a second-resolution ``date``. CoinW spot has
-    no amend endpoint, so price, quantity and placement time never change after placement:
-    the list's values are the order's values, and keeping them avoids a false
-    MODIFY_SUCCESS or a price disappearing from the final event.
+    ``tradeID`` is the order number, ``status`` the order's status (1–4, as
+    ``returnOrderStatus`` reports it), ``total`` its size and ``success_total`` /
+    ``success_amount`` the filled base / quote amounts; ``date`` is read as the placement
+    time in Beijing time (JKorf CoinW.Net: ``CoinWOrderDetails``, "CreateTime", minus
+    8 hours). The answer has no limit price: :func:`carry_over` keeps the list's. A filled
+    order filled exactly its size.
+
+    :raises KeyError, TypeError, ValueError: when the answer is not a readable order.
     """
-    if known is None or probed.origin != STATUS_SOURCE:
+    if not isinstance(data, dict):
+        raise TypeError(f"expected an object, got {type(data).__name__}")
+    status, raw = read_status(data["status"])
+    qty = _amount(data["total"])
+    filled, average = parse_order_trades(data)
+    return OrderSnapshot(
+        broker=broker,
+        broker_kind="coinw",
+        account_id=account_id,
+        order_id=order_id,
+        status=status or OrderStatus.SUBMITTED,
+        unknown_status=status is None,
+        broker_status=raw,
+        symbol=str(data.get("currencyPair") or ""),
+        side=_side(data.get("type")),
+        qty=qty,
+        filled_qty=qty if status is OrderStatus.FILLED and qty else filled,
+        avg_fill_price=average,
+        placed_at=_lenient_moment(data.get("date")),
+        extra={"starting_amount": str(data.get("amount") or "")},
+        origin=DETAIL_SOURCE,
+    )
+
+
+def carry_over(known: OrderSnapshot | None, probed: OrderSnapshot) -> OrderSnapshot:
+    """Complete a per-order snapshot (``returnOrderTrades`` or ``returnOrderStatus``) with
+    what the open-orders list said.
+
+    Neither per-order answer has the limit price, and their ``date`` has a second's
+    resolution. CoinW spot has no amend endpoint, so price, quantity, starting amount and
+    placement time never change after placement: the list's values are the order's values,
+    and keeping them avoids a false MODIFY_SUCCESS, a price disappearing from the final
+    event, or a snapshot that differs from the list's only in how the two calls write
+    the same facts (a false change, stored and re-polled for nothing).
+    """
+    if known is None or probed.origin == LIST_SOURCE:
         return probed
     if known.order_id != probed.order_id:
         return probed
@@ -403,6 +434,7 @@ def carry_over(known: OrderSnapshot | None, probed: OrderSnapshot) -> OrderSnaps
         order_type=known.order_type or probed.order_type,
         symbol=probed.symbol or known.symbol,
         placed_at=known.placed_at or probed.placed_at,
+        extra=known.extra or probed.extra,
     )
 
 
@@ -425,26 +457,24 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
     }
     request_groups: ClassVar[dict[str, tuple[str, ...]]] = {
         RequestKind.LIST: ("returnOpenOrders", "uid"),
-        RequestKind.DETAIL: ("returnOrderStatus", "uid"),
-        RequestKind.TRADES: ("returnOrderTrades", "uid"),
+        # The per-order read: status and fills in one answer (see fetch_order).
+        RequestKind.DETAIL: ("returnOrderTrades", "uid"),
+        # Only when returnOrderTrades has nothing to say about an order.
+        RequestKind.FOLLOW_UP: ("returnOrderStatus", "uid"),
         RequestKind.CANCEL: ("cancelOrder", "uid"),
     }
     errors: ClassVar[ErrorTable] = ERRORS
     supports_fetch: ClassVar[bool] = True
     retire_after: ClassVar[float | None] = STATUS_WINDOW
-    requests_per_poll: ClassVar[int] = 2  # returnOrderTrades beside returnOrderStatus
 
     def __init__(
         self, name: str, config: CoinWConfig, client: httpx.AsyncClient, budget: RateBudget
     ) -> None:
         super().__init__(name, config, client, budget)
-        # The last list snapshot of each order, so a probe can keep the price and quantity
-        # returnOrderStatus does not give (see carry_over). Dropped once the order is final.
+        # The last list snapshot of each order, so a per-order read can keep the price the
+        # per-order answers do not give (see carry_over). Dropped once the order is final.
         self._listed: dict[str, OrderSnapshot] = {}
         self._cache = ParseCache()
-        # The status, filled quantity and average price each partly filled order had when
-        # returnOrderTrades was last read for it (see _with_fills).
-        self._fills: dict[str, tuple[OrderStatus, Decimal, Decimal | None]] = {}
         self._private: httpx.URL | None = None
 
     @classmethod
@@ -496,134 +526,83 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         return ListResult(scope, orders, problems)
 
     async def fetch_order(self, account_id: str, order_id: str) -> OrderSnapshot | None:
-        """``returnOrderStatus``, plus ``returnOrderTrades`` for the filled quantity.
+        """One order by its number: ``returnOrderTrades``, whose one answer has the status,
+        the filled quantity and the average price (see the module docstring).
 
-        ``returnOrderStatus`` gives no filled quantity, and the diff ignores a snapshot whose
-        filled quantity is below what it knows (stale data). So:
-
-        * 1 (open): nothing filled, no second call.
-        * 3 (filled): filled = the order quantity, exactly; ``returnOrderTrades`` only adds
-          the average price, and if it fails the snapshot goes without one.
-        * 2 and 4 (partial, cancelled): ``returnOrderTrades`` is required, since a cancel
-          after partial fills must report those fills; if it fails the whole probe fails and
-          the daemon tries the order again later, instead of concluding "cancelled, 0 filled".
+        Only when that answer says nothing of the order (no such order, or no data) does
+        ``returnOrderStatus`` decide, as a second request of the same poll: whether CoinW
+        knows the order at all must not rest on an answer about its trades. An answer
+        without a ``status`` (a detail shaped unlike the documented one) still gives the
+        fills, and ``returnOrderStatus`` the status.
 
         :returns: ``None`` when CoinW does not know the order (or it is older than 7 days).
         """
-        status_admitted = asyncio.Event()
-        early = self._early_trades(order_id, status_admitted)
         try:
-            data = await self._call(RequestKind.DETAIL, "returnOrderStatus",
-                                    {"orderNumber": order_id}, on_admitted=status_admitted.set)
-            if not data:
-                raise BrokerNotFound(f"returnOrderStatus: no order {order_id}",
-                                     connection=self.name)
-            snapshot = parse_order_status(data, broker=self.name, account_id=account_id,
-                                          order_id=order_id)
+            data = await self._call(RequestKind.DETAIL, DETAIL_SOURCE, {"orderNumber": order_id})
         except BrokerNotFound:
-            await _forget(early)
-            return None
+            data = None
+        if not data:
+            return await self._by_status(account_id, order_id, None)
+        if isinstance(data, dict) and "status" not in data:
+            return await self._by_status(account_id, order_id, self._fills_of(order_id, data))
+        try:
+            snapshot = parse_order_detail(data, broker=self.name, account_id=account_id,
+                                          order_id=order_id)
         except (KeyError, TypeError, ValueError, ArithmeticError) as err:
-            await _forget(early)
-            raise BrokerMalformed(f"returnOrderStatus answer for order {order_id} is not "
+            raise BrokerMalformed(f"returnOrderTrades answer for order {order_id} is not "
                                   f"readable: {type(err).__name__}: {err}",
                                   connection=self.name) from err
-        except BaseException:
-            await _forget(early)
-            raise
-        snapshot = carry_over(self._listed.get(order_id), snapshot)
-        snapshot = await self._with_fills(snapshot, early)
-        if snapshot.final:
-            self._listed.pop(order_id, None)
-            self._fills.pop(order_id, None)
-        return snapshot
+        return self._completed(snapshot)
 
-    def _early_trades(self, order_id: str,
-                      status_admitted: asyncio.Event) -> asyncio.Task[TradesRead] | None:
-        """``returnOrderTrades`` for a partly filled order, sent beside its status request.
-
-        Once an order is partly filled its status can only be partial, filled or cancelled,
-        and each of those needs the trades (the filled quantity or the average price), so
-        the two requests go out together instead of one after the other: the change is seen
-        one round trip sooner. Only when the trades budget admits the call within
-        :data:`TRADES_WAIT` (a task of its own: the status request is never held back).
-
-        The trades request leaves once the status request was admitted, never before it:
-        sent while the status request still waited for its budget, it could arrive before
-        a fill the status then missed too (both answers older than the fill).
-        """
-        known = self._fills.get(order_id)
-        listed = self._listed.get(order_id)
-        partly = ((known is not None and known[0] is OrderStatus.PARTIAL_FILLED)
-                  or (listed is not None and listed.filled_qty > 0))
-        if not partly or not self._trades_soon():
-            return None
-
-        async def after_status() -> TradesRead:
-            await status_admitted.wait()
-            return await self._trades(order_id)
-
-        return asyncio.create_task(after_status(), name=f"trades {order_id}")
-
-    async def _with_fills(self, snapshot: OrderSnapshot,
-                          early: asyncio.Task[TradesRead] | None = None) -> OrderSnapshot:
-        status = snapshot.status
-        if snapshot.unknown_status or status is OrderStatus.SUBMITTED:
-            await _forget(early)
-            return snapshot
-        order_id = snapshot.order_id
-        if status is OrderStatus.FILLED:
-            average: Decimal | None = None
-            try:
-                trades = await (early if early is not None else self._trades(order_id))
-            except BrokerError as err:
-                logger.info("%s: no average price for filled order %s (%s)", self.name,
-                            order_id, err)
-                trades = None
-            if trades is not None:
-                average = trades[1]
-            return replace(snapshot, filled_qty=snapshot.qty, avg_fill_price=average)
-        known = self._fills.get(order_id)
-        if (early is None and known is not None and known[0] is status
-                and not self._trades_soon()):
-            # returnOrderStatus shows no filled quantity: only a status change proves the
-            # fills moved. Unchanged, and the trades budget busy for longer than
-            # TRADES_WAIT: keep what we know (the open-orders list reports each order's
-            # filled quantity too) rather than hold this poll for a second request.
-            listed = self._listed.get(order_id)
-            if listed is not None and listed.filled_qty > known[1]:
-                return replace(snapshot, filled_qty=listed.filled_qty,
-                               avg_fill_price=listed.avg_fill_price)
-            return replace(snapshot, filled_qty=known[1], avg_fill_price=known[2])
-        trades = await (early if early is not None else self._trades(order_id))
-        filled, average = trades if trades is not None else (Decimal(0), None)
-        listed = self._listed.get(order_id)
-        if listed is not None and listed.filled_qty > filled:  # the list saw more, later
-            filled, average = listed.filled_qty, listed.avg_fill_price
-        self._fills[order_id] = (status, filled, average)
-        return replace(snapshot, filled_qty=filled, avg_fill_price=average)
-
-    def _trades_soon(self) -> bool:
-        """Whether a returnOrderTrades call would be admitted within :data:`TRADES_WAIT`."""
-        now = self.budget.now()
-        return all(self.budget.group(g).wait_time(now) <= TRADES_WAIT
-                   for g in self.groups_of(RequestKind.TRADES))
-
-    async def _trades(self, order_id: str) -> TradesRead:
+    async def _by_status(self, account_id: str, order_id: str,
+                         fills: TradesRead) -> OrderSnapshot | None:
+        """``returnOrderStatus`` for an order ``returnOrderTrades`` did not describe, with
+        the fills that answer gave (``None``: none, so nothing filled unless the list said
+        so, or the status is 3 and the order's size filled)."""
         try:
-            # Part of a poll the budget already admitted (its status request).
-            data = await self._call(RequestKind.TRADES, "returnOrderTrades",
+            # Part of a poll the budget already admitted (its returnOrderTrades request).
+            data = await self._call(RequestKind.FOLLOW_UP, STATUS_SOURCE,
                                     {"orderNumber": order_id}, companion=True)
         except BrokerNotFound:
             return None
         if not data:
             return None
         try:
+            snapshot = parse_order_status(data, broker=self.name, account_id=account_id,
+                                          order_id=order_id)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as err:
+            raise BrokerMalformed(f"returnOrderStatus answer for order {order_id} is not "
+                                  f"readable: {type(err).__name__}: {err}",
+                                  connection=self.name) from err
+        if fills is not None:
+            snapshot = replace(snapshot, filled_qty=fills[0], avg_fill_price=fills[1])
+        return self._completed(snapshot)
+
+    def _fills_of(self, order_id: str, data: Any) -> TradesRead:
+        try:
             return parse_order_trades(data)
         except (KeyError, TypeError, ValueError, ArithmeticError) as err:
             raise BrokerMalformed(f"returnOrderTrades answer for order {order_id} is not "
                                   f"readable: {type(err).__name__}: {err}",
                                   connection=self.name) from err
+
+    def _completed(self, snapshot: OrderSnapshot) -> OrderSnapshot:
+        """A per-order snapshot with the list's facts (:func:`carry_over`), the size of a
+        filled order as its filled quantity, and the list's filled quantity when it saw
+        more (it answered later than this read's broker did)."""
+        order_id = snapshot.order_id
+        listed = self._listed.get(order_id)
+        snapshot = carry_over(listed, snapshot)
+        if snapshot.status is OrderStatus.FILLED and snapshot.qty:
+            # A filled order filled exactly its size (returnOrderStatus gives no quantity).
+            snapshot = replace(snapshot, filled_qty=snapshot.qty)
+        elif (listed is not None and listed.filled_qty > snapshot.filled_qty
+                and snapshot.status is not OrderStatus.FILLED):
+            snapshot = replace(snapshot, filled_qty=listed.filled_qty,
+                               avg_fill_price=listed.avg_fill_price)
+        if snapshot.final:
+            self._listed.pop(order_id, None)
+        return snapshot
 
     async def refine(
         self, previous: OrderSnapshot | None, current: OrderSnapshot
@@ -655,10 +634,9 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
     # -- wire -------------------------------------------------------------------------------
 
     async def _call(self, kind: RequestKind, command: str, params: Mapping[str, str], *,
-                    on_admitted: Callable[[], None] | None = None,
                     companion: bool = False) -> Any:
-        """Sign and send one private call; return its ``data`` (``on_admitted``,
-        ``companion``: see :meth:`BrokerAdapter.request`)."""
+        """Sign and send one private call; return its ``data`` (``companion``: see
+        :meth:`BrokerAdapter.request`)."""
         cfg = self.config
         query = signed_query(command, params, cfg.api_key.get_secret_value(),
                              cfg.secret_key.get_secret_value())
@@ -670,8 +648,7 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         url = self._private.copy_with(query=str(httpx.QueryParams(tuple(query))).encode("ascii"))
         request = self.client.build_request("POST", url,
                                             headers={"Content-Type": "application/json"})
-        answer = await self.request(kind, request, on_admitted=on_admitted,
-                                    companion=companion)
+        answer = await self.request(kind, request, companion=companion)
         # The sign travels in the URL: a message echoing the request must not carry it.
         return self.unwrap(kind, answer, context=f"{command}: ", secrets=(query[-1][1],))
 

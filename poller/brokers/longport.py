@@ -355,7 +355,6 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
         ))
 
     async def request(self, kind: RequestKind, request: httpx.Request, *,
-                      on_admitted: Callable[[], None] | None = None,
                       companion: bool = False) -> Answer:
         """Send one trade call: one at a time, through the budget, signed just before it
         leaves (a timestamp taken before a budget wait could be stale)."""
@@ -370,8 +369,6 @@ class LongPortAdapter(BrokerAdapter[LongPortConfig]):
             if gap > 0:
                 await asyncio.sleep(gap)
             admitted = await self.admit(groups, companion=companion)
-            if on_admitted is not None:
-                on_admitted()
             self.authorize(request)
             try:
                 answer = await send(self.client, request, connection=self.name,

@@ -297,7 +297,7 @@ class CoinWSim(BrokerSim):
             "total": _text(order.qty),
             "success_total": _text(order.filled),
             "fee": _text(filled_quote * FEE_RATE),
-            "date": _beijing(order.updated),
+            "date": _beijing(order.created),
             "status": render_status(order),
         })
 

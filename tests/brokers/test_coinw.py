@@ -4,7 +4,6 @@ simulator through the real daemon."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Coroutine, Iterator
@@ -24,13 +23,13 @@ from poller.brokers.coinw import (
     BEIJING,
     PRIVATE_PATH,
     STATUS_TABLE,
-    TRADES_WAIT,
     CoinWAdapter,
     CoinWConfig,
     _moment,
     carry_over,
     order_number,
     parse_open_order,
+    parse_order_detail,
     parse_order_status,
     sign,
     signed_query,
@@ -403,56 +402,57 @@ def status_answer(status: Any, **fields: Any) -> tuple[int, Any]:
     return 200, envelope(SEED_STATUS | {"status": status, "total": "0.0005"} | fields)
 
 
-def trades_answer(filled: str, quote: str) -> tuple[int, Any]:
+def detail_answer(status: Any, filled: str, quote: str, **fields: Any) -> tuple[int, Any]:
+    """A returnOrderTrades answer with every field JKorf's CoinWOrderDetails reads."""
     return 200, envelope({
         "tradeID": int(BIG), "currencyPair": "BTC_USDT", "type": "buy", "amount": "33.5",
         "success_amount": quote, "total": "0.0005", "success_total": filled, "fee": "0",
-        "date": "2025-04-03 18:41:02", "status": 4})
+        "date": "2025-04-03 18:39:58", "status": status} | fields)
 
 
 MISSING = (200, {"code": -103, "msg": "Order does not exist"})
 DOWN = (200, {"code": -200, "msg": "System error"})
+DETAIL, STATUS = "returnOrderTrades", "returnOrderStatus"
 
 FETCH_CASES: list[tuple[str, dict[str, tuple[int, Any]], Any, list[str]]] = [
-    ("open", {"returnOrderStatus": status_answer(1)},
-     (OrderStatus.SUBMITTED, "0", None), ["returnOrderStatus"]),
-    ("filled", {"returnOrderStatus": status_answer(3),
-                "returnOrderTrades": trades_answer("0.0005", "33.47")},
-     (OrderStatus.FILLED, "0.0005", "66940"), ["returnOrderStatus", "returnOrderTrades"]),
-    ("filled, no trades answer", {"returnOrderStatus": status_answer("3"),
-                                  "returnOrderTrades": DOWN},
-     (OrderStatus.FILLED, "0.0005", None), ["returnOrderStatus", "returnOrderTrades"]),
-    ("partial", {"returnOrderStatus": status_answer(2),
-                 "returnOrderTrades": trades_answer("0.0002", "13.4")},
-     (OrderStatus.PARTIAL_FILLED, "0.0002", "67000"), ["returnOrderStatus",
-                                                       "returnOrderTrades"]),
-    ("cancelled after fills", {"returnOrderStatus": status_answer(4),
-                               "returnOrderTrades": trades_answer("0.0002", "13.4")},
-     (OrderStatus.CANCELLED, "0.0002", "67000"), ["returnOrderStatus", "returnOrderTrades"]),
-    ("cancelled, nothing filled", {"returnOrderStatus": status_answer(4),
-                                   "returnOrderTrades": trades_answer("0", "0")},
-     (OrderStatus.CANCELLED, "0", None), ["returnOrderStatus", "returnOrderTrades"]),
-    ("cancelled, no trades", {"returnOrderStatus": status_answer(4),
-                              "returnOrderTrades": MISSING},
-     (OrderStatus.CANCELLED, "0", None), ["returnOrderStatus", "returnOrderTrades"]),
-    ("cancelled, trades down", {"returnOrderStatus": status_answer(4),
-                                "returnOrderTrades": DOWN},
-     BrokerUnavailable, ["returnOrderStatus", "returnOrderTrades"]),
-    ("rate-limited trades", {"returnOrderStatus": status_answer(2),
-                             "returnOrderTrades": (200, {"code": 29001, "msg": "API access "
-                                                                           "frequently"})},
-     BrokerRateLimited, ["returnOrderStatus", "returnOrderTrades"]),
-    ("unverified status 5", {"returnOrderStatus": status_answer(5)}, "unknown",
-     ["returnOrderStatus"]),
-    ("unknown order", {"returnOrderStatus": MISSING}, None, ["returnOrderStatus"]),
-    ("null data", {"returnOrderStatus": (200, envelope(None))}, None, ["returnOrderStatus"]),
-    ("bad parameter", {"returnOrderStatus": (200, {"code": -103, "msg": "Invalid parameter"})},
-     BrokerRejected, ["returnOrderStatus"]),
-    ("unreadable", {"returnOrderStatus": (200, envelope({"status": 1}))}, BrokerMalformed,
-     ["returnOrderStatus"]),
-    ("unreadable trades", {"returnOrderStatus": status_answer(4),
-                           "returnOrderTrades": (200, envelope(["x"]))},
-     BrokerMalformed, ["returnOrderStatus", "returnOrderTrades"]),
+    ("open", {DETAIL: detail_answer(1, "0", "0")}, (OrderStatus.SUBMITTED, "0", None),
+     [DETAIL]),
+    ("partial", {DETAIL: detail_answer(2, "0.0002", "13.4")},
+     (OrderStatus.PARTIAL_FILLED, "0.0002", "67000"), [DETAIL]),
+    ("filled", {DETAIL: detail_answer("3", "0.0005", "33.47")},
+     (OrderStatus.FILLED, "0.0005", "66940"), [DETAIL]),
+    ("cancelled after fills", {DETAIL: detail_answer(4, "0.0002", "13.4")},
+     (OrderStatus.CANCELLED, "0.0002", "67000"), [DETAIL]),
+    ("cancelled, nothing filled", {DETAIL: detail_answer(4, "0", "0")},
+     (OrderStatus.CANCELLED, "0", None), [DETAIL]),
+    ("unverified status 5", {DETAIL: detail_answer(5, "0", "0")}, "unknown", [DETAIL]),
+    # returnOrderTrades says nothing of the order: returnOrderStatus decides.
+    ("no detail, open", {DETAIL: MISSING, STATUS: status_answer(1)},
+     (OrderStatus.SUBMITTED, "0", None), [DETAIL, STATUS]),
+    ("null detail, cancelled", {DETAIL: (200, envelope(None)), STATUS: status_answer(4)},
+     (OrderStatus.CANCELLED, "0", None), [DETAIL, STATUS]),
+    ("no detail, filled", {DETAIL: MISSING, STATUS: status_answer("3")},
+     (OrderStatus.FILLED, "0.0005", None), [DETAIL, STATUS]),
+    ("unknown order", {DETAIL: MISSING, STATUS: MISSING}, None, [DETAIL, STATUS]),
+    ("null data twice", {DETAIL: (200, envelope(None)), STATUS: (200, envelope(None))}, None,
+     [DETAIL, STATUS]),
+    ("no detail, status unreadable", {DETAIL: MISSING, STATUS: (200, envelope({"status": 1}))},
+     BrokerMalformed, [DETAIL, STATUS]),
+    ("no detail, status down", {DETAIL: MISSING, STATUS: DOWN}, BrokerUnavailable,
+     [DETAIL, STATUS]),
+    # A detail without a status still gives the fills; returnOrderStatus the status.
+    ("detail without a status", {DETAIL: (200, envelope({"success_total": "0.0002",
+                                                          "success_amount": "13.4"})),
+                                 STATUS: status_answer(2)},
+     (OrderStatus.PARTIAL_FILLED, "0.0002", "67000"), [DETAIL, STATUS]),
+    ("detail down", {DETAIL: DOWN}, BrokerUnavailable, [DETAIL]),
+    ("rate-limited", {DETAIL: (200, {"code": 29001, "msg": "API access frequently"})},
+     BrokerRateLimited, [DETAIL]),
+    ("bad parameter", {DETAIL: (200, {"code": -103, "msg": "Invalid parameter"})},
+     BrokerRejected, [DETAIL]),
+    ("unreadable detail", {DETAIL: (200, envelope(["x"]))}, BrokerMalformed, [DETAIL]),
+    ("detail without a size", {DETAIL: (200, envelope({"status": 2, "success_total": "1"}))},
+     BrokerMalformed, [DETAIL]),
 ]
 
 
@@ -484,8 +484,7 @@ def test_cancel_after_partial_fills_reports_the_fills() -> None:
     router = Router({
         "returnOpenOrders": (200, envelope([open_item(status=2, success_count="0.0002",
                                                       success_amount="13.4")])),
-        "returnOrderStatus": status_answer(4),
-        "returnOrderTrades": trades_answer("0.0003", "20.1"),
+        "returnOrderTrades": detail_answer(4, "0.0003", "20.1"),
     })
 
     async def work(adapter: CoinWAdapter) -> tuple[OrderSnapshot, OrderSnapshot | None]:
@@ -504,8 +503,7 @@ def test_cancel_after_partial_fills_reports_the_fills() -> None:
 
 def test_refine_keeps_list_facts_after_a_restart() -> None:
     """A fresh adapter probes an order it never listed: refine restores price/quantity."""
-    router = Router({"returnOrderStatus": status_answer(3, total="0.0004"),
-                     "returnOrderTrades": trades_answer("0.0005", "33.5")})
+    router = Router({"returnOrderTrades": detail_answer(3, "0.0004", "26.8", total="0.0004")})
     previous = parse_open_order(open_item(), broker="cw", account_id="spot", pair="BTC_USDT")
 
     async def work(adapter: CoinWAdapter) -> OrderSnapshot:
@@ -518,6 +516,7 @@ def test_refine_keeps_list_facts_after_a_restart() -> None:
     assert refined.placed_at == previous.placed_at
     events = diff(previous, refined, detected_at=NOW).events
     assert [e.scene for e in events] == ["FINAL_FILLED"]  # no false MODIFY_SUCCESS
+    assert router.calls == ["returnOrderTrades"]
 
 
 # -- the simulator ------------------------------------------------------------------------
@@ -763,8 +762,10 @@ def test_lifecycle_against_simulator(tmp_path: Path, receiver: Receiver, sim: Co
     assert len(ids) == len(set(ids)) == 8
     requests = sim.server.requests(PRIVATE_PATH)
     probed = [sim.polled_order(r) for r in requests
-              if r.param("command") == "returnOrderStatus"]
-    assert {a, b, c} <= set(probed)  # finished orders are confirmed with returnOrderStatus
+              if r.param("command") == "returnOrderTrades"]
+    assert {a, b, c} <= set(probed)  # finished orders are confirmed with a per-order read
+    # ... and that read describes each order whole: returnOrderStatus is never needed.
+    assert not [r for r in requests if r.param("command") == "returnOrderStatus"]
     assert sim.is_list_request(requests[0]) and sim.polled_order(requests[0]) is None
     assert {r.param("currencyPair") for r in requests
             if r.param("command") == "returnOpenOrders"} == {"BTC_USDT", "ETH_USDT"}
@@ -809,19 +810,16 @@ def test_wrong_secret_stops_the_connection_once(tmp_path: Path, receiver: Receiv
     assert sim.api_key not in json.dumps(receiver.events)
 
 
-def test_a_list_answer_and_a_status_answer_of_an_unchanged_order_are_the_same_snapshot(
+def test_a_list_answer_and_a_detail_answer_of_an_unchanged_order_are_the_same_snapshot(
         ) -> None:
     """No false change: which call read the order (origin) is not a fact the broker stated,
-    and a status answer completed from the list (carry_over + trades) equals the list's."""
+    and a detail answer completed from the list (carry_over) equals the list's, though the
+    detail writes the starting amount and the date its own way (quote ``amount`` "33.50",
+    Beijing seconds instead of epoch milliseconds) and has no price."""
     listed_item = open_item(status=2, success_count="0.0002", success_amount="13.4")
     router = Router({
         "returnOpenOrders": (200, envelope([listed_item])),
-        "returnOrderStatus": (200, envelope({
-            "status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
-            "total": listed_item["total"], "type": "buy",
-            "startingAmount": listed_item["startingAmount"]})),
-        "returnOrderTrades": (200, envelope({
-            "success_total": "0.0002", "success_amount": "13.4"})),
+        "returnOrderTrades": detail_answer(2, "0.0002", "13.4", amount="33.50"),
     })
 
     async def work(a: CoinWAdapter) -> tuple[OrderSnapshot, OrderSnapshot | None]:
@@ -830,27 +828,48 @@ def test_a_list_answer_and_a_status_answer_of_an_unchanged_order_are_the_same_sn
 
     listed, probed = run(adapter_for(router), work)
     assert probed is not None and probed == listed
-    assert (listed.origin, probed.origin) == ("returnOpenOrders", "returnOrderStatus")
+    assert (listed.origin, probed.origin) == ("returnOpenOrders", "returnOrderTrades")
 
 
-def test_unchanged_partial_orders_skip_the_trades_call_when_its_budget_is_busy() -> None:
-    status = envelope({"status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
-                       "total": "0.001", "type": "buy", "startingAmount": "67"})
-    router = Router({"returnOrderStatus": (200, status), "returnOrderTrades": (200, envelope(
-        {"success_total": "0.0002", "success_amount": "13.4"}))})
+def test_a_detail_answer_is_read_as_jkorf_s_coinw_net_reads_it() -> None:
+    """Oracle: JKorf's CoinW.Net (code nobody here wrote) reads ``returnOrderTrades`` as the
+    order (``GetOrderAsync`` → ``CoinWOrderDetails``): tradeID the order id, total the
+    quantity, success_total / success_amount the filled base / quote, status 1–4 the order
+    status (its ``OrderStatus`` enum), date the creation time in UTC+8."""
+    _, body = detail_answer(2, "0.0002", "13.4")
+    snap = parse_order_detail(body["data"], broker="cw", account_id="spot", order_id=BIG)
+    assert (snap.status, snap.broker_status) == (OrderStatus.PARTIAL_FILLED, "2")
+    assert (snap.qty, snap.filled_qty) == (Decimal("0.0005"), Decimal("0.0002"))
+    assert snap.avg_fill_price == Decimal("67000") and snap.side == "BUY"
+    assert snap.placed_at == datetime(2025, 4, 3, 10, 39, 58, tzinfo=UTC)
+    assert snap.symbol == "BTC_USDT" and snap.origin == "returnOrderTrades"
 
-    async def work(a: CoinWAdapter) -> list[OrderSnapshot | None]:
-        first = await a.fetch_order("spot", "1")  # unknown before: trades read
-        # The trades group is busy now (not the uid group the status call shares).
-        a.budget.group("returnOrderTrades").pause(a.budget.now() + 60)
-        second = await a.fetch_order("spot", "1")  # same status: what we know is kept
-        return [first, second]
 
-    first, second = run(adapter_for(router), work)
-    assert router.calls == ["returnOrderStatus", "returnOrderTrades", "returnOrderStatus"]
-    assert first is not None and second is not None
-    assert (second.filled_qty, second.avg_fill_price) == (first.filled_qty,
-                                                          first.avg_fill_price)
+def test_one_request_a_poll_through_a_whole_lifecycle(sim: CoinWSim) -> None:
+    """Against the simulator: open, partly filled, filled more, filled: each poll is one
+    returnOrderTrades request, and each sees the quantity the order had."""
+    order = sim.book.place("spot", "BTC_USDT", "BUY", "0.5", "67000")
+    sim.book.accept(order.order_id)
+    moves: list[Callable[[], Any]] = [
+        lambda: None, lambda: sim.book.fill(order.order_id, "0.1"),
+        lambda: sim.book.fill(order.order_id, "0.15"), lambda: sim.book.fill(order.order_id)]
+
+    async def work(a: CoinWAdapter) -> list[tuple[OrderStatus, Decimal]]:
+        seen = []
+        for move in moves:
+            move()
+            snap = await a.fetch_order("spot", order.order_id)
+            assert snap is not None
+            seen.append((snap.status, snap.filled_qty))
+        return seen
+
+    seen = run(sim_adapter(sim), work)
+    assert seen == [(OrderStatus.SUBMITTED, Decimal(0)),
+                    (OrderStatus.PARTIAL_FILLED, Decimal("0.1")),
+                    (OrderStatus.PARTIAL_FILLED, Decimal("0.25")),
+                    (OrderStatus.FILLED, Decimal("0.5"))]
+    commands = [dict(r.params)["command"] for r in sim.server.requests(PRIVATE_PATH)]
+    assert commands == ["returnOrderTrades"] * 4
 
 
 def test_the_documentation_s_own_request_example_as_a_vector() -> None:
@@ -868,92 +887,6 @@ def test_the_documentation_s_own_request_example_as_a_vector() -> None:
                          "your_api_key", "your_secret_key")
     assert query == [("command", "returnOrderStatus"), ("orderNumber", "4624544807079846405"),
                      ("api_key", "your_api_key"), ("sign", "D7F728C8FCDD693A0680A82CA790E53D")]
-
-
-class Overlap:
-    """An async handler that, once told to, holds each status answer until a trades request
-    arrived (at most 5 s), recording what came in and went out in order."""
-
-    def __init__(self, status: tuple[int, Any], trades: tuple[int, Any]) -> None:
-        self.answers = {"returnOrderStatus": status, "returnOrderTrades": trades}
-        self.log: list[str] = []
-        self.trades_in = asyncio.Event()
-        self.hold = False  # set once the order is known partly filled
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        command = request.url.params["command"]
-        self.log.append(f"in {command}")
-        if command == "returnOrderTrades":
-            self.trades_in.set()
-        elif self.hold:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.trades_in.wait(), 5)
-        self.log.append(f"out {command}")
-        status, body = self.answers[command]
-        return respond(status, body)
-
-
-PARTIAL = envelope({"status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
-                    "total": "0.001", "type": "buy", "startingAmount": "67"})
-
-
-def test_a_partly_filled_order_s_trades_are_read_beside_its_status() -> None:
-    """Once an order is known partly filled, its next poll sends returnOrderTrades with
-    returnOrderStatus, not after its answer: one round trip instead of two."""
-    handler = Overlap((200, PARTIAL), trades_answer("0.0003", "20.1"))
-
-    async def work(a: CoinWAdapter) -> list[OrderSnapshot | None]:
-        first = await a.fetch_order("spot", "1")
-        handler.log.clear()
-        handler.hold = True
-        return [first, await a.fetch_order("spot", "1")]
-
-    first, second = run(adapter_for(handler), work)
-    assert first is not None and second is not None
-    assert handler.log[:2] == ["in returnOrderStatus", "in returnOrderTrades"]
-    assert sorted(handler.log) == ["in returnOrderStatus", "in returnOrderTrades",
-                                   "out returnOrderStatus", "out returnOrderTrades"]
-    assert (second.status, second.filled_qty) == (OrderStatus.PARTIAL_FILLED, Decimal("0.0003"))
-
-
-@pytest.mark.parametrize(("status", "expected"), [(MISSING, None), (DOWN, BrokerUnavailable)])
-def test_an_early_trades_read_is_dropped_when_the_status_answer_decides(
-        status: tuple[int, Any], expected: Any) -> None:
-    """The order vanished or the status call failed: the trades read beside it is cancelled
-    or collected, never left running, and its answer changes nothing."""
-    handler = Overlap((200, PARTIAL), trades_answer("0.0003", "20.1"))
-    leftovers: list[asyncio.Task[Any]] = []
-
-    async def work(a: CoinWAdapter) -> Any:
-        await a.fetch_order("spot", "1")
-        handler.answers["returnOrderStatus"] = status
-        handler.log.clear()
-        handler.hold = True
-        try:
-            return await a.fetch_order("spot", "1")
-        finally:
-            leftovers.extend(t for t in asyncio.all_tasks()
-                             if t is not asyncio.current_task())
-
-    if expected is None:
-        assert run(adapter_for(handler), work) is None
-    else:
-        with pytest.raises(expected):
-            run(adapter_for(handler), work)
-    assert handler.log[:2] == ["in returnOrderStatus", "in returnOrderTrades"]
-    assert leftovers == []
-
-
-def test_no_early_trades_read_for_an_order_not_known_partly_filled() -> None:
-    """An order last seen open: its status might still say open, which needs no trades."""
-    router = Router({"returnOrderStatus": status_answer(1)})
-
-    async def work(a: CoinWAdapter) -> None:
-        await a.fetch_order("spot", BIG)
-        await a.fetch_order("spot", BIG)
-
-    run(adapter_for(router), work)
-    assert router.calls == ["returnOrderStatus", "returnOrderStatus"]
 
 
 @given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)),
@@ -986,7 +919,7 @@ def test_a_signed_call_goes_to_the_url_httpx_would_build(base: str) -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return respond(*status_answer(1))
+        return respond(*detail_answer(1, "0", "0"))
 
     config = CoinWConfig.model_validate({"kind": "coinw", "base_url": base, "api_key": KEY,
                                          "secret_key": SECRET, "pairs": ["BTC_USDT"]})
@@ -994,44 +927,7 @@ def test_a_signed_call_goes_to_the_url_httpx_would_build(base: str) -> None:
     adapter = CoinWAdapter("cw", config, client, build_budget(CoinWAdapter, config))
     order_id = "46 2/4+5=&é"
     run(adapter, lambda a: a.fetch_order("spot", order_id))
-    query = signed_query("returnOrderStatus", {"orderNumber": order_id}, KEY, SECRET)
+    query = signed_query("returnOrderTrades", {"orderNumber": order_id}, KEY, SECRET)
     expected = client.build_request("POST", PRIVATE_PATH, params=tuple(query)).url
     assert [r.url.raw_path for r in seen] == [expected.raw_path]
     assert seen[0].url == expected and seen[0].headers["content-type"] == "application/json"
-
-
-def test_a_partial_order_waits_a_moment_for_a_busy_trades_budget() -> None:
-    """The trades budget full for less than TRADES_WAIT: the poll waits and sees the new
-    fill, instead of keeping the old quantity until the order's next turn."""
-    trades = {"success_total": "0.0002", "success_amount": "13.4"}
-    status = envelope({"status": 2, "currencyPair": "BTC_USDT", "date": "2025-04-03 18:39:58",
-                       "total": "0.001", "type": "buy", "startingAmount": "67"})
-    router = Router({"returnOrderStatus": (200, status),
-                     "returnOrderTrades": (200, envelope(trades))})
-
-    async def work(a: CoinWAdapter) -> list[OrderSnapshot | None]:
-        first = await a.fetch_order("spot", "1")
-        trades["success_total"] = "0.0005"  # a fill since
-        assert TRADES_WAIT > 0.1
-        a.budget.group("returnOrderTrades").pause(a.budget.now() + 0.1)
-        return [first, await a.fetch_order("spot", "1")]
-
-    first, second = run(adapter_for(router), work)
-    assert router.calls.count("returnOrderTrades") == 2
-    assert first is not None and second is not None
-    assert (first.filled_qty, second.filled_qty) == (Decimal("0.0002"), Decimal("0.0005"))
-
-
-def test_an_early_trades_read_never_leaves_before_its_status_request() -> None:
-    """The status budget busy, the trades budget free: the trades request still waits for
-    the status request's admission, so it cannot arrive before a fill the status misses."""
-    handler = Overlap((200, PARTIAL), trades_answer("0.0003", "20.1"))
-
-    async def work(a: CoinWAdapter) -> None:
-        await a.fetch_order("spot", "1")
-        handler.log.clear()
-        a.budget.group("returnOrderStatus").pause(a.budget.now() + 0.3)
-        await a.fetch_order("spot", "1")
-
-    run(adapter_for(handler), work)
-    assert handler.log[0] == "in returnOrderStatus" and "in returnOrderTrades" in handler.log
