@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import httpx
 from pydantic import AfterValidator, Field, SecretStr, field_validator
@@ -120,6 +120,8 @@ STATUS_WINDOW = 7 * 24 * 3600.0
 DETAIL_SOURCE = "returnOrderTrades"
 STATUS_SOURCE = "returnOrderStatus"
 LIST_SOURCE = "returnOpenOrders"
+
+T = TypeVar("T")
 
 _PAIR = re.compile(r"^[A-Z0-9]+_[A-Z0-9]+$")
 _DIGITS = re.compile(r"^-?\d+$")
@@ -544,15 +546,10 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         if not data:
             return await self._by_status(account_id, order_id, None)
         if isinstance(data, dict) and "status" not in data:
-            return await self._by_status(account_id, order_id, self._fills_of(order_id, data))
-        try:
-            snapshot = parse_order_detail(data, broker=self.name, account_id=account_id,
-                                          order_id=order_id)
-        except (KeyError, TypeError, ValueError, ArithmeticError) as err:
-            raise BrokerMalformed(f"returnOrderTrades answer for order {order_id} is not "
-                                  f"readable: {type(err).__name__}: {err}",
-                                  connection=self.name) from err
-        return self._completed(snapshot)
+            fills = self._readable(DETAIL_SOURCE, order_id, lambda: parse_order_trades(data))
+            return await self._by_status(account_id, order_id, fills)
+        return self._completed(self._readable(DETAIL_SOURCE, order_id, lambda: parse_order_detail(
+            data, broker=self.name, account_id=account_id, order_id=order_id)))
 
     async def _by_status(self, account_id: str, order_id: str,
                          fills: TradesRead) -> OrderSnapshot | None:
@@ -567,37 +564,31 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
             return None
         if not data:
             return None
-        try:
-            snapshot = parse_order_status(data, broker=self.name, account_id=account_id,
-                                          order_id=order_id)
-        except (KeyError, TypeError, ValueError, ArithmeticError) as err:
-            raise BrokerMalformed(f"returnOrderStatus answer for order {order_id} is not "
-                                  f"readable: {type(err).__name__}: {err}",
-                                  connection=self.name) from err
+        snapshot = self._readable(STATUS_SOURCE, order_id, lambda: parse_order_status(
+            data, broker=self.name, account_id=account_id, order_id=order_id))
         if fills is not None:
             snapshot = replace(snapshot, filled_qty=fills[0], avg_fill_price=fills[1])
         return self._completed(snapshot)
 
-    def _fills_of(self, order_id: str, data: Any) -> TradesRead:
+    def _readable(self, command: str, order_id: str, read: Callable[[], T]) -> T:
+        """What ``read`` makes of an answer; a parse error as :class:`BrokerMalformed`."""
         try:
-            return parse_order_trades(data)
+            return read()
         except (KeyError, TypeError, ValueError, ArithmeticError) as err:
-            raise BrokerMalformed(f"returnOrderTrades answer for order {order_id} is not "
-                                  f"readable: {type(err).__name__}: {err}",
-                                  connection=self.name) from err
+            raise BrokerMalformed(f"{command} answer for order {order_id} is not readable: "
+                                  f"{type(err).__name__}: {err}", connection=self.name) from err
 
     def _completed(self, snapshot: OrderSnapshot) -> OrderSnapshot:
         """A per-order snapshot with the list's facts (:func:`carry_over`), the size of a
         filled order as its filled quantity, and the list's filled quantity when it saw
-        more (it answered later than this read's broker did)."""
+        more (a filled quantity only grows: the larger one is the newer)."""
         order_id = snapshot.order_id
         listed = self._listed.get(order_id)
         snapshot = carry_over(listed, snapshot)
         if snapshot.status is OrderStatus.FILLED and snapshot.qty:
             # A filled order filled exactly its size (returnOrderStatus gives no quantity).
             snapshot = replace(snapshot, filled_qty=snapshot.qty)
-        elif (listed is not None and listed.filled_qty > snapshot.filled_qty
-                and snapshot.status is not OrderStatus.FILLED):
+        elif listed is not None and listed.filled_qty > snapshot.filled_qty:
             snapshot = replace(snapshot, filled_qty=listed.filled_qty,
                                avg_fill_price=listed.avg_fill_price)
         if snapshot.final:
