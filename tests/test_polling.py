@@ -205,7 +205,7 @@ def test_a_changed_order_is_requeued_urgently_once_committed(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("queued", "rate", "expected"), [
-    (0, 0.0, 5.0), (40, 12.0, 40 / 12 / 2.5), (1, 12.0, 1 / 12), (500, 12.0, 5.0)])
-def test_recheck_after_is_two_fifths_of_a_round_robin_period_within_bounds(
+    (0, 0.0, 5.0), (40, 12.0, 40 / 12 * 4 / 9), (1, 12.0, 1 / 12), (500, 12.0, 5.0)])
+def test_recheck_after_is_four_ninths_of_a_round_robin_period_within_bounds(
         queued: int, rate: float, expected: float) -> None:
     assert recheck_after(queued, rate) == pytest.approx(expected)
