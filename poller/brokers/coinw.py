@@ -326,16 +326,11 @@ def parse_open_order(item: Any, *, broker: str, account_id: str, pair: str) -> O
     )
 
 
-def parse_order_status(
-    data: Any, *, broker: str, account_id: str, order_id: str
-) -> OrderSnapshot:
-    """Read a ``returnOrderStatus`` answer (seed 004) into an :class:`OrderSnapshot`.
-
-    The answer has no price and no filled quantity; :meth:`CoinWAdapter.fetch_order` adds
-    them. ``date`` is read as the placement time in Beijing time.
-
-    :raises KeyError, TypeError, ValueError: when the answer is not a readable order.
-    """
+def _order_answer(data: Any, *, broker: str, account_id: str, order_id: str, origin: str,
+                  amount_field: str, filled: Decimal = Decimal(0),
+                  average: Decimal | None = None) -> OrderSnapshot:
+    """What both per-order answers say alike: status, pair, side, size, placement date (in
+    Beijing time), and the order's amount in the quote currency (``amount_field``)."""
     if not isinstance(data, dict):
         raise TypeError(f"expected an object, got {type(data).__name__}")
     status, raw = read_status(data["status"])
@@ -350,10 +345,26 @@ def parse_order_status(
         symbol=str(data.get("currencyPair") or ""),
         side=_side(data.get("type")),
         qty=_amount(data["total"]),
+        filled_qty=filled,
+        avg_fill_price=average,
         placed_at=_lenient_moment(data.get("date")),
-        extra={"starting_amount": str(data.get("startingAmount") or "")},
-        origin=STATUS_SOURCE,
+        extra={"starting_amount": str(data.get(amount_field) or "")},
+        origin=origin,
     )
+
+
+def parse_order_status(
+    data: Any, *, broker: str, account_id: str, order_id: str
+) -> OrderSnapshot:
+    """Read a ``returnOrderStatus`` answer (seed 004) into an :class:`OrderSnapshot`.
+
+    The answer has no price and no filled quantity; :meth:`CoinWAdapter.fetch_order` adds
+    them. ``date`` is read as the placement time in Beijing time.
+
+    :raises KeyError, TypeError, ValueError: when the answer is not a readable order.
+    """
+    return _order_answer(data, broker=broker, account_id=account_id, order_id=order_id,
+                         origin=STATUS_SOURCE, amount_field="startingAmount")
 
 
 def parse_order_trades(data: Any) -> tuple[Decimal, Decimal | None]:
@@ -378,36 +389,18 @@ def parse_order_detail(
     :class:`OrderSnapshot`: status, size, filled quantity and average price in one answer.
 
     ``tradeID`` is the order number, ``status`` the order's status (1–4, as
-    ``returnOrderStatus`` reports it), ``total`` its size and ``success_total`` /
-    ``success_amount`` the filled base / quote amounts; ``date`` is read as the placement
-    time in Beijing time (JKorf CoinW.Net: ``CoinWOrderDetails``, "CreateTime", minus
-    8 hours). The answer has no limit price: :func:`carry_over` keeps the list's. A filled
-    order filled exactly its size.
+    ``returnOrderStatus`` reports it), ``total`` its size, ``amount`` its size in the
+    quote currency, and ``success_total`` / ``success_amount`` the filled base / quote
+    amounts; ``date`` is read as the placement time in Beijing time (JKorf CoinW.Net:
+    ``CoinWOrderDetails``, "CreateTime", minus 8 hours). The answer has no limit price:
+    :func:`carry_over` keeps the list's.
 
     :raises KeyError, TypeError, ValueError: when the answer is not a readable order.
     """
-    if not isinstance(data, dict):
-        raise TypeError(f"expected an object, got {type(data).__name__}")
-    status, raw = read_status(data["status"])
-    qty = _amount(data["total"])
     filled, average = parse_order_trades(data)
-    return OrderSnapshot(
-        broker=broker,
-        broker_kind="coinw",
-        account_id=account_id,
-        order_id=order_id,
-        status=status or OrderStatus.SUBMITTED,
-        unknown_status=status is None,
-        broker_status=raw,
-        symbol=str(data.get("currencyPair") or ""),
-        side=_side(data.get("type")),
-        qty=qty,
-        filled_qty=qty if status is OrderStatus.FILLED and qty else filled,
-        avg_fill_price=average,
-        placed_at=_lenient_moment(data.get("date")),
-        extra={"starting_amount": str(data.get("amount") or "")},
-        origin=DETAIL_SOURCE,
-    )
+    return _order_answer(data, broker=broker, account_id=account_id, order_id=order_id,
+                         origin=DETAIL_SOURCE, amount_field="amount", filled=filled,
+                         average=average)
 
 
 def carry_over(known: OrderSnapshot | None, probed: OrderSnapshot) -> OrderSnapshot:
