@@ -250,5 +250,5 @@ def build_adapter(name: str, cls: type[BrokerAdapter[Any]], config: BrokerConfig
 
 def build_notifier(name: str, cls: type[Notifier], config: NotifierConfig) -> Notifier:
     """One notifier with its own httpx client (none for notifiers that never use HTTP)."""
-    client = build_client("", timeout=config.timeout) if cls.uses_http else None
+    client = build_client("", timeout=config.timeout, fast=True) if cls.uses_http else None
     return cls(name, config, client)

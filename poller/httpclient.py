@@ -34,6 +34,47 @@ _DELAY = re.compile(r"^-?\d{1,12}(?:\.\d{1,6})?$")
 LARGE_BODY = 256 * 1024
 
 
+class BrokerClient(httpx.AsyncClient):
+    """The client of a broker connection that sends over aiohttp (:meth:`build_client`
+    with ``fast``): :func:`send` hands its requests straight to :attr:`fast_transport`.
+
+    httpx's client layer around a transport (auth, redirects, event hooks, reading every
+    answer for cookies, the byte stream's wrapper) cost about as much CPU as aiohttp's own
+    send, and a broker connection needs none of it but the cookie jar: requests are signed
+    and redirects refused. Requests are still built by the client (base URL, default
+    headers, the jar's cookies, timeouts); an answer that sets a cookie still goes into
+    the jar; answers are plain ``httpx.Response``.
+    """
+
+    def __init__(self, *, transport: AiohttpTransport, **kwargs: Any) -> None:
+        super().__init__(transport=transport, **kwargs)
+        #: The transport :func:`send` uses directly.
+        self.fast_transport = transport
+
+    @property
+    def direct(self) -> bool:
+        """Whether :func:`send` may skip the client layer: not once an adapter set an
+        ``auth`` (Webull signs in its auth flow) or event hooks, which only it runs."""
+        return self.auth is None and not any(self.event_hooks.values())
+
+
+async def send_streaming(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+    """``client.send(request, stream=True)``, straight to the transport for a
+    :class:`BrokerClient` that allows it (the caller reads and closes the answer).
+
+    :raises httpx.HTTPError: as ``client.send`` raises them.
+    """
+    if isinstance(client, BrokerClient) and client.direct:
+        if client.is_closed:  # as httpx refuses: a closed client opens nothing
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = await client.fast_transport.handle_async_request(request)
+        response.request = request
+        if "set-cookie" in response.headers:  # rare: kept in the jar as httpx would
+            client.cookies.extract_cookies(response)
+        return response
+    return await client.send(request, stream=True)
+
+
 def build_client(base_url: str, *, timeout: float, headers: dict[str, str] | None = None,
                  connections: int = 4, fast: bool = False) -> httpx.AsyncClient:
     """The one ``httpx.AsyncClient`` of a broker connection or notifier.
@@ -47,16 +88,17 @@ def build_client(base_url: str, *, timeout: float, headers: dict[str, str] | Non
         ``ALL_PROXY`` and ``NO_PROXY`` only with its own transport, and a broker reachable
         only through the proxy must stay reachable.
     """
-    fast = fast and not environment_proxies()
-    return httpx.AsyncClient(
-        base_url=base_url,
-        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        headers={"User-Agent": f"poller/{__version__}", **(headers or {})},
-        follow_redirects=False,
-        limits=httpx.Limits(max_connections=connections,
-                            max_keepalive_connections=connections),
-        transport=AiohttpTransport(connections=connections) if fast else None,
-    )
+    settings: dict[str, Any] = {
+        "base_url": base_url,
+        "timeout": httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        "headers": {"User-Agent": f"poller/{__version__}", **(headers or {})},
+        "follow_redirects": False,
+    }
+    if fast and not environment_proxies():
+        return BrokerClient(transport=AiohttpTransport(connections=connections), **settings)
+    return httpx.AsyncClient(limits=httpx.Limits(max_connections=connections,
+                                                 max_keepalive_connections=connections),
+                             **settings)
 
 
 def environment_proxies() -> dict[str, str]:
@@ -104,7 +146,7 @@ async def send(
     """
     try:
         async with asyncio.timeout(deadline):
-            response = await client.send(request, stream=True)
+            response = await send_streaming(client, request)
             try:
                 chunks: list[bytes] = []
                 size = 0

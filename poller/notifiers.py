@@ -27,7 +27,7 @@ from poller.errors import (
     NotifierError,
 )
 from poller.events import OrderEvent
-from poller.httpclient import retry_after_seconds
+from poller.httpclient import retry_after_seconds, send_streaming
 from poller.models import utcnow
 from poller.pacing import DEFAULT_PAUSE, Pace, Pacer
 from poller.templates import Message, Templates, digest
@@ -273,7 +273,11 @@ async def post(
     """
     failure: NotifierError | None = None
     try:
-        response = await client.send(request)
+        response = await send_streaming(client, request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
         failure = DeliveryRetryable(f"{service}: cannot connect ({type(err).__name__})")
     except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError,

@@ -17,7 +17,7 @@ import pytest
 from poller.__about__ import __version__
 from poller.aiohttptransport import AiohttpTransport
 from poller.errors import BrokerUnavailable
-from poller.httpclient import build_client, send
+from poller.httpclient import BrokerClient, build_client, send
 from tests.rawhttp import RawServer, Reply, ok, serving
 
 CANARY = "sEcReT-cAnArY-77"
@@ -188,3 +188,58 @@ def test_https_is_verified(certificate: tuple[Path, Path]) -> None:
 
     assert asyncio.run(serving(answer_ok, work, tls=tls)) == (
         "request failed (ConnectError)", 200)
+
+
+class Signing(httpx.Auth):
+    """An auth flow like Webull's: a header added as the request leaves."""
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        request.headers["X-Signed"] = "yes"
+        yield request
+
+
+def test_a_broker_client_sends_straight_to_aiohttp_but_keeps_auth_hooks_and_cookies() -> None:
+    """A broker client hands requests to aiohttp without httpx's client layer; an auth flow
+    (Webull signs in one) or an event hook puts that layer back, so both still run, and a
+    cookie an answer sets is still sent back."""
+    seen: list[str] = []
+
+    async def reply(head: bytes, body: bytes) -> bytes:
+        return ok(b"{}", b"Set-Cookie: lb=7; Path=/\r\n")
+
+    async def hook(response: httpx.Response) -> None:
+        seen.append(response.request.url.path)
+
+    async def work(url: str, raw: RawServer) -> tuple[list[bytes], bool, bool]:
+        async with build_client(url, timeout=5, fast=True) as client:
+            assert isinstance(client, BrokerClient)
+            plain = client.direct
+            for path in ("/a", "/b"):
+                answer = await send(client, client.build_request("GET", path),
+                                    connection="cw", deadline=5)
+                assert answer.status == 200
+            client.auth = Signing()
+            client.event_hooks = {"response": [hook]}
+            signed = not client.direct
+            await send(client, client.build_request("GET", "/c"), connection="cw",
+                       deadline=5)
+        return [head.lower() for head, _ in raw.requests], plain, signed
+
+    heads, plain, signed = asyncio.run(serving(reply, work))
+    assert plain and signed
+    assert b"cookie:" not in heads[0] and heads[1].count(b"cookie: lb=7") == 1
+    assert b"x-signed: yes" in heads[2] and b"x-signed" not in heads[1]
+    assert seen == ["/c"]  # the hook ran for the request that went through the client
+
+
+def test_a_closed_broker_client_sends_nothing() -> None:
+    """As httpx refuses a closed client, the direct path does not open a new session."""
+    async def work(url: str, raw: RawServer) -> int:
+        client = build_client(url, timeout=5, fast=True)
+        await send(client, client.build_request("GET", "/"), connection="cw", deadline=5)
+        await client.aclose()
+        with pytest.raises(RuntimeError, match="client has been closed"):
+            await send(client, client.build_request("GET", "/"), connection="cw", deadline=5)
+        return len(raw.requests)
+
+    assert asyncio.run(serving(answer_ok, work)) == 1
