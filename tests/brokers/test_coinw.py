@@ -931,3 +931,52 @@ def test_a_signed_call_goes_to_the_url_httpx_would_build(base: str) -> None:
     expected = client.build_request("POST", PRIVATE_PATH, params=tuple(query)).url
     assert [r.url.raw_path for r in seen] == [expected.raw_path]
     assert seen[0].url == expected and seen[0].headers["content-type"] == "application/json"
+
+
+def test_a_call_is_signed_once_and_forgotten_when_its_order_is_final(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """CoinW signs no nonce, so an order's signed URL is made once and reused poll after
+    poll (byte for byte the same request), and dropped once the order is final; past
+    URL_CACHE_SIZE the cache starts again."""
+    from poller.brokers import coinw
+
+    signed: list[str] = []
+    original = coinw.signed_query
+
+    def counting(command: str, params: Any, key: str, secret: str) -> list[tuple[str, str]]:
+        signed.append(f"{command} {params.get('orderNumber', '')}")
+        return original(command, params, key, secret)
+
+    monkeypatch.setattr(coinw, "signed_query", counting)
+    answers = {DETAIL: detail_answer(2, "0.0002", "13.4")}
+    router = Router(answers)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return router(request)
+
+    async def work(a: CoinWAdapter) -> tuple[int, int]:
+        for _ in range(3):
+            await a.fetch_order("spot", BIG)
+        kept = len(a._urls)
+        answers[DETAIL] = detail_answer(3, "0.0005", "33.5")
+        await a.fetch_order("spot", BIG)
+        return kept, len(a._urls)
+
+    kept, after = run(adapter_for(handler), work)
+    assert signed == [f"returnOrderTrades {BIG}"]
+    assert len({str(r.url) for r in seen}) == 1 and len(seen) == 4
+    assert (kept, after) == (1, 0)
+
+    monkeypatch.setattr(coinw, "URL_CACHE_SIZE", 2)
+    signed.clear()
+
+    async def many(a: CoinWAdapter) -> int:
+        for order_id in ("1", "2", "3", "1"):
+            await a.fetch_order("spot", order_id)
+        return len(a._urls)
+
+    answers[DETAIL] = detail_answer(2, "0.0002", "13.4")
+    assert run(adapter_for(handler), many) == 2  # cleared at the third, then 3 and 1 again
+    assert signed == [f"returnOrderTrades {n}" for n in ("1", "2", "3", "1")]
