@@ -3,10 +3,9 @@
 Measured on this machine, httpx's own transport (httpcore over anyio, its pool scanning
 every connection twice per request) costs about 1.5 ms of CPU per request; aiohttp, whose
 HTTP parser and URL handling are compiled, about 0.8 ms for the same request. A connection
-polling at its full budget spends most of its CPU there, so the broker adapters' clients
-send through aiohttp while everything above (``httpx.Request``/``Response``, timeouts,
-:func:`poller.httpclient.send`, the adapters' signing) stays httpx. Notifiers keep httpx's
-own transport.
+polling at its full budget spends most of its CPU there, so the broker adapters' and the
+notifiers' clients send through aiohttp while everything above (``httpx.Request``/
+``Response``, timeouts, :func:`poller.httpclient.send`, the adapters' signing) stays httpx.
 
 What this keeps exact:
 
@@ -15,7 +14,11 @@ What this keeps exact:
   the query string must see what was signed;
 * no redirects, no decompression, no cookies of aiohttp's own (httpx does each once);
 * aiohttp's errors become httpx's (connect, timeout, read, protocol), so callers translate
-  one family; their messages never carry the URL, whose query holds keys and signatures;
+  one family — a connection reset after it was made is a ``ReadError``, as with httpx, so a
+  notifier reports "may have arrived", not "not sent"; their messages never carry the URL,
+  whose query holds keys and signatures;
+* httpx's timeouts: ``pool`` bounds waiting for a connection (DNS and connecting included),
+  ``connect`` the TCP/TLS connect, ``read`` each read;
 * the pool's size is the caller's: a request the rate budget admitted must not then queue.
 
 Proxies: httpx ignores ``HTTP_PROXY`` and the like for a client given a transport of its
@@ -56,6 +59,10 @@ def _translated(err: BaseException) -> httpx.TransportError:
         return httpx.RemoteProtocolError(f"{name}: not a readable HTTP answer")
     if isinstance(err, aiohttp.InvalidURL):
         return httpx.UnsupportedProtocol(f"{name}: the URL cannot be requested")
+    if isinstance(err, OSError):
+        # Connected (a failed connect is ClientConnectorError, above), then reset or broken
+        # while sending or reading: the request may have arrived, as httpx's ReadError says.
+        return httpx.ReadError(f"{name}: the connection failed after it was made")
     return httpx.NetworkError(f"{name}: the request failed")
 
 
@@ -117,7 +124,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 request.method, yarl.URL(str(request.url), encoded=True),
                 headers=list(request.headers.multi_items()), data=body or None,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout.get("connect"),
+                timeout=aiohttp.ClientTimeout(total=None, connect=timeout.get("pool"),
+                                              sock_connect=timeout.get("connect"),
                                               sock_read=timeout.get("read")))
         except (aiohttp.ClientError, TimeoutError) as err:
             raise _translated(err) from None

@@ -35,13 +35,14 @@ LARGE_BODY = 256 * 1024
 
 
 class BrokerClient(httpx.AsyncClient):
-    """The client of a broker connection that sends over aiohttp (:meth:`build_client`
-    with ``fast``): :func:`send` hands its requests straight to :attr:`fast_transport`.
+    """The client of a broker connection or notifier that sends over aiohttp
+    (:meth:`build_client` with ``fast``): :func:`send` and :func:`poller.notifiers.post` hand
+    its requests straight to :attr:`fast_transport`.
 
     httpx's client layer around a transport (auth, redirects, event hooks, reading every
     answer for cookies, the byte stream's wrapper) cost about as much CPU as aiohttp's own
-    send, and a broker connection needs none of it but the cookie jar: requests are signed
-    and redirects refused. Requests are still built by the client (base URL, default
+    send, and a broker connection or notifier needs none of it but the cookie jar: requests
+    are signed and redirects refused. Requests are still built by the client (base URL, default
     headers, the jar's cookies, timeouts); an answer that sets a cookie still goes into
     the jar; answers are plain ``httpx.Response``.
     """
@@ -83,10 +84,10 @@ def build_client(base_url: str, *, timeout: float, headers: dict[str, str] | Non
         budget admitted must not then wait for a pooled connection: it would leave late,
         bunched with others, and arrive at the broker compressed into one window.
     :param fast: send over aiohttp (:mod:`poller.aiohttptransport`), about half the CPU per
-        request: for broker connections, which poll at their full budget. Not when the
-        environment names a proxy: httpx honours ``HTTP_PROXY``, ``HTTPS_PROXY``,
-        ``ALL_PROXY`` and ``NO_PROXY`` only with its own transport, and a broker reachable
-        only through the proxy must stay reachable.
+        request: for broker connections, which poll at their full budget, and notifiers. Not
+        when the environment names a proxy: httpx honours ``HTTP_PROXY``, ``HTTPS_PROXY``,
+        ``ALL_PROXY`` and ``NO_PROXY`` only with its own transport, and a broker or service
+        reachable only through the proxy must stay reachable.
     """
     settings: dict[str, Any] = {
         "base_url": base_url,

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,9 @@ import pytest
 
 from poller.__about__ import __version__
 from poller.aiohttptransport import AiohttpTransport
-from poller.errors import BrokerUnavailable
+from poller.errors import BrokerUnavailable, DeliveryUncertain
 from poller.httpclient import BrokerClient, build_client, send
+from poller.notifiers import post
 from tests.rawhttp import RawServer, Reply, ok, serving
 
 CANARY = "sEcReT-cAnArY-77"
@@ -141,6 +144,37 @@ def test_a_body_cut_off_is_a_read_error_and_its_connection_is_not_reused() -> No
     assert CANARY not in message
 
 
+async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read a request, then reset the connection (SO_LINGER 0: RST, not FIN)."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def test_a_connection_reset_after_sending_is_a_read_error() -> None:
+    """The request may have arrived: a broker read is unavailable, and a notifier's delivery
+    is uncertain ("no answer after sending"), as with httpx's own transport, not "not sent"."""
+    async def work() -> tuple[str, str]:
+        server = await asyncio.start_server(reset, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            async with build_client(url, timeout=2, fast=True) as client:
+                with pytest.raises(BrokerUnavailable) as broker:
+                    await send(client, client.build_request("GET", "/", params={"k": CANARY}),
+                               connection="cw", deadline=5)
+                with pytest.raises(DeliveryUncertain) as delivery:
+                    await post(client, client.build_request("POST", "/hook", json={}),
+                               service="webhook")
+        finally:
+            server.close()
+            await server.wait_closed()
+        return str(broker.value), str(delivery.value)
+
+    assert asyncio.run(work()) == ("request failed (ReadError)",
+                                   "webhook: no answer after sending (ReadError)")
+
+
 def test_a_refused_connection_is_a_connect_error() -> None:
     async def work() -> str:
         holder = await asyncio.start_server(answer_ok, "127.0.0.1", 0)
@@ -210,9 +244,18 @@ def test_a_broker_client_sends_straight_to_aiohttp_but_keeps_auth_hooks_and_cook
     async def hook(response: httpx.Response) -> None:
         seen.append(response.request.url.path)
 
+    through_client: list[str] = []
+
     async def work(url: str, raw: RawServer) -> tuple[list[bytes], bool, bool]:
         async with build_client(url, timeout=5, fast=True) as client:
             assert isinstance(client, BrokerClient)
+            layered = client.send
+
+            async def spied(request: httpx.Request, **kwargs: Any) -> httpx.Response:
+                through_client.append(request.url.path)
+                return await layered(request, **kwargs)
+
+            setattr(client, "send", spied)  # noqa: B010 - an instance attribute, on purpose
             plain = client.direct
             for path in ("/a", "/b"):
                 answer = await send(client, client.build_request("GET", path),
@@ -227,6 +270,7 @@ def test_a_broker_client_sends_straight_to_aiohttp_but_keeps_auth_hooks_and_cook
 
     heads, plain, signed = asyncio.run(serving(reply, work))
     assert plain and signed
+    assert through_client == ["/c"]  # /a and /b went straight to aiohttp
     assert b"cookie:" not in heads[0] and heads[1].count(b"cookie: lb=7") == 1
     assert b"x-signed: yes" in heads[2] and b"x-signed" not in heads[1]
     assert seen == ["/c"]  # the hook ran for the request that went through the client

@@ -114,8 +114,9 @@ ERRORS = ErrorTable(
 #: price, or ``None`` when CoinW had no detail for the order.
 TradesRead = tuple[Decimal, Decimal | None] | None
 
-#: Signed URLs kept at most (one or two per open order, one per pair's list call).
-URL_CACHE_SIZE = 50_000
+#: Signed URLs kept at most (one or two per open order, one per pair's list call): about
+#: 15 MB when full, room for four times the 5 000 open orders of ``bench.run``.
+URL_CACHE_SIZE = 20_000
 
 #: ``returnOrderStatus`` answers only for orders at most 7 days old (seed 004).
 STATUS_WINDOW = 7 * 24 * 3600.0
@@ -533,7 +534,7 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         ``returnOrderStatus`` decide, as a second request of the same poll: whether CoinW
         knows the order at all must not rest on an answer about its trades. An answer
         without a ``status`` (a detail shaped unlike the documented one) still gives the
-        fills, and ``returnOrderStatus`` the status.
+        fills, and ``returnOrderStatus`` the status; so does one whose ``status`` is null.
 
         :returns: ``None`` when CoinW does not know the order (or it is older than 7 days).
         """
@@ -543,7 +544,7 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
             data = None
         if not data:
             return await self._by_status(account_id, order_id, None)
-        if isinstance(data, dict) and "status" not in data:
+        if isinstance(data, dict) and data.get("status") is None:
             fills = self._readable(DETAIL_SOURCE, order_id, lambda: parse_order_trades(data))
             return await self._by_status(account_id, order_id, fills)
         return self._completed(self._readable(DETAIL_SOURCE, order_id, lambda: parse_order_detail(
@@ -559,8 +560,9 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
             data = await self._call(RequestKind.FOLLOW_UP, STATUS_SOURCE,
                                     {"orderNumber": order_id}, companion=True)
         except BrokerNotFound:
-            return None
+            data = None
         if not data:
+            self._forget(order_id)
             return None
         snapshot = self._readable(STATUS_SOURCE, order_id, lambda: parse_order_status(
             data, broker=self.name, account_id=account_id, order_id=order_id))
@@ -590,10 +592,15 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
             snapshot = replace(snapshot, filled_qty=listed.filled_qty,
                                avg_fill_price=listed.avg_fill_price)
         if snapshot.final:
-            self._listed.pop(order_id, None)
-            for command in (DETAIL_SOURCE, STATUS_SOURCE, "cancelOrder"):
-                self._urls.pop((command, ("orderNumber", order_id)), None)
+            self._forget(order_id)
         return snapshot
+
+    def _forget(self, order_id: str) -> None:
+        """Drop what is kept for an order that is final or that CoinW no longer knows: its
+        list snapshot and its signed URLs. (Should CoinW list it again, both come back.)"""
+        self._listed.pop(order_id, None)
+        for command in (DETAIL_SOURCE, STATUS_SOURCE, "cancelOrder"):
+            self._urls.pop((command, ("orderNumber", order_id)), None)
 
     async def refine(
         self, previous: OrderSnapshot | None, current: OrderSnapshot
@@ -642,8 +649,9 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         sign: an order polled every few seconds would otherwise be signed and its URL
         encoded and parsed again each time (about a sixth of a poll's CPU, py-spy on
         ``bench.run``). The cache holds the calls of open orders and the list calls; an
-        order's entries go when it is final (:meth:`_completed`), and all of them past
-        :data:`URL_CACHE_SIZE`.
+        order's entries go when it is final or unknown to CoinW (:meth:`_forget`), and all of
+        them past :data:`URL_CACHE_SIZE` (about 0.75 kB each), which covers orders retired
+        unseen.
         """
         key = (command, *sorted(params.items()))
         known = self._urls.get(key)

@@ -445,6 +445,9 @@ FETCH_CASES: list[tuple[str, dict[str, tuple[int, Any]], Any, list[str]]] = [
                                                           "success_amount": "13.4"})),
                                  STATUS: status_answer(2)},
      (OrderStatus.PARTIAL_FILLED, "0.0002", "67000"), [DETAIL, STATUS]),
+    ("detail with a null status", {DETAIL: detail_answer(None, "0.0002", "13.4"),
+                                   STATUS: status_answer(2)},
+     (OrderStatus.PARTIAL_FILLED, "0.0002", "67000"), [DETAIL, STATUS]),
     ("detail down", {DETAIL: DOWN}, BrokerUnavailable, [DETAIL]),
     ("rate-limited", {DETAIL: (200, {"code": 29001, "msg": "API access frequently"})},
      BrokerRateLimited, [DETAIL]),
@@ -968,6 +971,14 @@ def test_a_call_is_signed_once_and_forgotten_when_its_order_is_final(
     assert signed == [f"returnOrderTrades {BIG}"]
     assert len({str(r.url) for r in seen}) == 1 and len(seen) == 4
     assert (kept, after) == (1, 0)
+
+    # An order CoinW no longer knows (retired, or never there) is forgotten too.
+    answers[DETAIL], answers[STATUS] = MISSING, MISSING
+
+    async def unknown(a: CoinWAdapter) -> tuple[Any, int]:
+        return await a.fetch_order("spot", BIG), len(a._urls)
+
+    assert run(adapter_for(handler), unknown) == (None, 0)
 
     monkeypatch.setattr(coinw, "URL_CACHE_SIZE", 2)
     signed.clear()
