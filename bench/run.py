@@ -43,6 +43,8 @@ from bench.peers import run_peer
 
 READ = "command=returnOrderTrades"  # the per-order read (poller's and the peers')
 ENDPOINTS = ("returnOrderTrades", "returnOrderStatus", "returnOpenOrders", "cancelOrder")
+#: The list interval of a per-order-only run (seconds): longer than any run.
+NO_LISTS = 86_400.0
 
 
 @dataclass
@@ -226,8 +228,10 @@ async def run_poller(args: argparse.Namespace, n: int) -> Figures:
     """poller (a daemon process) against its own simulator process."""
     sims = Sims("coinw", orders=n, latency=args.latency_ms, seed=args.seed)
     receiver = Receiver()
+    # Without --list-interval, per-order reads only: the open-orders list runs once, at
+    # start (the baseline), and not again within any run.
     table = sims.config(0) | {"per_order_polling": True, "share": args.share,
-                              "interval": args.list_interval or 60.0, "timeout": 30.0}
+                              "interval": args.list_interval or NO_LISTS, "timeout": 30.0}
     daemon = Daemon({"c0": table}, receiver.url)
     figures = Figures("poller", n)
     try:
@@ -317,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--share", type=float, default=0.8)
     parser.add_argument("--list-interval", type=float, default=0.0,
                         help="also run the open-orders list every S seconds (0: per-order "
-                             "polling only)")
+                             "reads only, the list once at start)")
     parser.add_argument("--warm-up", type=float, default=5.0)
     parser.add_argument("--cool-down", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=1)

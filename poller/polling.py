@@ -55,24 +55,32 @@ class Judge(Protocol):
                  now: datetime) -> None: ...
 
 
-def recheck_after(queued: int, rate: float) -> float:
+#: The longest wait before an order in flight (an action pending), or one whose poll failed,
+#: is looked at again: someone is waiting on the outcome, whatever the round-robin's period.
+RECHECK_CAP = 5.0
+
+
+def recheck_after(queued: int, rate: float, *, cap: float | None = RECHECK_CAP) -> float:
     """Seconds before an order that just changed is polled again.
 
     Four ninths of the round-robin period (``queued`` orders at ``rate`` per-order calls a
     second), so an order that is moving is looked at again at least twice as soon as its
     turn would come (it then goes to the back of the round-robin), but at least one budget
-    slot and at most 5 s. Not sooner: each re-poll is a request the round-robin of the
-    others goes without, and a change of an order at a random moment waits E[g²]/2E[g] over
-    its gaps g, which every short gap raises. Measured in ``bench.run`` at 50 orders and two
-    fills a second (0–300 ms answers, 300 s): a quarter period made the mean latency about
-    4 % longer than two fifths; four ninths waits 1.029 × N/(2R) against two fifths' 1.040 ×
-    (from the reads' arrival times) and still re-polls 2.3 × sooner than the round-robin
-    (2.4 × at two fifths). The budget spreads the round-robin evenly, so a re-poll leaves
-    within a slot of its due time.
+    slot, and at most ``cap`` (``None``: no cap). Not sooner: each re-poll is a request the
+    round-robin of the others goes without, and a change of an order at a random moment
+    waits E[g²]/2E[g] over its gaps g, which every short gap raises. Measured in
+    ``bench.run`` at 50 orders and two fills a second (0–300 ms answers, 300 s): a quarter
+    period made the mean latency about 4 % longer than two fifths; four ninths waits
+    1.029 × N/(2R) against two fifths' 1.040 × (from the reads' arrival times) and still
+    re-polls 2.3 × sooner than the round-robin (2.4 × at two fifths). A change is re-polled
+    without a cap: at 500 orders a 5 s cap made each of the two fills a second cost almost
+    a whole read of the round-robin (see :meth:`ConnectionPoller._requeue_effect`). The budget
+    spreads the round-robin evenly, so a re-poll leaves within a slot of its due time.
     """
     if not rate:
-        return 5.0
-    return min(5.0, max(1.0 / rate, queued / rate * 4 / 9))
+        return cap if cap is not None else RECHECK_CAP
+    wait = max(1.0 / rate, queued / rate * 4 / 9)
+    return wait if cap is None else min(cap, wait)
 
 
 class ConnectionPoller:
@@ -122,10 +130,10 @@ class ConnectionPoller:
         self.pushed = 0
         self._last_list = float("-inf")
 
-    def recheck_after(self) -> float:
+    def recheck_after(self, *, cap: float | None = RECHECK_CAP) -> float:
         """Seconds before an order that just changed is polled again (see
         :func:`recheck_after`)."""
-        return recheck_after(len(self.queue), self.adapter.detail_rate())
+        return recheck_after(len(self.queue), self.adapter.detail_rate(), cap=cap)
 
     # -- list calls --------------------------------------------------------------------
 
@@ -315,8 +323,14 @@ class ConnectionPoller:
                 # budget on re-reading it would only slow the lists down.
                 return
             self.queue.add(key, self._mono())
-            if changed or snapshot.status in IN_FLIGHT:
+            if snapshot.status in IN_FLIGHT:
+                # An action's outcome is awaited: within RECHECK_CAP, however many orders.
                 self.queue.urgent(key, self._mono() + self.recheck_after())
+                self._wake()
+            elif changed:
+                # Twice as soon as its turn, but no sooner at any N: the uniform
+                # round-robin is what keeps every other order's wait at N/(2R).
+                self.queue.urgent(key, self._mono() + self.recheck_after(cap=None))
                 self._wake()
         return requeue
 

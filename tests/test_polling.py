@@ -204,8 +204,40 @@ def test_a_changed_order_is_requeued_urgently_once_committed(tmp_path: Path) -> 
     assert commit.scenes() == ["FILLED"]
 
 
-@pytest.mark.parametrize(("queued", "rate", "expected"), [
-    (0, 0.0, 5.0), (40, 12.0, 40 / 12 * 4 / 9), (1, 12.0, 1 / 12), (500, 12.0, 5.0)])
+def test_a_change_is_rechecked_at_four_ninths_of_the_period_an_action_within_five_seconds(
+        tmp_path: Path) -> None:
+    """At 500 orders and 12 reads a second (a 41.7 s round-robin) a partly filled order is
+    read again after 18.5 s, not 5 s: a re-poll sooner than that would cost the other
+    orders' round-robin almost a whole read per change. An order whose cancel is pending is
+    read again within 5 s whatever the period: someone waits on the outcome."""
+    adapter = ScriptedAdapter(per_order=True)
+    setattr(adapter, "detail_rate", lambda: 12.0)  # noqa: B010 - a slow broker's budget
+    commit = StoreCommit(tmp_path)
+    poller = ConnectionPoller(adapter, OrderBook({}, {}, set()), Coordinator("cx"),
+                              OrderQueue(), commit=commit, wake=lambda: None,
+                              announce_existing=False, stale_after=3, clock=clock_at(T0),
+                              monotonic=lambda: 100.0)
+    for n in range(1, 501):
+        adapter.orders[str(n)] = order(str(n))
+
+    async def run() -> None:
+        await poller.poll()
+        assert len(poller.queue) == 500 and poller.queue.next_due() is None
+        adapter.orders["1"] = order("1", OrderStatus.PARTIAL_FILLED, filled=2)
+        await poller.poll_order(("cx", "A", "1"))
+        assert poller.queue.next_due() == pytest.approx(100 + 500 / 12 * 4 / 9)
+        adapter.orders["2"] = order("2", OrderStatus.PENDING_CANCEL)
+        await poller.poll_order(("cx", "A", "2"))
+        assert poller.queue.next_due() == pytest.approx(105.0)
+
+    asyncio.run(run())
+    assert commit.scenes() == ["FILLED"]  # a pending cancel is no event of its own
+
+
+@pytest.mark.parametrize(("queued", "rate", "expected", "uncapped"), [
+    (0, 0.0, 5.0, 5.0), (40, 12.0, 40 / 12 * 4 / 9, 40 / 12 * 4 / 9),
+    (1, 12.0, 1 / 12, 1 / 12), (500, 12.0, 5.0, 500 / 12 * 4 / 9)])
 def test_recheck_after_is_four_ninths_of_a_round_robin_period_within_bounds(
-        queued: int, rate: float, expected: float) -> None:
+        queued: int, rate: float, expected: float, uncapped: float) -> None:
     assert recheck_after(queued, rate) == pytest.approx(expected)
+    assert recheck_after(queued, rate, cap=None) == pytest.approx(uncapped)
