@@ -69,17 +69,16 @@ def recheck_after(queued: int, rate: float, *, cap: float | None = RECHECK_CAP) 
     slot, and at most ``cap`` (``None``: no cap). Not sooner: each re-poll is a request the
     round-robin of the others goes without, and a change of an order at a random moment
     waits E[g²]/2E[g] over its gaps g, which every short gap raises. Measured in
-    ``bench.run`` at 50 orders and two fills a second (0–300 ms answers, 300 s): a quarter
-    period made the mean latency about 4 % longer than two fifths; four ninths waits
-    1.029 × N/(2R) against two fifths' 1.040 × (from the reads' arrival times) and still
-    re-polls 2.3 × sooner than the round-robin (2.4 × at two fifths). A change is re-polled
+    ``bench.run`` at 50 orders and two fills a second (0–300 ms answers, 300 s, a list call
+    every 60 s as well): a quarter period made the mean latency about 4 % longer than two
+    fifths; four ninths waits 1.029 × N/(2R) against two fifths' 1.040 × (from the reads'
+    arrival times) and still re-polls 2.3 × sooner than the round-robin (2.4 × at two
+    fifths); per-order reads alone, four ninths waits 1.06 ×. A change is re-polled
     without a cap: at 500 orders a 5 s cap made each of the two fills a second cost almost
     a whole read of the round-robin (see :meth:`ConnectionPoller._requeue_effect`). The budget
     spreads the round-robin evenly, so a re-poll leaves within a slot of its due time.
     """
-    if not rate:
-        return cap if cap is not None else RECHECK_CAP
-    wait = max(1.0 / rate, queued / rate * 4 / 9)
+    wait = max(1.0 / rate, queued / rate * 4 / 9) if rate else RECHECK_CAP
     return wait if cap is None else min(cap, wait)
 
 
@@ -323,14 +322,13 @@ class ConnectionPoller:
                 # budget on re-reading it would only slow the lists down.
                 return
             self.queue.add(key, self._mono())
-            if snapshot.status in IN_FLIGHT:
+            in_flight = snapshot.status in IN_FLIGHT
+            if in_flight or changed:
                 # An action's outcome is awaited: within RECHECK_CAP, however many orders.
-                self.queue.urgent(key, self._mono() + self.recheck_after())
-                self._wake()
-            elif changed:
-                # Twice as soon as its turn, but no sooner at any N: the uniform
-                # round-robin is what keeps every other order's wait at N/(2R).
-                self.queue.urgent(key, self._mono() + self.recheck_after(cap=None))
+                # A change: twice as soon as its turn, but no sooner at any N, as the
+                # uniform round-robin is what keeps every other order's wait at N/(2R).
+                cap = RECHECK_CAP if in_flight else None
+                self.queue.urgent(key, self._mono() + self.recheck_after(cap=cap))
                 self._wake()
         return requeue
 

@@ -230,7 +230,3 @@ class Tracker:
         """Polls finished, list and per-order, whatever their outcome."""
         return self.list_completed + self.drain.completed
 
-    def recheck_after(self) -> float:
-        """Seconds before an order that just changed is polled again."""
-        return self.poller.recheck_after()
-

@@ -437,6 +437,11 @@ def carry_over(known: OrderSnapshot | None, probed: OrderSnapshot) -> OrderSnaps
     )
 
 
+def url_key(command: str, params: Mapping[str, str]) -> tuple[Any, ...]:
+    """What identifies one call's signed URL: the command and its parameters, in order."""
+    return (command, *sorted(params.items()))
+
+
 # -- the adapter -------------------------------------------------------------------------------
 
 
@@ -600,7 +605,7 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         list snapshot and its signed URLs. (Should CoinW list it again, both come back.)"""
         self._listed.pop(order_id, None)
         for command in (DETAIL_SOURCE, STATUS_SOURCE, "cancelOrder"):
-            self._urls.pop((command, ("orderNumber", order_id)), None)
+            self._urls.pop(url_key(command, {"orderNumber": order_id}), None)
 
     async def refine(
         self, previous: OrderSnapshot | None, current: OrderSnapshot
@@ -653,7 +658,7 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         them past :data:`URL_CACHE_SIZE` (about 0.75 kB each), which covers orders retired
         unseen.
         """
-        key = (command, *sorted(params.items()))
+        key = url_key(command, params)
         known = self._urls.get(key)
         if known is not None:
             return known
@@ -667,8 +672,8 @@ class CoinWAdapter(BrokerAdapter[CoinWConfig]):
         url = self._private.copy_with(query=str(httpx.QueryParams(tuple(query))).encode("ascii"))
         if len(self._urls) >= URL_CACHE_SIZE:
             self._urls.clear()
-        self._urls[key] = (url, query[-1][1])
-        return self._urls[key]
+        signed = self._urls[key] = (url, query[-1][1])
+        return signed
 
     def read_answer(self, answer: Answer) -> Success | ErrorAnswer:
         """``data`` of a 2xx envelope with code ``"200"``; else the envelope's code and
